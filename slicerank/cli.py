@@ -1,0 +1,73 @@
+"""The ``slicerank`` console script.
+
+Each subcommand lives in the package it drives: every module listed in ``COMMAND_MODULES``
+exposes ``register(subparsers)`` (adding its subcommands, each with ``func`` set as the
+handler) and may expose ``register_bench(bench_subparsers)`` for a ``slicerank bench``
+target. Those modules import heavy libraries (torch, Label Studio SDK) inside the
+handlers, so ``slicerank --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from slicerank import __version__
+
+#: Modules that contribute subcommands, in the order ``--help`` lists them.
+COMMAND_MODULES: tuple[str, ...] = (
+    "cmr_ingest.cli",
+    "ls_config.cli",
+    "ranking_scheduler.cli",
+    "ml_backend.cli",
+    "analysis.cli",
+    "slicerank.demo",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the full argument parser with every package's subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="slicerank",
+        description="Label cardiac MRI slices by multiple-image ranking in Label Studio.",
+    )
+    parser.add_argument("--version", action="version", version=f"slicerank {__version__}")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    bench = sub.add_parser("bench", help="run a benchmark and write its numbers")
+    bench_sub = bench.add_subparsers(dest="bench_target", metavar="TARGET")
+    for name in COMMAND_MODULES:
+        module = importlib.import_module(name)
+        module.register(sub)
+        if hasattr(module, "register_bench"):
+            module.register_bench(bench_sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the console script; returns the process exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose + 1, 2)]
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    func = getattr(args, "func", None)
+    if func is None:
+        if args.command == "bench":
+            parser.parse_args(["bench", "--help"])
+        parser.print_help()
+        return 2
+    try:
+        result = func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
