@@ -14,7 +14,7 @@ if ((${#apt_needed[@]})); then
   echo "setup: installing system packages: ${apt_needed[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${apt_needed[@]}"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${apt_needed[@]}" >/tmp/slicerank-apt.log || { cat /tmp/slicerank-apt.log; exit 1; }
 fi
 
 PY=${PYTHON:-python3.11}
@@ -29,7 +29,9 @@ stamp=".venv/.slicerank-$(sha1sum pyproject.toml | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
   echo "setup: installing slicerank and its dependencies into .venv (first time: several minutes)"
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e ".[server,dev]"
+  if ! .venv/bin/pip install -q -e ".[server,dev]" >/tmp/slicerank-pip.log 2>&1; then
+    grep -v "is ignored: it is neither" /tmp/slicerank-pip.log; echo "setup: pip install failed"; exit 1
+  fi
   rm -f .venv/.slicerank-*
   touch "$stamp"
 fi
