@@ -1,0 +1,209 @@
+"""Dashboard numbers from an engine and a real store (SQLite file; the store itself is tested on
+both backends in test_store.py)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from ranking_scheduler.stats import compute_stats, jsonable, rater_pace
+from ranking_scheduler.store import SubmissionStore
+
+T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+NOW = T0 + timedelta(hours=1)
+
+
+class ScriptedEngine:
+    """The engine API of INTERFACES.md with fixed answers, so each figure can be checked."""
+
+    strategy = "bayes"
+
+    def __init__(self, views, scores, *, classes=None, left=10, done=False):
+        self._views, self._scores, self._classes = views, scores, classes
+        self._left, self._done = left, done
+
+    def view_counts(self):
+        return dict(self._views)
+
+    def scores(self):
+        return dict(self._scores)
+
+    def ranking(self):
+        return sorted(self._scores, key=lambda i: self._scores[i][0])
+
+    def progress(self):
+        return {
+            "batches": 30,
+            "views": sum(self._views.values()),
+            "estimated_batches_left": self._left,
+            "done": self._done,
+        }
+
+    def expected_misclassified(self):
+        return 4.25
+
+    def boundary_status(self):
+        return {"basal": {"state": "searching", "queries": 3, "estimate": None}}
+
+    def thresholds(self):
+        if self._classes is None:
+            raise ValueError("thresholds are not known yet")
+        return {"basal": -1.0, "apical": 1.0}
+
+    def classes(self):
+        if self._classes is None:
+            raise ValueError("thresholds are not known yet")
+        return dict(self._classes)
+
+    def rater_noise(self):
+        return {"r1": 0.3}
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = SubmissionStore(f"sqlite:///{tmp_path / 'log.db'}")
+    yield s
+    s.close()
+
+
+def _engine(**kw):
+    views = {f"i{k}": v for k, v in enumerate([0, 1, 1, 2, 3, 3, 3, 4, 6, 9])}
+    scores = {f"i{k}": (k - 5.0, 0.1 * (k + 1)) for k in range(10)}
+    return ScriptedEngine(views, scores, **kw)
+
+
+def _fill(store):
+    # r1 works steadily (60 s, 90 s), takes a 30-minute break, then 120 s: median of 60/90/120.
+    times = [
+        T0,
+        T0 + timedelta(seconds=60),
+        T0 + timedelta(seconds=150),
+        T0 + timedelta(seconds=1950),
+        T0 + timedelta(seconds=2070),
+    ]
+    for n, t in enumerate(times):
+        store.append_ranking(100 + n, ["i1", "i2"], rater="r1", created_at=t)
+    store.append_ranking(200, ["i3", "i4"], rater="r2", created_at=T0)
+    store.append_boundary(300, "i5", "lv", rater="r2", created_at=T0 + timedelta(seconds=10))
+    store.append_ranking(201, ["i3", "i4"], rater="r2", created_at=T0 + timedelta(seconds=30))
+    store.delete_annotation(201)  # a deleted batch does not count
+    store.record_rejection(
+        "ranking has 7 items, expected 8", annotation_id=400, rater="r2", kind="rank"
+    )
+    store.record_rejection("task 9 was not created by the scheduler", annotation_id=401, task_id=9)
+    store.add_task(1, "rank", ["i1", "i2"], created_at=NOW - timedelta(minutes=5))
+    store.add_task(2, "rank", ["i3", "i4"], created_at=NOW - timedelta(minutes=1))
+    store.add_task(3, "boundary", ["i5"], created_at=NOW - timedelta(minutes=2))
+    store.add_task(4, "rank", ["i6", "i7"], created_at=NOW - timedelta(minutes=9))
+    store.set_task_status(4, "answered")
+
+
+def test_figures_match_engine_and_log(store):
+    _fill(store)
+    s = compute_stats(_engine(), store, target_views=3, now=NOW)
+    assert json.loads(json.dumps(s, allow_nan=False)) == s  # strict JSON, no NaN
+    h = s["headline"]
+    assert h["batches_done"] == 30 and h["batches_left"] == 10
+    assert h["progress_pct"] == pytest.approx(75.0) and s["progress"]["percent_basis"] == "batches"
+    assert h["images_at_target"] == 6 and h["share_at_target"] == pytest.approx(0.6)
+    assert h["expected_misclassified"] == 4.25 and h["done"] is False
+    # Views: one bar per count 0..2*target, the last one "≥6" collecting 6 and 9.
+    bars = {b["label"]: b["count"] for b in s["views"]["histogram"]}
+    assert bars == {"0": 1, "1": 2, "2": 1, "3": 3, "4": 1, "5": 0, "≥6": 2}
+    assert s["views"]["max"] == 9 and s["views"]["min"] == 0
+    unc = s["uncertainty"]
+    assert sum(b["count"] for b in unc["histogram"]) == 10
+    assert unc["max_sd"] == pytest.approx(1.0) and unc["median_sd"] == pytest.approx(0.55)
+    assert [p[0] for p in unc["by_rank"]] == list(range(10)) and unc["by_rank"][0][1] == -5.0
+    assert s["classes"] == {"known": False, "counts": None}
+    assert set(s["unavailable"]) == {"classes", "thresholds"}
+    assert s["boundary"]["status"]["basal"]["queries"] == 3 and s["boundary"]["labels"] == 1
+    raters = {r["rater"]: r for r in s["raters"]}
+    assert raters["r1"]["batches"] == 5 and raters["r1"]["median_s_per_batch"] == 90.0
+    assert raters["r1"]["noise"] == 0.3
+    assert raters["r2"]["batches"] == 1 and raters["r2"]["boundary_labels"] == 1
+    assert raters["r2"]["median_s_per_batch"] is None  # one batch: no pace yet
+    assert raters["r1"]["idle_s"] == pytest.approx(3600 - 2070)
+    assert s["rejections"]["total"] == 2
+    assert [r["reason"] for r in s["rejections"]["latest"]] == [
+        "task 9 was not created by the scheduler",
+        "ranking has 7 items, expected 8",
+    ]
+    t = s["tasks"]
+    assert t["open"] == {"rank": 2, "boundary": 1}
+    assert t["by_status"] == {"open": 3, "answered": 1, "retired": 0, "skipped": 0}
+    assert t["oldest_open_age_s"] == pytest.approx(300.0)
+    assert [x["task_id"] for x in t["open_list"]] == [1, 3, 2]
+
+
+def test_class_counts_once_thresholds_known(store):
+    classes = {
+        f"i{k}": ("too_basal" if k < 2 else "lv" if k < 8 else "too_apical") for k in range(10)
+    }
+    s = compute_stats(_engine(classes=classes, left=0, done=True), store, target_views=3, now=NOW)
+    assert s["classes"] == {"known": True, "counts": {"too_basal": 2, "lv": 6, "too_apical": 2}}
+    assert s["headline"]["progress_pct"] == 100.0 and s["headline"]["done"] is True
+    assert s["uncertainty"]["thresholds"] == {"basal": -1.0, "apical": 1.0}
+    assert s["unavailable"] == []
+
+
+def test_degrades_without_engine_methods(store):
+    _fill(store)
+
+    class Bare:  # a strategy that only knows view counts and scores
+        def view_counts(self):
+            return {"a": 3, "b": 1}
+
+        def scores(self):
+            return {"a": (0.0, 1.0), "b": (1.0, 2.0)}
+
+    s = compute_stats(Bare(), store, target_views=3, now=NOW)
+    assert s["headline"]["expected_misclassified"] is None
+    assert s["headline"]["progress_pct"] == pytest.approx(50.0)
+    assert s["progress"]["percent_basis"] == "views"
+    assert s["headline"]["batches_done"] == 6  # counted from the log
+    assert s["uncertainty"]["by_rank"] is None
+    assert {"progress", "expected_misclassified", "rater_noise", "ranking"} <= set(s["unavailable"])
+    nothing = compute_stats(None, store, target_views=3, now=NOW)
+    assert nothing["views"] is None and nothing["headline"]["progress_pct"] is None
+    json.dumps(nothing, allow_nan=False)
+
+
+def test_rejects_bad_target(store):
+    with pytest.raises(ValueError, match="target_views"):
+        compute_stats(_engine(), store, target_views=0, now=NOW)
+
+
+def test_rater_pace_ignores_breaks_and_ties():
+    t = [
+        T0,
+        T0,
+        T0 + timedelta(seconds=40),
+        T0 + timedelta(hours=2),
+        T0 + timedelta(hours=2, seconds=80),
+    ]
+    assert rater_pace({"r": t}) == {"r": 60.0}
+    assert rater_pace({"r": t}, break_s=30) == {"r": None}
+
+
+def test_jsonable_converts_numpy_and_nan():
+    import numpy as np
+
+    out = jsonable(
+        {
+            "a": np.float64(1.5),
+            "b": np.int64(2),
+            ("c"): (np.nan, float("inf")),
+            "d": np.arange(2),
+            "t": T0,
+        }
+    )
+    assert out == {
+        "a": 1.5,
+        "b": 2,
+        "c": [None, None],
+        "d": [0, 1],
+        "t": "2026-01-05T09:00:00+00:00",
+    }
