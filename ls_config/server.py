@@ -1,0 +1,231 @@
+"""Start and stop a real local Label Studio (used by the tests and the demo).
+
+``LabelStudioServer`` runs ``label-studio start`` in its own process group with a temporary
+data directory and SQLite, a known user and legacy API token, local-file serving from a media
+root, and the two SSRF guards of 1.23 switched off so that a scheduler and an ML backend on
+127.0.0.1 can be reached. It waits for ``/health`` and for the token to be accepted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+log = logging.getLogger(__name__)
+
+DEFAULT_USERNAME = "lead@slicerank.local"
+"""Login (an e-mail address, as Label Studio requires) of the user the server is created with."""
+
+STARTUP_TIMEOUT_S = 240.0
+"""Fresh SQLite migrations take ~25 s on an idle 2-core machine; several times that when shared."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Return a TCP port that was free a moment ago (bind to port 0 and let the OS choose)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def label_studio_executable() -> str:
+    """The ``label-studio`` console script of this Python environment (or on PATH)."""
+    beside = Path(sys.executable).with_name("label-studio")
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("label-studio")
+    if not found:
+        raise FileNotFoundError(
+            "label-studio is not installed: install the 'server' extra (pip install -e '.[server]')"
+        )
+    return found
+
+
+class LabelStudioServer:
+    """A local Label Studio process with a known user and API token.
+
+    Use as a context manager, or call :meth:`start` and :meth:`stop`. ``document_root`` (default:
+    the parent of ``media_root``) becomes ``LOCAL_FILES_DOCUMENT_ROOT``; Label Studio 1.23 wants a
+    Local Files storage strictly below it, which the media root then is.
+    """
+
+    def __init__(
+        self,
+        media_root: str | os.PathLike,
+        *,
+        document_root: str | os.PathLike | None = None,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        data_dir: str | os.PathLike | None = None,
+        username: str = DEFAULT_USERNAME,
+        password: str | None = None,
+        api_key: str | None = None,
+        log_path: str | os.PathLike | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.media_root = Path(media_root).resolve()
+        # A Local Files storage may not be the document root itself (1.23 refuses it), so the
+        # document root defaults to the media root's parent.
+        self.document_root = (
+            Path(document_root).resolve() if document_root else self.media_root.parent
+        )
+        self.host = host
+        self.port = port or free_port(host)
+        self.url = f"http://{host}:{self.port}"
+        self._own_data_dir = data_dir is None
+        self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="slicerank-ls-")).resolve()
+        self.username = username
+        self.password = password or secrets.token_urlsafe(12)
+        # DRF tokens are 40 characters; Label Studio stores --user-token as the key.
+        self.api_key = api_key or secrets.token_hex(20)
+        self.log_path = Path(log_path) if log_path else self.data_dir / "label-studio.log"
+        self.extra_env = dict(extra_env or {})
+        self._proc: subprocess.Popen | None = None
+        self._log_file = None
+
+    def environment(self) -> dict[str, str]:
+        """The environment the Label Studio process runs with."""
+        env = dict(os.environ)
+        env.update(
+            {
+                "LABEL_STUDIO_BASE_DATA_DIR": str(self.data_dir),
+                "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
+                "LOCAL_FILES_SERVING_ENABLED": "true",
+                "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
+                "LOCAL_FILES_DOCUMENT_ROOT": str(self.document_root),
+                "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(self.document_root),
+                # 1.23 refuses ML backends and webhooks on 127.0.0.1 unless these are off.
+                "ML_BLOCK_LOCAL_IP": "false",
+                "SSRF_PROTECTION_ENABLED": "false",
+                "DJANGO_DB": "sqlite",
+                "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "false",
+                "COLLECT_ANALYTICS": "false",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        env.update(self.extra_env)
+        return env
+
+    def start(self, timeout: float = STARTUP_TIMEOUT_S) -> LabelStudioServer:
+        """Start the server and wait until it answers with the API token; returns ``self``."""
+        if self._proc is not None:
+            raise RuntimeError(f"Label Studio at {self.url} is already running")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            label_studio_executable(),
+            "start",
+            "--no-browser",
+            "--internal-host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.data_dir),
+            "--database",
+            str(self.data_dir / "label_studio.sqlite3"),
+            "--username",
+            self.username,
+            "--password",
+            self.password,
+            "--user-token",
+            self.api_key,
+            "--enable-legacy-api-token",
+            "--log-level",
+            "WARNING",
+        ]
+        self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        log.info("starting Label Studio on %s (data %s)", self.url, self.data_dir)
+        self._proc = subprocess.Popen(
+            cmd,
+            env=self.environment(),
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group, so stop() reaches every child
+        )
+        try:
+            self._wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        headers = {"Authorization": f"Token {self.api_key}"}
+        last = "no answer yet"
+        with httpx.Client(timeout=5.0) as http:
+            while time.monotonic() < deadline:
+                if self._proc.poll() is not None:
+                    raise RuntimeError(
+                        f"Label Studio exited with {self._proc.returncode} before it was ready; "
+                        f"see {self.log_path}:\n{self._log_tail()}"
+                    )
+                try:
+                    health = http.get(f"{self.url}/health")
+                    if health.status_code == 200:
+                        me = http.get(f"{self.url}/api/current-user/whoami", headers=headers)
+                        if me.status_code == 200:
+                            return
+                        last = f"whoami answered {me.status_code}"
+                    else:
+                        last = f"/health answered {health.status_code}"
+                except httpx.HTTPError as exc:
+                    last = f"{type(exc).__name__}"
+                time.sleep(0.5)
+        raise TimeoutError(
+            f"Label Studio at {self.url} was not ready after {timeout:.0f} s ({last}); "
+            f"see {self.log_path}:\n{self._log_tail()}"
+        )
+
+    def _log_tail(self, n: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    @property
+    def running(self) -> bool:
+        """Whether the process is alive."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def client(self):
+        """A ``label_studio_sdk.LabelStudio`` client logged in with the API token."""
+        from label_studio_sdk import LabelStudio
+
+        return LabelStudio(base_url=self.url, api_key=self.api_key)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Stop the whole process group (SIGTERM, then SIGKILL) and remove a temp data dir."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout)
+            except ProcessLookupError:
+                pass
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        if self._own_data_dir and proc is not None:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> LabelStudioServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
