@@ -1,9 +1,103 @@
-"""Subcommands of ``slicerank`` that drive ``analysis``."""
+"""Subcommands of ``slicerank`` that drive ``analysis``: ``slicerank analyze``."""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
+
+log = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add this package's subcommands to the ``slicerank`` parser."""
+    """Add ``analyze`` to the ``slicerank`` parser."""
+    p = subparsers.add_parser(
+        "analyze",
+        help="compare models / labelling strategies with the study's statistics, tables and plots",
+        description=(
+            "Evaluate one or more prediction or label sets against a ground truth and write "
+            "DIR/report.md and DIR/report.html (with PNG plots): accuracy, F1 and ROC AUC with "
+            "95%% CIs, LV vs not-LV tables, McNemar's test, Cohen's kappa, label-efficiency curves."
+        ),
+    )
+    p.add_argument(
+        "--truth", required=True, metavar="CSV", help="ground truth, columns image_id,label"
+    )
+    p.add_argument(
+        "--pred",
+        action="append",
+        required=True,
+        metavar="NAME=CSV",
+        help="a prediction set: image_id plus label and/or p_too_basal,p_lv,p_too_apical "
+        "(repeatable; the first is the reference of the paired tests)",
+    )
+    p.add_argument(
+        "--out", required=True, metavar="DIR", help="folder for report.md, report.html and plots"
+    )
+    p.add_argument("--json", metavar="FILE", help="also write every number as JSON")
+    p.add_argument(
+        "--curves",
+        nargs="+",
+        default=[],
+        metavar="JSON",
+        help="label-efficiency runs from `slicerank simulate --compare --json`",
+    )
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    p.add_argument(
+        "--ci-method",
+        choices=("clopper-pearson", "wilson"),
+        default="clopper-pearson",
+        help="interval for proportions (default clopper-pearson, which reproduces the study's Table 4)",
+    )
+    p.add_argument(
+        "--reference", metavar="NAME", help="reference prediction set (default: the first --pred)"
+    )
+    p.set_defaults(func=run_analyze)
+
+
+def run_analyze(args: argparse.Namespace) -> int:
+    """Handler of ``slicerank analyze``: read the inputs, build the report, print where it is."""
+    from analysis.io import (
+        AnalysisInputError,
+        check_prediction_ids,
+        parse_prediction_spec,
+        read_curves,
+        read_predictions,
+        read_truth,
+    )
+    from analysis.report import build_report
+    from slicerank.jsonout import write_json
+
+    try:
+        truth = read_truth(args.truth)
+        predictions = {}
+        for spec in args.pred:
+            name, path = parse_prediction_spec(spec)
+            if name in predictions:
+                raise AnalysisInputError(f"--pred {spec!r}: the name {name!r} is used twice")
+            pred = read_predictions(path)
+            check_prediction_ids(truth, pred, name)
+            predictions[name] = pred
+        curves = read_curves(args.curves) if args.curves else None
+        result = build_report(
+            truth,
+            predictions,
+            args.out,
+            curves=curves,
+            seed=args.seed,
+            n_boot=args.n_boot,
+            proportion_method=args.ci_method,
+            reference=args.reference,
+        )
+    except (AnalysisInputError, ValueError) as exc:
+        print(f"slicerank analyze: error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        write_json(args.json, result.summary)
+    print(f"report: {result.html}")
+    print(f"        {result.markdown}")
+    for name, model in result.summary["models"].items():
+        acc = model["overall"]["accuracy"]
+        print(f"  {name}: accuracy {acc['value']:.3f} ({acc['low']:.3f}-{acc['high']:.3f})")
+    return 0

@@ -1,0 +1,350 @@
+"""Every number of the report, computed from the truth and the predictions (pure, no I/O).
+
+:func:`evaluate` returns a JSON-ready dict; :mod:`analysis.report` renders it. The layout
+follows the study (Zaman et al. 2023): Table 2 (per-class and overall accuracy, ROC AUC, F1),
+Table 3 (LV vs not-LV confusion matrices), Table 4 (the study's recall and precision,
+accuracy, McNemar's P against the reference model) and Table 5 (class counts and Cohen's κ).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from itertools import combinations
+from typing import Any
+
+import numpy as np
+from scipy.stats import rankdata
+
+from analysis.agreement import Kappa, cohen_kappa
+from analysis.intervals import (
+    delong_interval,
+    delong_test,
+    percentile_interval,
+    proportion_interval,
+)
+from analysis.mcnemar import McNemar, mcnemar_from_correct
+from analysis.metrics import (
+    BinaryTable,
+    class_indices,
+    confusion_matrix,
+    f1_scores,
+    macro_f1,
+    one_vs_rest_accuracy,
+    precision_recall,
+    weighted_f1,
+)
+from analysis.predictions import Predictions, check_same_images
+from slicerank import CLASSES
+
+__all__ = ["TRUTH_NAME", "evaluate", "summarise_curves"]
+
+#: How the ground truth is named in agreement tables.
+TRUTH_NAME = "truth"
+
+
+def _ci(value: float, low: float, high: float, **extra: Any) -> dict[str, Any]:
+    return {"value": float(value), "low": float(low), "high": float(high), **extra}
+
+
+def _prop(k: int, n: int, method: str, confidence: float) -> dict[str, Any] | None:
+    if n == 0:
+        return None
+    low, high = proportion_interval(k, n, method=method, confidence=confidence)
+    return _ci(k / n, low, high, k=int(k), n=int(n))
+
+
+def _boot_f1(t: np.ndarray, p: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-resample per-class F1 and true-class counts, each (n_boot, k); F1 is NaN where a class
+    is absent from both truth and prediction."""
+    k = len(CLASSES)
+    n_boot = idx.shape[0]
+    codes = t[idx] * k + p[idx] + (k * k) * np.arange(n_boot)[:, None]
+    cm = np.bincount(codes.ravel(), minlength=n_boot * k * k).reshape(n_boot, k, k)
+    tp = np.diagonal(cm, axis1=1, axis2=2).astype(float)
+    denom = cm.sum(axis=1) + cm.sum(axis=2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denom > 0, 2 * tp / denom, np.nan), cm.sum(axis=2)
+
+
+def _boot_auc(t: np.ndarray, scores: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Per-resample one-vs-rest AUC per class, shape (n_boot, k); NaN where undefined."""
+    n = idx.shape[1]
+    out = np.empty((idx.shape[0], scores.shape[1]))
+    ts = t[idx]
+    for c in range(scores.shape[1]):
+        ranks = rankdata(scores[idx, c], axis=1)
+        pos = ts == c
+        m = pos.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[:, c] = ((ranks * pos).sum(axis=1) - m * (m + 1) / 2) / (m * (n - m))
+    out[~np.isfinite(out)] = np.nan
+    return out
+
+
+def _kappa_dict(kappa: Kappa) -> dict[str, Any]:
+    return _ci(kappa.kappa, kappa.low, kappa.high, se=kappa.se, n=kappa.n)
+
+
+def _mcnemar_dict(result: McNemar) -> dict[str, Any]:
+    return {
+        "b": result.b,
+        "c": result.c,
+        "statistic": result.statistic,
+        "pvalue": result.pvalue,
+        "method": result.method,
+    }
+
+
+def _evaluate_model(
+    y_true: list[str],
+    ids: list[str],
+    pred: Predictions,
+    idx: np.ndarray,
+    method: str,
+    confidence: float,
+) -> dict[str, Any]:
+    y_pred = pred.labels_for(ids)
+    t = class_indices(y_true)
+    p = class_indices(y_pred)
+    cm = confusion_matrix(y_true, y_pred)
+    support = cm.sum(axis=1)
+    f1 = f1_scores(cm)
+    precision, recall = precision_recall(cm)
+    boot_f1, boot_support = _boot_f1(t, p, idx)
+    # Absent classes count as F1 = 0, as in the point estimate (metrics.f1_scores).
+    macro_boot = np.nan_to_num(boot_f1, nan=0.0).mean(axis=1)
+    weighted_boot = (np.nan_to_num(boot_f1, nan=0.0) * boot_support).sum(axis=1) / idx.shape[1]
+
+    scores = pred.probability_matrix(ids) if pred.has_probabilities else None
+    boot_auc = _boot_auc(t, scores, idx) if scores is not None else None
+
+    per_class: dict[str, Any] = {}
+    aucs: list[float] = []
+    for c, name in enumerate(CLASSES):
+        k, n = one_vs_rest_accuracy(cm, c)
+        auc = None
+        if scores is not None and 0 < support[c] < len(ids):
+            value, low, high = delong_interval(t == c, scores[:, c], confidence)
+            auc = _ci(value, low, high, method="DeLong")
+            aucs.append(value)
+        f1_low, f1_high = percentile_interval(boot_f1[:, c], confidence)
+        per_class[name] = {
+            "support": int(support[c]),
+            "predicted": int(cm[:, c].sum()),
+            "accuracy": _prop(k, n, method, confidence),
+            "f1": _ci(f1[c], f1_low, f1_high),
+            "precision": float(precision[c]),
+            "recall": float(recall[c]),
+            "auc": auc,
+        }
+
+    overall: dict[str, Any] = {
+        "accuracy": _prop(int(np.trace(cm)), int(cm.sum()), method, confidence),
+        "macro_f1": _ci(macro_f1(cm), *percentile_interval(macro_boot, confidence)),
+        "weighted_f1": _ci(weighted_f1(cm), *percentile_interval(weighted_boot, confidence)),
+        "macro_auc": None,
+        "weighted_auc": None,
+    }
+    if boot_auc is not None and len(aucs) == len(CLASSES):
+        weights = support / support.sum()
+        macro_b = boot_auc.mean(axis=1)  # NaN if a class vanished from that resample
+        weighted_b = (boot_auc * (boot_support / idx.shape[1])).sum(axis=1)
+        overall["macro_auc"] = _ci(float(np.mean(aucs)), *percentile_interval(macro_b, confidence))
+        overall["weighted_auc"] = _ci(
+            float(np.dot(weights, aucs)), *percentile_interval(weighted_b, confidence)
+        )
+
+    table = BinaryTable.from_labels(y_true, y_pred, positive="lv")
+    binary = {
+        "tp": table.tp,
+        "fn": table.fn,
+        "fp": table.fp,
+        "tn": table.tn,
+        "paper_recall": _prop(table.tp, table.tp + table.fp, method, confidence),
+        "paper_precision": _prop(table.tn, table.tn + table.fn, method, confidence),
+        "accuracy": _prop(table.correct, table.n, method, confidence),
+        "sensitivity": _prop(table.tp, table.tp + table.fn, method, confidence),
+        "specificity": _prop(table.tn, table.tn + table.fp, method, confidence),
+    }
+    return {
+        "source": pred.source,
+        "has_probabilities": pred.has_probabilities,
+        "confusion_matrix": cm.tolist(),
+        "per_class": per_class,
+        "overall": overall,
+        "binary": binary,
+    }
+
+
+def evaluate(
+    truth: Mapping[str, str],
+    predictions: Mapping[str, Predictions],
+    *,
+    seed: int = 0,
+    n_boot: int = 2000,
+    confidence: float = 0.95,
+    proportion_method: str = "clopper-pearson",
+    reference: str | None = None,
+) -> dict[str, Any]:
+    """Compute every table of the report; returns a JSON-ready dict.
+
+    ``truth`` maps image id → class; every entry of ``predictions`` (name → :class:`Predictions`)
+    must cover exactly those ids, or ``ValueError`` names the model and the mismatch.
+    McNemar's and DeLong's tests compare each model with ``reference`` (default: the first
+    model, as the study compares against 'one-image-at-a-time'). Bootstrap intervals draw
+    ``n_boot`` resamples from ``numpy.random.default_rng(seed)``; the same resampled images
+    serve every model, so their intervals are paired.
+    """
+    if not truth:
+        raise ValueError("truth is empty")
+    if not predictions:
+        raise ValueError("no predictions to evaluate")
+    bad = sorted({label for label in truth.values() if label not in CLASSES})
+    if bad:
+        raise ValueError(f"truth has unknown class(es) {bad}; expected {list(CLASSES)}")
+    if TRUTH_NAME in predictions:
+        raise ValueError(
+            f"a prediction set may not be called {TRUTH_NAME!r}: that name is the ground truth"
+        )
+    for name, pred in predictions.items():
+        check_same_images(set(truth), set(pred.labels), f"{name} ({pred.source})")
+    reference = reference if reference is not None else next(iter(predictions))
+    if reference not in predictions:
+        raise ValueError(f"reference model {reference!r} is not among {list(predictions)}")
+
+    ids = sorted(truth)
+    y_true = [truth[i] for i in ids]
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(ids), size=(n_boot, len(ids)))
+
+    models = {
+        name: _evaluate_model(y_true, ids, pred, idx, proportion_method, confidence)
+        for name, pred in predictions.items()
+    }
+
+    notes: list[str] = []
+    for name, pred in predictions.items():
+        if not pred.has_probabilities:
+            notes.append(
+                f"{name}: label-only predictions (no class probabilities), so ROC curves and "
+                "ROC AUC are omitted rather than computed from hard labels."
+            )
+    for cls in CLASSES:
+        n_cls = sum(1 for y in y_true if y == cls)
+        if n_cls in (0, len(y_true)):
+            notes.append(
+                f"class {cls}: {n_cls} of {len(y_true)} true images, so its ROC AUC is undefined."
+            )
+
+    y_true_lv = np.asarray([y == "lv" for y in y_true])
+    ref_pred = predictions[reference]
+    comparisons = []
+    for name, pred in predictions.items():
+        if name == reference:
+            continue
+        ref_labels = ref_pred.labels_for(ids)
+        labels = pred.labels_for(ids)
+        ref_bin = (np.asarray(ref_labels) == "lv") == y_true_lv
+        bin_ = (np.asarray(labels) == "lv") == y_true_lv
+        entry: dict[str, Any] = {
+            "model": name,
+            "reference": reference,
+            "mcnemar_binary": _mcnemar_dict(mcnemar_from_correct(ref_bin, bin_)),
+            "mcnemar_3class": _mcnemar_dict(
+                mcnemar_from_correct(
+                    np.asarray(ref_labels) == np.asarray(y_true),
+                    np.asarray(labels) == np.asarray(y_true),
+                )
+            ),
+            "delong": None,
+        }
+        if pred.has_probabilities and ref_pred.has_probabilities:
+            ref_scores = ref_pred.probability_matrix(ids)
+            scores = pred.probability_matrix(ids)
+            delong = {}
+            for c, cls in enumerate(CLASSES):
+                positives = np.asarray(y_true) == cls
+                if 0 < positives.sum() < len(ids):
+                    test = delong_test(positives, ref_scores[:, c], scores[:, c])
+                    delong[cls] = {
+                        "auc_reference": test.auc_a,
+                        "auc": test.auc_b,
+                        "z": test.z,
+                        "pvalue": test.pvalue,
+                    }
+            entry["delong"] = delong
+        comparisons.append(entry)
+
+    label_sets = {TRUTH_NAME: y_true} | {
+        name: pred.labels_for(ids) for name, pred in predictions.items()
+    }
+    agreement = [
+        {
+            "a": a,
+            "b": b,
+            "kappa": _kappa_dict(cohen_kappa(label_sets[a], label_sets[b], confidence=confidence)),
+        }
+        for a, b in combinations(label_sets, 2)
+    ]
+    counts = {
+        name: {cls: sum(1 for y in labels if y == cls) for cls in CLASSES}
+        for name, labels in label_sets.items()
+    }
+    return {
+        "n_images": len(ids),
+        "classes": list(CLASSES),
+        "reference": reference,
+        "settings": {
+            "confidence": confidence,
+            "proportion_interval": proportion_method,
+            "auc_interval": "DeLong (per class); percentile bootstrap (macro and weighted averages)",
+            "f1_interval": "percentile bootstrap",
+            "kappa_interval": "Fleiss-Cohen-Everitt large-sample SE, normal",
+            "n_boot": n_boot,
+            "seed": seed,
+        },
+        "class_counts": counts,
+        "models": models,
+        "comparisons": comparisons,
+        "agreement": agreement,
+        "notes": notes,
+    }
+
+
+def summarise_curves(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Per strategy: seeds, and the final accuracy and hours across seeds (mean, min, max)."""
+    by_strategy: dict[str, list[Mapping[str, Any]]] = {}
+    for run in runs:
+        by_strategy.setdefault(str(run["strategy"]), []).append(run)
+    summary: dict[str, Any] = {}
+    for strategy, group in by_strategy.items():
+        finals = [run.get("final") or run["curve"][-1] for run in group]
+        acc = np.asarray(
+            [
+                f.get("accuracy", run["curve"][-1]["accuracy"])
+                for f, run in zip(finals, group, strict=True)
+            ],
+            dtype=float,
+        )
+        hours = np.asarray(
+            [
+                f.get("hours", run["curve"][-1]["hours"])
+                for f, run in zip(finals, group, strict=True)
+            ],
+            dtype=float,
+        )
+        summary[strategy] = {
+            "runs": len(group),
+            "seeds": sorted({run.get("seed") for run in group}, key=str),
+            "final_accuracy": {
+                "mean": float(acc.mean()),
+                "min": float(acc.min()),
+                "max": float(acc.max()),
+            },
+            "final_hours": {
+                "mean": float(hours.mean()),
+                "min": float(hours.min()),
+                "max": float(hours.max()),
+            },
+        }
+    return summary

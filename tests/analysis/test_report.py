@@ -1,0 +1,212 @@
+"""The rendered report (API and ``slicerank analyze``): tables present, plots decodable images."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from analysis.predictions import Predictions
+from analysis.report import build_report
+from slicerank import CLASSES
+from slicerank.cli import main
+
+N_IMAGES = 120
+#: Few resamples keep the tests fast; the intervals themselves are tested elsewhere.
+N_BOOT = 200
+
+
+def _cohort(seed=0):
+    """Truth, a good and a weak probabilistic model, and a label-only rater, on N_IMAGES images."""
+    rng = np.random.default_rng(seed)
+    ids = [f"img{i:04d}" for i in range(N_IMAGES)]
+    t = rng.choice(3, size=N_IMAGES, p=[0.25, 0.6, 0.15])
+    truth = {i: CLASSES[k] for i, k in zip(ids, t, strict=True)}
+
+    def model(noise):
+        logits = rng.normal(size=(N_IMAGES, 3)) * noise
+        logits[np.arange(N_IMAGES), t] += 1.5
+        p = np.exp(logits)
+        p /= p.sum(axis=1, keepdims=True)
+        return {i: tuple(row) for i, row in zip(ids, p, strict=True)}
+
+    rater = {i: truth[i] if rng.random() < 0.85 else CLASSES[int(rng.integers(3))] for i in ids}
+    return truth, model(1.6), model(0.7), rater
+
+
+def _runs():
+    runs = []
+    for strategy, rate in (("paper", 1.5), ("bayes", 1.0)):
+        for seed in range(3):
+            hours = np.linspace(0, 5 - 0.3 * seed, 8)
+            acc = 0.6 + 0.3 * (1 - np.exp(-hours / rate))
+            curve = [
+                {
+                    "batches": 10 * j,
+                    "views": 80 * j,
+                    "hours": float(h),
+                    "boundary_labels": j,
+                    "accuracy": float(a),
+                    "macro_f1": float(a) - 0.05,
+                    "kendall_tau": float(a) - 0.1,
+                }
+                for j, (h, a) in enumerate(zip(hours, acc, strict=True))
+            ]
+            runs.append({"strategy": strategy, "seed": seed, "curve": curve, "final": curve[-1]})
+    return runs
+
+
+def _assert_png(data: bytes) -> None:
+    assert len(data) > 1000
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    assert image.format == "PNG"
+    assert image.size[0] > 200 and image.size[1] > 200
+    # A blank canvas would be one colour; a drawn plot has many.
+    assert len(image.convert("RGB").getcolors(maxcolors=1_000_000) or []) > 10
+
+
+def test_build_report_writes_tables_and_decodable_plots(tmp_path):
+    truth, weak, good, rater = _cohort()
+    predictions = {
+        "one-at-a-time": Predictions.from_probabilities(weak, source="weak"),
+        "ranking": Predictions.from_probabilities(good, source="good"),
+        "rater 2": Predictions.from_labels(rater, source="rater"),
+    }
+    result = build_report(truth, predictions, tmp_path / "out", curves=_runs(), n_boot=N_BOOT)
+
+    md = result.markdown.read_text()
+    page = result.html.read_text()
+    for heading in ("Table 2.", "Table 3.", "Table 4.", "Table 5.", "Label efficiency"):
+        assert heading in md and heading in page
+    assert page.count("<table>") >= 6
+
+    # Table 3 and 4 show exactly the binary counts and ratios of the data.
+    lv_truth = np.array([truth[i] == "lv" for i in sorted(truth)])
+    lv_pred = np.array([good[i][1] == max(good[i]) for i in sorted(truth)])
+    tp, fn = int(np.sum(lv_truth & lv_pred)), int(np.sum(lv_truth & ~lv_pred))
+    fp, tn = int(np.sum(~lv_truth & lv_pred)), int(np.sum(~lv_truth & ~lv_pred))
+    assert f"| ranking | Ground truth: in the LV | {tp} | {fn} |" in md
+    assert f"|  | Ground truth: not in the LV | {fp} | {tn} |" in md
+    table4_row = next(
+        line
+        for line in md.splitlines()
+        if line.startswith("| ranking | ") and "(" in line and "Ground" not in line
+    )
+    assert table4_row.split(" | ")[1].startswith(f"{tp / (tp + fp):.2f} (")
+
+    # The label-only rater gets no AUC, and the report says why.
+    assert "— (labels only)" in md
+    assert "rater 2: label-only predictions" in md
+    assert result.summary["models"]["rater 2"]["per_class"]["lv"]["auc"] is None
+    assert result.summary["models"]["ranking"]["per_class"]["lv"]["auc"]["value"] > 0.8
+
+    names = sorted(p.name for p in result.figures)
+    assert names == [
+        "confusion-one-at-a-time.png",
+        "confusion-ranking.png",
+        "confusion-rater-2.png",
+        "label_efficiency.png",
+        "roc.png",
+    ]
+    for path in result.figures:
+        _assert_png(path.read_bytes())
+        assert f"]({path.name})" in md
+
+    # Self-contained HTML: every figure embedded, nothing fetched from anywhere.
+    embedded = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(embedded) == len(result.figures)
+    for data in embedded:
+        _assert_png(base64.b64decode(data))
+    assert not re.search(r'(src|href)="(https?:)?//', page)
+
+
+def test_report_is_reproducible_for_a_seed(tmp_path):
+    truth, weak, good, _ = _cohort(seed=1)
+    preds = {"a": Predictions.from_probabilities(weak), "b": Predictions.from_probabilities(good)}
+    first = build_report(truth, preds, tmp_path / "1", seed=5, n_boot=N_BOOT).summary
+    second = build_report(truth, preds, tmp_path / "2", seed=5, n_boot=N_BOOT).summary
+    first.pop("generated"), second.pop("generated")
+    assert first == second
+
+
+def test_build_report_rejects_mismatched_ids(tmp_path):
+    truth, weak, _, _ = _cohort()
+    weak.pop(sorted(weak)[0])
+    with pytest.raises(
+        ValueError, match=r"cnn \(weak\.csv\): image ids do not match the truth: 1 image_id"
+    ):
+        build_report(
+            truth, {"cnn": Predictions.from_probabilities(weak, source="weak.csv")}, tmp_path
+        )
+
+
+def _write_csv(path, header, rows):
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def test_cli_analyze_writes_report_and_json(tmp_path, capsys):
+    truth, weak, good, rater = _cohort(seed=2)
+    t = _write_csv(tmp_path / "truth.csv", ["image_id", "label"], sorted(truth.items()))
+    header = ["image_id", "p_too_basal", "p_lv", "p_too_apical"]
+    a = _write_csv(
+        tmp_path / "a.csv", header, [(i, *(f"{x:.6f}" for x in p)) for i, p in weak.items()]
+    )
+    b = _write_csv(
+        tmp_path / "b.csv", header, [(i, *(f"{x:.6f}" for x in p)) for i, p in good.items()]
+    )
+    r = _write_csv(tmp_path / "r.csv", ["image_id", "label"], rater.items())
+    curves = tmp_path / "compare.json"
+    curves.write_text(json.dumps(_runs()))
+    out = tmp_path / "report"
+    code = main(
+        [
+            "analyze",
+            "--truth",
+            str(t),
+            "--pred",
+            f"one-at-a-time={a}",
+            "--pred",
+            f"ranking={b}",
+            "--pred",
+            f"rater2={r}",
+            "--out",
+            str(out),
+            "--json",
+            str(tmp_path / "summary.json"),
+            "--curves",
+            str(curves),
+            "--n-boot",
+            str(N_BOOT),
+        ]
+    )
+    assert code == 0
+    assert (out / "report.md").is_file() and (out / "report.html").is_file()
+    assert (out / "label_efficiency.png").is_file()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["reference"] == "one-at-a-time"
+    assert set(summary["models"]) == {"one-at-a-time", "ranking", "rater2"}
+    assert summary["curves"]["paper"]["runs"] == 3
+    assert [c["model"] for c in summary["comparisons"]] == ["ranking", "rater2"]
+    assert "report.html" in capsys.readouterr().out
+
+
+def test_cli_analyze_reports_bad_input_and_exits_2(tmp_path, capsys):
+    t = _write_csv(tmp_path / "truth.csv", ["image_id", "label"], [("a", "lv"), ("b", "too_basal")])
+    p = _write_csv(tmp_path / "p.csv", ["image_id", "label"], [("a", "lv"), ("c", "lv")])
+    code = main(["analyze", "--truth", str(t), "--pred", f"m={p}", "--out", str(tmp_path / "o")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "m (m (" not in err
+    assert "image ids do not match the truth" in err and "['b']" in err and "['c']" in err
+    assert not (tmp_path / "o" / "report.html").exists()
