@@ -1,0 +1,406 @@
+"""DICOM folders → an anonymised media root: 8-bit PNG slices + ``manifest.csv`` + a report.
+
+Two passes. The first reads every file's header (pixels deferred), groups frames by
+series, keeps the short-axis stacks and orders each base → apex along its normal. The
+second decodes each kept stack, applies the modality and VOI transforms, and writes one
+PNG per slice named by its salted-hash ``image_id``. Nothing identifying is written: ids
+are HMACs of UIDs, PNGs carry no metadata, and the report's paths and messages have every
+identifying header value seen in the run redacted. No bad file stops the run; each is
+listed in the report with its reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import re
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from cmr_ingest import dicom_io, geometry, ids, pixels
+from cmr_ingest.errors import REASONS, IngestError
+from cmr_ingest.manifest import MANIFEST_NAME, write_manifest
+
+log = logging.getLogger(__name__)
+
+#: Names of the report files written into the media root.
+REPORT_JSON = "ingest_report.json"
+REPORT_TEXT = "ingest_report.txt"
+#: Ground-truth sidecar that ``synth --dicom`` writes; joined automatically when present.
+TRUTH_NAME = "synth_truth.csv"
+
+
+@dataclass
+class IngestReport:
+    """What an ingest run did: counts, every bad file and skipped series, every stack."""
+
+    files: int = 0
+    slices_written: int = 0
+    bad_files: list[dict[str, str]] = field(default_factory=list)
+    skipped_series: list[dict[str, Any]] = field(default_factory=list)
+    stacks: list[dict[str, Any]] = field(default_factory=list)
+    truth: dict[str, Any] | None = None
+    seconds: float = 0.0
+
+    def counts(self) -> dict[str, Any]:
+        """Totals and the number of files per reason."""
+        reasons = Counter(b["reason"] for b in self.bad_files)
+        for s in self.skipped_series:
+            reasons[s["reason"]] += s["files"]
+        return {
+            "files": self.files,
+            "slices_written": self.slices_written,
+            "stacks_kept": len(self.stacks),
+            "series_skipped": len(self.skipped_series),
+            "files_skipped_with_series": sum(s["files"] for s in self.skipped_series),
+            "bad_files": len(self.bad_files),
+            "by_reason": dict(sorted(reasons.items())),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (the content of ``ingest_report.json``)."""
+        return {
+            "counts": self.counts(),
+            "reasons": {k: REASONS[k] for k in self.counts()["by_reason"] if k in REASONS},
+            "bad_files": self.bad_files,
+            "skipped_series": self.skipped_series,
+            "stacks": self.stacks,
+            "truth": self.truth,
+            "supported_transfer_syntaxes": [u.name for u in dicom_io.supported_transfer_syntaxes()],
+            "seconds": round(self.seconds, 3),
+        }
+
+    def summary(self) -> str:
+        """A few readable lines: totals, then each problem with its reason."""
+        c = self.counts()
+        lines = [
+            f"ingested {c['slices_written']} slices in {c['stacks_kept']} short-axis stacks "
+            f"from {c['files']} files in {self.seconds:.1f} s",
+        ]
+        if c["series_skipped"]:
+            lines.append(
+                f"skipped {c['series_skipped']} series ({c['files_skipped_with_series']} files)"
+            )
+        if self.bad_files:
+            lines.append(f"{len(self.bad_files)} bad files:")
+        for reason, n in c["by_reason"].items():
+            lines.append(f"  {reason}: {n} — {REASONS.get(reason, '')}")
+        for b in self.bad_files[:50]:
+            lines.append(f"  {b['file']}: {b['reason']}: {b['detail']}")
+        if len(self.bad_files) > 50:
+            lines.append(f"  … and {len(self.bad_files) - 50} more (see {REPORT_JSON})")
+        for s in self.skipped_series:
+            lines.append(
+                f"  series {s['series']} ({s['files']} files): {s['reason']}: {s['detail']}"
+            )
+        if self.truth:
+            lines.append(f"ground truth joined for {self.truth['matched']} slices")
+        return "\n".join(lines)
+
+
+class _Redactor:
+    """Replaces every identifying value seen in the run by ``[redacted]``."""
+
+    def __init__(self) -> None:
+        self.tokens: set[str] = set()
+        self._rx: re.Pattern[str] | None = None
+
+    def add(self, tokens: set[str]) -> None:
+        if not tokens <= self.tokens:
+            self.tokens |= tokens
+            self._rx = None
+
+    def __call__(self, text: str) -> str:
+        if not self.tokens:
+            return text
+        if self._rx is None:
+            alts = sorted(self.tokens, key=len, reverse=True)
+            self._rx = re.compile("|".join(re.escape(t) for t in alts), re.IGNORECASE)
+        return self._rx.sub("[redacted]", text)
+
+
+def _read_truth(path: Path) -> dict[tuple[str, int], tuple[float, str]]:
+    with path.open(newline="") as fh:
+        return {
+            (r["sop_instance_uid"], int(r.get("frame") or 0)): (
+                float(r["position"]),
+                r["true_class"],
+            )
+            for r in csv.DictReader(fh)
+        }
+
+
+def _stack_key(h: dicom_io.SliceHeader) -> str:
+    # A file without SeriesInstanceUID is invalid DICOM; group it with its folder so it
+    # is still ordered with its neighbours rather than lost.
+    return h.series_uid or f"no-series:{h.path.parent}"
+
+
+def _split_consistent(
+    headers: list[dicom_io.SliceHeader],
+) -> tuple[list[dicom_io.SliceHeader], list[dicom_io.SliceHeader]]:
+    """The largest group of frames sharing orientation and matrix, and the rest."""
+    groups: list[list[dicom_io.SliceHeader]] = []
+    for h in headers:
+        normal = geometry.slice_normal(h.orientation) if h.orientation else None
+        for g in groups:
+            g0 = g[0]
+            g_normal = geometry.slice_normal(g0.orientation) if g0.orientation else None
+            same_geom = (normal is None and g_normal is None) or (
+                normal is not None
+                and g_normal is not None
+                and geometry.same_orientation(normal, g_normal)
+            )
+            if same_geom and (h.rows, h.columns) == (g0.rows, g0.columns):
+                g.append(h)
+                break
+        else:
+            groups.append([h])
+    groups.sort(key=len, reverse=True)
+    return groups[0], [h for g in groups[1:] for h in g]
+
+
+def ingest(
+    src: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    salt: str,
+    orientation_tolerance_deg: float = geometry.DEFAULT_TOLERANCE_DEG,
+    any_orientation: bool = False,
+    truth: str | os.PathLike[str] | None = None,
+    png_compress_level: int = 1,
+    progress: bool = False,
+) -> IngestReport:
+    """Ingest every DICOM file under ``src`` into the media root ``out_dir``.
+
+    Writes ``images/<image_id>.png``, ``manifest.csv``, ``ingest_report.json`` and
+    ``ingest_report.txt``; returns the report. ``salt`` keys the id hashes (see
+    :mod:`cmr_ingest.ids`). Series whose normal is more than ``orientation_tolerance_deg``
+    from the typical LV long axis are skipped unless ``any_orientation``. ``truth`` is a
+    ground-truth CSV keyed by SOPInstanceUID (``synth --dicom`` writes one into ``src``,
+    used when ``truth`` is None) whose ``position`` and ``true_class`` go into the manifest.
+    """
+    t0 = time.perf_counter()
+    src, out = Path(src), Path(out_dir)
+    if not src.exists():
+        raise FileNotFoundError(f"ingest source {src} does not exist")
+    if truth is None and src.is_dir() and (src / TRUTH_NAME).is_file():
+        truth = src / TRUTH_NAME
+    truth_map = _read_truth(Path(truth)) if truth is not None else None
+    (out / "images").mkdir(parents=True, exist_ok=True)
+
+    from tqdm import tqdm
+
+    report = IngestReport()
+    redact = _Redactor()
+    root = src if src.is_dir() else src.parent
+    files = dicom_io.walk_files(src, exclude={Path(truth)} if truth is not None else None)
+    report.files = len(files)
+    bad: list[tuple[Path, str, str]] = []
+
+    # Pass 1: headers.
+    series: dict[str, list[dicom_io.SliceHeader]] = defaultdict(list)
+    seen: dict[tuple[str, int], str] = {}
+    with dicom_io.quiet_pydicom():
+        for path in tqdm(files, desc="ingest: headers", unit="file", disable=not progress):
+            try:
+                headers, phi = dicom_io.read_headers(path)
+            except IngestError as exc:
+                bad.append((path, exc.code, str(exc)))
+                continue
+            redact.add(phi)
+            key = (headers[0].sop_uid, 0)
+            if headers[0].sop_uid and key in seen:
+                bad.append((path, "duplicate_instance", f"same SOPInstanceUID as {seen[key]}"))
+                continue
+            seen[key] = os.path.relpath(path, root)
+            for h in headers:
+                series[_stack_key(h)].append(h)
+
+    # Group, filter and order.
+    stacks: list[tuple[str, list[dicom_io.SliceHeader], dict[str, Any]]] = []
+    for key, headers in series.items():
+        sid = ids.scan_id(salt, key)
+        kept, odd = _split_consistent(headers)
+        for h in odd:
+            bad.append(
+                (
+                    h.path,
+                    "inconsistent_series",
+                    "orientation or matrix differs from the other "
+                    f"{len(kept)} slices of its series (kept those)",
+                )
+            )
+        n_files = len({h.path for h in kept})
+        info: dict[str, Any] = {"scan_id": sid, "notes": []}
+        if kept[0].orientation is None or any(h.position is None for h in kept):
+            if not any_orientation:
+                report.skipped_series.append(
+                    {
+                        "series": sid,
+                        "files": n_files,
+                        "reason": "no_geometry",
+                        "detail": REASONS["no_geometry"],
+                    }
+                )
+                continue
+            kept.sort(key=lambda h: (h.instance_number, h.frame))
+            info.update(ordered_by="instance_number", angle_to_long_axis_deg=None, spacing_mm=None)
+            info["notes"].append(
+                "no patient geometry: ordered by InstanceNumber, direction unknown"
+            )
+        else:
+            normal = geometry.slice_normal(kept[0].orientation)
+            angle = geometry.angle_to_long_axis(normal)
+            if not any_orientation and angle > orientation_tolerance_deg:
+                report.skipped_series.append(
+                    {
+                        "series": sid,
+                        "files": n_files,
+                        "reason": "not_short_axis",
+                        "detail": f"normal is {angle:.0f}° from the LV long axis "
+                        f"(tolerance {orientation_tolerance_deg:g}°)",
+                    }
+                )
+                continue
+            order, dist = geometry.order_base_to_apex([h.position for h in kept], normal)
+            kept = [kept[i] for i in order]
+            for i in reversed(geometry.duplicates(dist)):
+                h = kept.pop(i)
+                dist.pop(i)
+                bad.append(
+                    (
+                        h.path,
+                        "duplicate_position",
+                        "same position as another slice of its series (kept the first read)",
+                    )
+                )
+            spacing, uneven = geometry.spacing_summary(dist)
+            info.update(
+                ordered_by="geometry",
+                angle_to_long_axis_deg=round(angle, 1),
+                spacing_mm=None if spacing is None else round(spacing, 2),
+            )
+            if uneven:
+                info["notes"].append("uneven slice spacing (missing slices?)")
+            if abs(float(np.dot(normal, geometry.TYPICAL_LONG_AXIS_LPS))) < 0.2:
+                info["notes"].append(
+                    "normal nearly perpendicular to the long axis: base/apex direction uncertain"
+                )
+        stacks.append((sid, kept, info))
+
+    # Pass 2: pixels → PNG, one stack at a time.
+    rows: list[dict[str, Any]] = []
+    matched = 0
+    total = sum(len(k) for _, k, _ in stacks)
+    bar = tqdm(total=total, desc="ingest: slices", unit="slice", disable=not progress)
+    with dicom_io.quiet_pydicom():
+        for sid, kept, info in stacks:
+            written, window_source = _write_stack(kept, out, salt, png_compress_level, bad)
+            bar.update(len(kept))
+            if not written:
+                report.skipped_series.append(
+                    {
+                        "series": sid,
+                        "files": 0,
+                        "reason": "decode_failed",
+                        "detail": "no slice could be decoded",
+                    }
+                )
+                continue
+            info["n_slices"] = len(written)
+            info["window"] = window_source
+            report.stacks.append(info)
+            for k, (h, image_id) in enumerate(written):
+                pos, cls = None, None
+                if truth_map is not None and (h.sop_uid, h.frame) in truth_map:
+                    pos, cls = truth_map[(h.sop_uid, h.frame)]
+                    matched += 1
+                rows.append(
+                    {
+                        "image_id": image_id,
+                        "scan_id": sid,
+                        "slice_index": k,
+                        "n_slices": len(written),
+                        "path": f"images/{image_id}.png",
+                        "position": pos,
+                        "true_class": cls,
+                    }
+                )
+    bar.close()
+    write_manifest(out / MANIFEST_NAME, rows)
+    report.slices_written = len(rows)
+    if truth_map is not None:
+        report.truth = {"file": Path(truth).name, "entries": len(truth_map), "matched": matched}
+    for path, code, detail in bad:
+        rel = os.path.relpath(path, root)
+        report.bad_files.append({"file": redact(rel), "reason": code, "detail": redact(detail)})
+    report.seconds = time.perf_counter() - t0
+
+    from slicerank.jsonout import write_json
+
+    write_json(out / REPORT_JSON, report.to_dict())
+    (out / REPORT_TEXT).write_text(report.summary() + "\n")
+    log.info("ingest: %d slices, %d stacks, %d bad files", len(rows), len(report.stacks), len(bad))
+    return report
+
+
+def _write_stack(
+    kept: list[dicom_io.SliceHeader],
+    out: Path,
+    salt: str,
+    level: int,
+    bad: list[tuple[Path, str, str]],
+) -> tuple[list[tuple[dicom_io.SliceHeader, str]], str]:
+    """Decode, window and write one ordered stack; returns (header, image_id) per slice."""
+    decoded: dict[Path, tuple[np.ndarray, Any] | None] = {}
+    values: list[tuple[dicom_io.SliceHeader, np.ndarray]] = []
+    for h in kept:
+        if h.path not in decoded:
+            try:
+                decoded[h.path] = dicom_io.read_frames(h.path)
+            except IngestError as exc:
+                decoded[h.path] = None
+                bad.append((h.path, exc.code, str(exc)))
+        entry = decoded[h.path]
+        if entry is None:
+            continue
+        frames, ds = entry
+        if h.frame >= frames.shape[0]:
+            bad.append((h.path, "decode_failed", f"frame {h.frame + 1} missing from pixel data"))
+            continue
+        arr = pixels.to_grayscale(frames[h.frame], h.photometric)
+        if h.has_modality_lut_sequence:
+            from pydicom.pixels import apply_modality_lut
+
+            arr = apply_modality_lut(arr, ds).astype(np.float32)
+        else:
+            arr = pixels.apply_rescale(arr, *h.rescale)
+        if h.window is None and h.has_voi_lut_sequence:
+            from pydicom.pixels import apply_voi_lut
+
+            arr = apply_voi_lut(arr, ds).astype(np.float32)
+        values.append((h, arr))
+    # One window for the whole stack when the header has none, so slices stay comparable.
+    stack_window = None
+    if any(h.window is None for h, _ in values):
+        sample = np.concatenate([a.reshape(-1)[::7] for _, a in values]) if values else None
+        stack_window = pixels.percentile_window(sample) if sample is not None else None
+    written = []
+    for h, arr in values:
+        center, width = h.window or stack_window
+        # Without an SOPInstanceUID (invalid, but seen) the file path keys the id instead.
+        image_id = ids.image_id(salt, h.sop_uid or f"file:{h.path.resolve()}", h.frame)
+        Image.fromarray(pixels.window_to_uint8(arr, center, width)).save(
+            out / "images" / f"{image_id}.png", compress_level=level
+        )
+        written.append((h, image_id))
+    source = "header" if stack_window is None else "percentiles"
+    return written, source
