@@ -306,15 +306,7 @@ def ingest(
             written, window_source = _write_stack(kept, out, salt, png_compress_level, bad)
             bar.update(len(kept))
             if not written:
-                report.skipped_series.append(
-                    {
-                        "series": sid,
-                        "files": 0,
-                        "reason": "decode_failed",
-                        "detail": "no slice could be decoded",
-                    }
-                )
-                continue
+                continue  # every file of it is already listed in bad_files
             info["n_slices"] = len(written)
             info["window"] = window_source
             report.stacks.append(info)
