@@ -36,6 +36,9 @@ RANK_POINTS = 300
 
 CLASS_ORDER = ("too_basal", "lv", "too_apical")
 
+FINAL_CUT_STATES = frozenset({"settled", "budget_spent", "converged", "done"})
+"""``boundary_status()`` states after which a cut no longer moves (the classes are final)."""
+
 
 def _call(engine: Any, name: str, unavailable: list[str], *args: Any) -> Any:
     """``engine.name(*args)``, or None (noted in ``unavailable``) if it is missing or refuses."""
@@ -186,7 +189,8 @@ def compute_stats(
     ``share_at_target``, ``expected_misclassified``, ``done``), ``progress``, ``views``
     (``histogram`` of ``{views, label, count}``, ``share_at_target``, ...), ``uncertainty``
     (``histogram`` of posterior sd, ``median_sd``, ``p90_sd``, ``by_rank`` as
-    ``[rank, mean, sd]``, ``thresholds``), ``classes`` (``known``, ``counts``), ``boundary``
+    ``[rank, mean, sd]``, ``thresholds``), ``classes`` (``known``: final, ``provisional``: counts while ranking or the cut search goes on,
+    ``counts``), ``boundary``
     (engine ``status`` per cut, ``labels`` in the log), ``raters`` (one row per rater:
     ``batches``, ``boundary_labels``, ``median_s_per_batch``, ``last_active``, ``noise``),
     ``rejections`` (``total``, ``latest``), ``tasks`` (``by_status``, ``open`` per kind,
@@ -234,6 +238,22 @@ def compute_stats(
         counter = Counter(classes.values())
         class_counts = {c: counter.get(c, 0) for c in CLASS_ORDER}
         class_counts.update({c: n for c, n in counter.items() if c not in class_counts})
+    # The engine answers classes() from its current cut estimates even before any boundary
+    # label (the class-mix prior), and the scores keep moving while batches are ranked, so the
+    # counts are *final* only once the stopping rule holds and every cut has stopped
+    # searching; until then they are shown as provisional.
+    cut_states = [
+        c.get("state") for c in (boundary_status or {}).values() if isinstance(c, Mapping)
+    ]
+    if boundary_status is None:
+        classes_final = class_counts is not None and bool(done)
+    else:
+        classes_final = (
+            class_counts is not None
+            and bool(done)
+            and bool(cut_states)
+            and all(st in FINAL_CUT_STATES for st in cut_states)
+        )
 
     by_rater: dict[str, dict[str, Any]] = defaultdict(
         lambda: {"batches": 0, "boundary_labels": 0, "times": []}
@@ -296,7 +316,11 @@ def compute_stats(
         },
         "views": views_sec,
         "uncertainty": _uncertainty_section(scores, ranking, thresholds),
-        "classes": {"known": class_counts is not None, "counts": class_counts},
+        "classes": {
+            "known": classes_final,
+            "provisional": class_counts is not None and not classes_final,
+            "counts": class_counts,
+        },
         "boundary": {
             "status": boundary_status,
             "labels": len(boundary_labels),

@@ -20,8 +20,9 @@ class ScriptedEngine:
 
     strategy = "bayes"
 
-    def __init__(self, views, scores, *, classes=None, left=10, done=False):
+    def __init__(self, views, scores, *, classes=None, left=10, done=False, cut_state="searching"):
         self._views, self._scores, self._classes = views, scores, classes
+        self._cut_state = cut_state
         self._left, self._done = left, done
 
     def view_counts(self):
@@ -45,7 +46,7 @@ class ScriptedEngine:
         return 4.25
 
     def boundary_status(self):
-        return {"basal": {"state": "searching", "queries": 3, "estimate": None}}
+        return {"basal": {"state": self._cut_state, "queries": 3, "estimate": None}}
 
     def thresholds(self):
         if self._classes is None:
@@ -117,7 +118,7 @@ def test_figures_match_engine_and_log(store):
     assert sum(b["count"] for b in unc["histogram"]) == 10
     assert unc["max_sd"] == pytest.approx(1.0) and unc["median_sd"] == pytest.approx(0.55)
     assert [p[0] for p in unc["by_rank"]] == list(range(10)) and unc["by_rank"][0][1] == -5.0
-    assert s["classes"] == {"known": False, "counts": None}
+    assert s["classes"] == {"known": False, "provisional": False, "counts": None}
     assert set(s["unavailable"]) == {"classes", "thresholds"}
     assert s["boundary"]["status"]["basal"]["queries"] == 3 and s["boundary"]["labels"] == 1
     raters = {r["rater"]: r for r in s["raters"]}
@@ -143,8 +144,17 @@ def test_class_counts_once_thresholds_known(store):
         f"i{k}": ("too_basal" if k < 2 else "lv" if k < 8 else "too_apical") for k in range(10)
     }
     s = compute_stats(_engine(classes=classes, left=0, done=True), store, target_views=3, now=NOW)
-    assert s["classes"] == {"known": True, "counts": {"too_basal": 2, "lv": 6, "too_apical": 2}}
+    # The scripted boundary search is still "searching": counts are there but provisional.
+    assert s["classes"] == {
+        "known": False,
+        "provisional": True,
+        "counts": {"too_basal": 2, "lv": 6, "too_apical": 2},
+    }
     assert s["headline"]["progress_pct"] == 100.0 and s["headline"]["done"] is True
+    settled = compute_stats(
+        _engine(classes=classes, done=True, cut_state="settled"), store, target_views=3, now=NOW
+    )
+    assert settled["classes"]["known"] is True and settled["classes"]["provisional"] is False
     assert s["uncertainty"]["thresholds"] == {"basal": -1.0, "apical": 1.0}
     assert s["unavailable"] == []
 
@@ -207,3 +217,37 @@ def test_jsonable_converts_numpy_and_nan():
         "d": [0, 1],
         "t": "2026-01-05T09:00:00+00:00",
     }
+
+
+@pytest.mark.parametrize("strategy", ["paper", "bayes"])
+def test_stats_from_the_real_engine(store, strategy):
+    import random
+
+    from ranking_scheduler.dashboard import render_dashboard
+    # Until the engine module is committed beside this file (see the report), skip, do not fail.
+    RankingEngine = pytest.importorskip("ranking_scheduler.engine").RankingEngine
+
+    ids = [f"img{i:03d}" for i in range(96)]
+    rng = random.Random(0)
+    engine = RankingEngine(ids, strategy=strategy, target_views=3, seed=1)
+    for k in range(30):
+        rater = f"r{k % 2}"
+        batch = engine.next_batch(rater)
+        ordered = sorted(batch, key=lambda i: int(i[3:]) + rng.gauss(0, 3))
+        engine.submit(rater, ordered)
+        store.append_ranking(k + 1, ordered, rater=rater, created_at=T0 + timedelta(seconds=50 * k))
+    s = compute_stats(engine, store, target_views=3, now=NOW)
+    json.dumps(s, allow_nan=False)
+    assert s["strategy"] == strategy and s["n_images"] == 96
+    assert s["headline"]["batches_done"] == 30 == s["progress"]["batches_logged"]
+    assert sum(b["count"] for b in s["views"]["histogram"]) == 96
+    assert s["views"]["total"] == 30 * 8
+    assert sum(b["count"] for b in s["uncertainty"]["histogram"]) == 96
+    assert s["headline"]["expected_misclassified"] == pytest.approx(engine.expected_misclassified())
+    assert s["headline"]["batches_left"] == engine.progress()["estimated_batches_left"]
+    assert 0 <= s["headline"]["progress_pct"] <= 100
+    assert sum(s["classes"]["counts"].values()) == 96  # from the current cut estimates
+    assert set(s["boundary"]["status"]) == set(engine.boundary_status())
+    assert {r["rater"]: r["median_s_per_batch"] for r in s["raters"]} == {"r0": 100.0, "r1": 100.0}
+    assert s["unavailable"] == []
+    assert "data-stat" in render_dashboard(s)

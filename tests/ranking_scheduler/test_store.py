@@ -301,3 +301,92 @@ def test_rebuild_names_a_refused_submission(store):
         on_invalid=lambda s, e: refused.append(s.annotation_id),
     )
     assert refused == [12] and len(engine.calls) == 1
+
+
+def _live_session(store, strategy: str, n_images: int = 120, n_batches: int = 45):
+    """Drive a real RankingEngine the way the service does, logging every submission."""
+    import random
+
+    # Until the engine module is committed beside this file (see the report), skip, do not fail.
+    RankingEngine = pytest.importorskip("ranking_scheduler.engine").RankingEngine
+
+    ids = [f"img{i:03d}" for i in range(n_images)]
+    position = {i: k / n_images for k, i in enumerate(ids)}  # img000 is the most basal
+    rng = random.Random(7)
+    live = RankingEngine(ids, strategy=strategy, seed=3)
+    ann = 0
+    for k in range(n_batches):
+        rater = f"r{k % 3}"
+        batch = live.next_batch(rater)
+        if not batch:
+            break
+        ordered = sorted(batch, key=lambda i: position[i] + rng.gauss(0, 0.03))
+        live.submit(rater, ordered)
+        ann += 1
+        store.append_ranking(ann, ordered, rater=rater, task_id=ann)
+        if k % 5 == 4:
+            query = live.next_boundary_query()
+            if query is not None:
+                cls = (
+                    "too_basal"
+                    if position[query] < 0.15
+                    else "lv"
+                    if position[query] < 0.85
+                    else "too_apical"
+                )
+                live.submit_boundary(query, cls)
+                ann += 1
+                store.append_boundary(ann, query, cls, rater=rater)
+    return ids, live
+
+
+@pytest.mark.parametrize("strategy", ["paper", "bayes"])
+def test_rebuild_equals_the_live_engine(db_url, strategy):
+    # Until the engine module is committed beside this file (see the report), skip, do not fail.
+    RankingEngine = pytest.importorskip("ranking_scheduler.engine").RankingEngine
+
+    store = SubmissionStore(db_url)
+    ids, live = _live_session(store, strategy)
+    assert sum(1 for s in store.effective_submissions("boundary")) >= 1
+    store.close()
+    reopened = SubmissionStore(db_url)  # as after a scheduler restart
+    rebuilt = reopened.rebuild(lambda: RankingEngine(ids, strategy=strategy, seed=3))
+    reopened.close()
+    assert rebuilt.scores() == live.scores()
+    assert rebuilt.view_counts() == live.view_counts()
+    assert rebuilt.ranking() == live.ranking()
+    assert rebuilt.classes() == live.classes()
+    assert rebuilt.progress()["batches"] == live.progress()["batches"]
+
+
+def test_rebuild_after_edit_and_delete_equals_engine_fed_the_corrected_history(db_url):
+    # Until the engine module is committed beside this file (see the report), skip, do not fail.
+    RankingEngine = pytest.importorskip("ranking_scheduler.engine").RankingEngine
+
+    store = SubmissionStore(db_url)
+    ids, _ = _live_session(store, "bayes", n_batches=20)
+    history = list(store.effective_submissions())
+    ranks = [s for s in history if s.kind == "rank"]
+    edit, drop = ranks[3], ranks[5]
+    edited = list(reversed(edit.ordered))
+    assert store.append_ranking(edit.annotation_id, edited, rater=edit.rater).needs_rebuild
+    assert store.delete_annotation(drop.annotation_id).needs_rebuild
+    rebuilt = store.rebuild(lambda: RankingEngine(ids, strategy="bayes", seed=3))
+    store.close()
+
+    expected = RankingEngine(ids, strategy="bayes", seed=3)
+    for s in history:
+        if s.annotation_id == drop.annotation_id:
+            continue
+        if s.kind == "boundary":
+            expected.submit_boundary(s.image_id, s.label)
+        else:
+            ordered = edited if s.annotation_id == edit.annotation_id else list(s.ordered)
+            expected.submit(s.rater, ordered, require_open=False)
+    assert rebuilt.scores() == expected.scores()
+    assert rebuilt.view_counts() == expected.view_counts()
+    assert rebuilt.progress()["batches"] == len(ranks) - 1
+    original = RankingEngine(ids, strategy="bayes", seed=3)
+    for s in ranks:
+        original.submit(s.rater, list(s.ordered), require_open=False)
+    assert rebuilt.scores() != original.scores()  # the edit and the deletion did count
