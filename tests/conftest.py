@@ -14,6 +14,9 @@ from collections.abc import Iterator
 
 import pytest
 
+# The real Label Studio server for the session (started only when a test asks for it).
+from tests.ls_server import label_studio  # noqa: F401
+
 TEST_REDIS_URL = os.environ.get("SLICERANK_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 TEST_PG_ADMIN_URL = os.environ.get(
     "SLICERANK_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
