@@ -13,7 +13,6 @@ from itertools import combinations
 from typing import Any
 
 import numpy as np
-from scipy.stats import rankdata
 
 from analysis.agreement import Kappa, cohen_kappa
 from analysis.intervals import (
@@ -21,6 +20,8 @@ from analysis.intervals import (
     delong_test,
     percentile_interval,
     proportion_interval,
+    resample_counts,
+    resampled_auc,
 )
 from analysis.mcnemar import McNemar, mcnemar_from_correct
 from analysis.metrics import (
@@ -66,19 +67,11 @@ def _boot_f1(t: np.ndarray, p: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray,
         return np.where(denom > 0, 2 * tp / denom, np.nan), cm.sum(axis=2)
 
 
-def _boot_auc(t: np.ndarray, scores: np.ndarray, idx: np.ndarray) -> np.ndarray:
+def _boot_auc(t: np.ndarray, scores: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Per-resample one-vs-rest AUC per class, shape (n_boot, k); NaN where undefined."""
-    n = idx.shape[1]
-    out = np.empty((idx.shape[0], scores.shape[1]))
-    ts = t[idx]
-    for c in range(scores.shape[1]):
-        ranks = rankdata(scores[idx, c], axis=1)
-        pos = ts == c
-        m = pos.sum(axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out[:, c] = ((ranks * pos).sum(axis=1) - m * (m + 1) / 2) / (m * (n - m))
-    out[~np.isfinite(out)] = np.nan
-    return out
+    return np.column_stack(
+        [resampled_auc(t == c, scores[:, c], counts) for c in range(scores.shape[1])]
+    )
 
 
 def _kappa_dict(kappa: Kappa) -> dict[str, Any]:
@@ -100,6 +93,7 @@ def _evaluate_model(
     ids: list[str],
     pred: Predictions,
     idx: np.ndarray,
+    counts: np.ndarray,
     method: str,
     confidence: float,
 ) -> dict[str, Any]:
@@ -116,7 +110,7 @@ def _evaluate_model(
     weighted_boot = (np.nan_to_num(boot_f1, nan=0.0) * boot_support).sum(axis=1) / idx.shape[1]
 
     scores = pred.probability_matrix(ids) if pred.has_probabilities else None
-    boot_auc = _boot_auc(t, scores, idx) if scores is not None else None
+    boot_auc = _boot_auc(t, scores, counts) if scores is not None else None
 
     per_class: dict[str, Any] = {}
     aucs: list[float] = []
@@ -216,9 +210,10 @@ def evaluate(
     y_true = [truth[i] for i in ids]
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(ids), size=(n_boot, len(ids)))
+    counts = resample_counts(idx, len(ids))
 
     models = {
-        name: _evaluate_model(y_true, ids, pred, idx, proportion_method, confidence)
+        name: _evaluate_model(y_true, ids, pred, idx, counts, proportion_method, confidence)
         for name, pred in predictions.items()
     }
 

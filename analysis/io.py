@@ -124,6 +124,9 @@ def read_predictions(path: str | os.PathLike[str]) -> Predictions:
 
     With probabilities and no ``label`` column the label is the most probable class (the
     study's rule); with both, the given label is kept (a model may use other thresholds).
+    Without ``label``, a ``class`` column is used instead, so the scheduler's
+    ``consensus.csv`` (whose classes come from thresholds, not an argmax) reads as it is.
+    Other columns are ignored.
     """
     path = Path(path)
     source = str(path)  # callers prefix the model name when they report a mismatch
@@ -139,7 +142,8 @@ def read_predictions(path: str | os.PathLike[str]) -> Predictions:
             raise AnalysisInputError(
                 f"{path}: has {', '.join(present)} but is missing {', '.join(absent)}"
             )
-        has_label = "label" in header
+        label_column = "label" if "label" in header else ("class" if "class" in header else None)
+        has_label = label_column is not None
         if not has_label and not present:
             raise AnalysisInputError(
                 f"{path}: needs a label column or the columns {', '.join(PROBABILITY_COLUMNS)} "
@@ -152,7 +156,7 @@ def read_predictions(path: str | os.PathLike[str]) -> Predictions:
             line = reader.line_num
             image_id = _image_id(row.get("image_id"), path, line, seen)
             if has_label:
-                labels[image_id] = _label(row.get("label"), path, line)
+                labels[image_id] = _label(row.get(label_column), path, line)
             if present:
                 probs[image_id] = _probabilities(row, path, line)
     if not seen:

@@ -9,7 +9,14 @@ from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
 from statsmodels.stats.inter_rater import cohens_kappa as sm_kappa
 
 from analysis.agreement import cohen_kappa, kappa_from_table
-from analysis.intervals import bootstrap_interval, delong_interval, delong_test, delong_variance
+from analysis.intervals import (
+    bootstrap_interval,
+    delong_interval,
+    delong_test,
+    delong_variance,
+    resample_counts,
+    resampled_auc,
+)
 from analysis.mcnemar import EXACT_BELOW, mcnemar_from_correct, mcnemar_test
 from analysis.metrics import (
     confusion_matrix,
@@ -208,3 +215,19 @@ def test_bootstrap_is_reproducible_for_a_seed():
     assert first == second
     assert first != other
     assert first[0] < values.mean() < first[1]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_resampled_auc_equals_auc_of_each_resample(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(5, 80))
+    y = rng.random(n) < 0.3
+    s = np.round(rng.random(n) + 0.5 * y, 1)  # ties on purpose
+    idx = rng.integers(0, n, size=(40, n))
+    fast = resampled_auc(y, s, resample_counts(idx, n))
+    for row, value in zip(idx, fast, strict=True):
+        yy, ss = y[row], s[row]
+        if yy.all() or not yy.any():
+            assert np.isnan(value)
+        else:
+            assert value == pytest.approx(skm.roc_auc_score(yy, ss), abs=TOL)

@@ -52,6 +52,18 @@ def test_reads_truth_and_both_prediction_kinds(tmp_path):
     assert both.labels["a"] == "too_basal"  # an explicit label wins over the argmax
 
 
+def test_reads_the_schedulers_consensus_csv(tmp_path):
+    """consensus.csv (docs/INTERFACES.md) has ``class`` and probabilities; its class is kept."""
+    text = (
+        "image_id,rank,score_mean,score_sd,views,class,p_too_basal,p_lv,p_too_apical\n"
+        "a,1,2.1,0.3,3,too_basal,0.45,0.5,0.05\n"
+        "b,2,0.1,0.2,4,lv,0.1,0.8,0.1\n"
+    )
+    pred = read_predictions(_write(tmp_path, "consensus.csv", text))
+    assert pred.labels == {"a": "too_basal", "b": "lv"}
+    assert pred.probabilities["a"] == (0.45, 0.5, 0.05)
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from analysis.evaluation import evaluate
@@ -140,3 +141,23 @@ def test_proportion_interval_dispatch():
     assert proportion_interval(73, 148, method="wilson") == wilson_interval(73, 148)
     with pytest.raises(ValueError, match="unknown interval method"):
         proportion_interval(1, 2, method="wald")
+
+
+#: Slack for an average of two-decimal per-class figures against a two-decimal overall figure,
+#: with the test set's class shares approximated by the whole dataset's (stratified split).
+AVERAGE_TOL = 0.015
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_table2_overall_auc_and_f1_are_support_weighted_averages(name):
+    """Why the report prints weighted averages beside macro ones: the study's overall figures
+    match the support-weighted mean of its per-class figures, not the unweighted one."""
+    data = DATA["table2_overall"]
+    weights = np.asarray(data["class_counts"], dtype=float)
+    for metric in ("auc", "f1"):
+        per_class = np.asarray(data[name][metric])
+        printed = data[name][f"{metric}_overall"]
+        weighted = float(np.average(per_class, weights=weights))
+        macro = float(per_class.mean())
+        assert abs(weighted - printed) <= AVERAGE_TOL, (metric, weighted, printed)
+        assert abs(weighted - printed) < abs(macro - printed), (metric, macro, printed)
