@@ -1,0 +1,122 @@
+"""Finding the two class cuts on the ordinal list by probabilistic bisection.
+
+The study "probed" the finished ranking for the inflection points between ``too_basal`` and
+``lv`` and between ``lv`` and ``too_apical``. We do it with as few absolute labels as we can:
+each cut is a position ``k`` on the ordinal list of *seen* images (``k`` images lie on the
+basal side of it), with a posterior over the ``m + 1`` possible positions. Asking an expert to
+classify the image at rank ``r`` tells which side of each cut it lies on; the answer is trusted
+with probability ``1 - error_rate``, so one wrong answer bends the posterior instead of
+breaking it (Horstein's scheme, analysed by Waeber, Frazier & Henderson 2013, "Bisection
+search with noisy responses"). The next question goes to the image at the posterior median of
+the less settled cut.
+
+Labels are stored per image, not per rank: the ranking keeps changing while batches arrive,
+so the posteriors are recomputed on the current list whenever they are needed (O(m + labels)
+with a difference array). Answers may come late, out of order, or never: a question is only
+*pending* until answered, and the finder never depends on an answer arriving.
+
+The prior over each cut mixes a uniform part with a normal bump at the class mix the study
+reports (Figure 1: 665 / 2,413 / 245 of 3,323 images one-image-at-a-time), so a few questions
+settle a typical cohort while a cohort with a different mix is still found.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+CUTS = ("basal_lv", "lv_apical")
+"""Names of the two cuts: between too_basal|lv and between lv|too_apical."""
+STUDY_CLASS_MIX = (665 / 3323, 2413 / 3323, 245 / 3323)
+"""The study's one-image-at-a-time class mix (too_basal, lv, too_apical)."""
+ERROR_RATE = 0.15
+"""Assumed chance that an absolute answer falls on the wrong side of a cut."""
+PRIOR_WEIGHT = 0.5
+"""Share of the cut prior in the normal bump at the class-mix quantile (rest uniform)."""
+PRIOR_SD = 0.08
+"""Sd of that bump, as a fraction of the list."""
+MAX_LABELS = 40
+"""Absolute labels the finder asks for in total (answered plus pending)."""
+SETTLE_MASS = 0.9
+"""A cut is settled when this much posterior mass lies within ``tolerance`` ranks of its median."""
+SETTLE_FRACTION = 0.01
+"""That tolerance as a fraction of the list (at least ``SETTLE_MIN`` ranks)."""
+SETTLE_MIN = 2
+"""Smallest tolerance in ranks."""
+MIN_SEEN = 16
+"""Seen images needed before the first question (too short a list says nothing)."""
+
+
+@dataclass(frozen=True)
+class CutPosterior:
+    """One cut's posterior on the current list: probabilities over positions 0..m."""
+
+    probs: np.ndarray
+
+    @property
+    def median(self) -> int:
+        """Posterior median position (number of list images on the basal side)."""
+        return int(np.searchsorted(np.cumsum(self.probs), 0.5))
+
+    def interval(self, mass: float = 0.9) -> tuple[int, int]:
+        """Central credible interval of positions holding ``mass``."""
+        c = np.cumsum(self.probs)
+        lo = int(np.searchsorted(c, (1 - mass) / 2))
+        hi = int(np.searchsorted(c, 1 - (1 - mass) / 2))
+        return lo, min(hi, len(self.probs) - 1)
+
+    def mass_near_median(self, tol: int) -> float:
+        """Posterior mass within ``tol`` positions of the median."""
+        med = self.median
+        return float(self.probs[max(0, med - tol) : med + tol + 1].sum())
+
+
+def cut_posterior(
+    m: int,
+    labelled_ranks: Sequence[int],
+    basal_side: Sequence[bool],
+    *,
+    prior_center: float,
+    error_rate: float = ERROR_RATE,
+    prior_weight: float = PRIOR_WEIGHT,
+    prior_sd: float = PRIOR_SD,
+) -> CutPosterior:
+    """Posterior over a cut's position on a list of ``m`` images.
+
+    Parameters
+    ----------
+    m
+        Length of the ordinal list (most basal first).
+    labelled_ranks
+        0-based rank of each labelled image on the list.
+    basal_side
+        For each labelled image, whether its answer puts it on the basal side of this cut.
+    prior_center
+        Where the prior bump sits, as a fraction of the list (the class-mix quantile).
+    """
+    pos = np.arange(m + 1, dtype=float)
+    frac = pos / max(m, 1)
+    bump = np.exp(-0.5 * ((frac - prior_center) / prior_sd) ** 2)
+    prior = (1 - prior_weight) / (m + 1) + prior_weight * bump / bump.sum()
+    log_post = np.log(prior)
+    # Difference array: each answer adds log(1-e) on the consistent side, log(e) elsewhere.
+    diff = np.zeros(m + 2)
+    good, bad = np.log(1 - error_rate), np.log(error_rate)
+    for r, basal in zip(labelled_ranks, basal_side, strict=True):
+        if basal:  # image before the cut: consistent positions are k >= r + 1
+            diff[0] += bad
+            diff[r + 1] += good - bad
+        else:  # image after the cut: consistent positions are k <= r
+            diff[0] += good
+            diff[r + 1] += bad - good
+    log_post += np.cumsum(diff)[: m + 1]
+    log_post -= log_post.max()
+    p = np.exp(log_post)
+    return CutPosterior(p / p.sum())
+
+
+def answer_sides(cls: str) -> tuple[bool, bool]:
+    """Whether an absolute class lies on the basal side of (basal_lv, lv_apical)."""
+    return cls == "too_basal", cls != "too_apical"

@@ -1,0 +1,649 @@
+"""``RankingEngine``: batches to rank, pooled ratings, the ordinal list, cuts and classes.
+
+Pure and in memory; deterministic for a seed (the same calls in the same order give the same
+batches and the same state). Three strategies share the bookkeeping here (views, open batches,
+validation, thresholds) and differ in the model and in how they pick batches:
+
+* ``paper``: the study's heuristic, Glicko-2 per image (``glicko.py``); stops when every image
+  has ``target_views`` views.
+* ``bayes``: ranked-probit posterior with per-rater noise (``bayes.py``); batches go to the
+  images whose class is most uncertain, plus settled anchors next to the cuts; stops when the
+  expected number of misclassified images falls below ``target_misclassified * n``.
+* ``random``: the ``bayes`` model fed with uniformly random batches; stops once the total
+  views reach ``target_views * n`` (so it spends what ``paper`` spends at the least).
+
+Scores are on one axis where **higher means more basal** (the paper's rating direction);
+``ranking()`` lists the most basal image first.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+from scipy.special import ndtr, ndtri
+
+from ranking_scheduler import boundary as bnd
+from ranking_scheduler.bayes import PRIOR_VAR, BayesModel
+from ranking_scheduler.glicko import PaperModel
+from slicerank import CLASSES
+
+STRATEGIES = ("paper", "bayes", "random")
+"""Engine strategies (the simulator adds ``one_at_a_time``, which needs no engine)."""
+TARGET_MISCLASSIFIED = 0.01
+"""``bayes`` stops when expected misclassified images < this fraction of the images."""
+N_ANCHORS = 2
+"""Settled images placed next to the cuts in each ``bayes`` batch."""
+CANDIDATES = 256
+"""Seen and unseen images each scored per ``bayes`` batch (the rest are ranked out by risk)."""
+MAX_PENDING = 4
+"""Boundary questions left unanswered beyond this many are forgotten (the oldest first)."""
+
+_GH_X, _GH_W = np.polynomial.hermite_e.hermegauss(8)
+_GH_W = _GH_W / _GH_W.sum()
+
+_OPTIONS = {
+    "paper": {"tau", "view_slack"},
+    "bayes": {"target_misclassified", "n_anchors", "default_beta", "dynamics"},
+    "random": {"default_beta", "dynamics"},
+}
+_COMMON_OPTIONS = {"class_mix", "boundary_budget", "boundary_error_rate"}
+
+
+class RankingEngine:
+    """Schedules ranked batches, pools the rankings and finds the two class cuts.
+
+    Parameters
+    ----------
+    image_ids
+        The pool: unique, non-empty strings.
+    strategy
+        ``"bayes"`` (default), ``"paper"`` or ``"random"``.
+    batch_size
+        Images per batch (the study: 8).
+    target_views
+        ``paper``: views every image needs before it stops; ``random``: mean views at the stop.
+    seed
+        Seeds the tie-breaking and random choices.
+    **options
+        ``class_mix`` (3 fractions, prior for where the cuts lie; default the study's mix),
+        ``boundary_budget`` (absolute labels, default 40), ``boundary_error_rate`` (0.15);
+        ``paper``: ``tau``, ``view_slack``; ``bayes``: ``target_misclassified`` (0.01),
+        ``n_anchors`` (2), ``default_beta``, ``dynamics``; ``random``: ``default_beta``,
+        ``dynamics``.
+    """
+
+    def __init__(
+        self,
+        image_ids: Iterable[str],
+        strategy: str = "bayes",
+        batch_size: int = 8,
+        target_views: int = 3,
+        seed: int = 0,
+        **options: Any,
+    ) -> None:
+        ids = list(image_ids)
+        if not ids:
+            raise ValueError("image_ids: the pool is empty")
+        bad = [i for i in ids if not isinstance(i, str) or not i]
+        if bad:
+            raise ValueError(f"image_ids: not non-empty strings: {bad[:5]!r}")
+        if len(set(ids)) != len(ids):
+            dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
+            raise ValueError(f"image_ids: duplicates {dup!r}")
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy: {strategy!r} is not one of {', '.join(STRATEGIES)}")
+        if not isinstance(batch_size, int) or not 2 <= batch_size <= len(ids):
+            raise ValueError(f"batch_size: must be an int in 2..{len(ids)}, got {batch_size!r}")
+        if not isinstance(target_views, int) or target_views < 1:
+            raise ValueError(f"target_views: must be an int >= 1, got {target_views!r}")
+        if not isinstance(seed, int):
+            raise ValueError(f"seed: must be an int, got {seed!r}")
+        unknown = set(options) - _OPTIONS[strategy] - _COMMON_OPTIONS
+        if unknown:
+            raise ValueError(f"options: {sorted(unknown)} not valid for strategy {strategy!r}")
+        mix = tuple(float(x) for x in options.get("class_mix", bnd.STUDY_CLASS_MIX))
+        if len(mix) != 3 or min(mix) <= 0 or abs(sum(mix) - 1) > 1e-6:
+            raise ValueError(f"class_mix: need 3 positive fractions summing to 1, got {mix}")
+        budget = options.get("boundary_budget", bnd.MAX_LABELS)
+        if not isinstance(budget, int) or budget < 0:
+            raise ValueError(f"boundary_budget: must be an int >= 0, got {budget!r}")
+        err = float(options.get("boundary_error_rate", bnd.ERROR_RATE))
+        if not 0 < err < 0.5:
+            raise ValueError(f"boundary_error_rate: must be in (0, 0.5), got {err}")
+        target_mis = float(options.get("target_misclassified", TARGET_MISCLASSIFIED))
+        if not 0 < target_mis < 1:
+            raise ValueError(f"target_misclassified: must be in (0, 1), got {target_mis}")
+        n_anchors = options.get("n_anchors", N_ANCHORS)
+        if not isinstance(n_anchors, int) or not 0 <= n_anchors < batch_size:
+            raise ValueError(f"n_anchors: must be an int in 0..{batch_size - 1}")
+
+        self.strategy = strategy
+        self.batch_size = batch_size
+        self.target_views = target_views
+        self.seed = seed
+        self._ids = ids
+        self._index = {image_id: i for i, image_id in enumerate(ids)}
+        n = len(ids)
+        self._n = n
+        self._rng = np.random.default_rng(seed)
+        self._views = np.zeros(n, dtype=np.int64)
+        self._batches = 0
+        self._open: dict[int, tuple[str, list[int]]] = {}
+        self._next_batch_id = 0
+        self._in_open = np.zeros(n, dtype=np.int32)
+        self._mix = mix
+        self._budget = budget
+        self._err = err
+        self._target_mis = target_mis
+        self._n_anchors = n_anchors
+        self._labels: list[tuple[int, str]] = []
+        self._pending: dict[int, str] = {}
+        self._queries = dict.fromkeys(bnd.CUTS, 0)
+        self._discord: dict[str, list[int]] = {}
+        self._cut_cache: dict[bool, tuple[tuple[int, int], Any]] = {}
+        if strategy == "paper":
+            self._paper = PaperModel(
+                n,
+                tau=float(options.get("tau", 0.5)),
+                view_slack=int(options.get("view_slack", 1)),
+            )
+        else:
+            kw = {k: float(options[k]) for k in ("default_beta", "dynamics") if k in options}
+            self._bayes = BayesModel(n, **kw)
+
+    # ----------------------------------------------------------------- read-only views
+    @property
+    def image_ids(self) -> list[str]:
+        """The pool, in the order given."""
+        return list(self._ids)
+
+    def _score_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.strategy == "paper":
+            return self._paper.rating, self._paper.rd
+        return self._bayes.mu, np.sqrt(self._bayes.var)
+
+    def scores(self) -> dict[str, tuple[float, float]]:
+        """``(mean, sd)`` per image on the strategy's axis (higher = more basal).
+
+        ``paper``: Glicko rating and rating deviation (1500 / 350 at the start);
+        ``bayes`` / ``random``: posterior mean and sd of the latent position (0 / 1 prior).
+        """
+        mean, sd = self._score_arrays()
+        return {i: (float(mean[k]), float(sd[k])) for k, i in enumerate(self._ids)}
+
+    def _order(self) -> np.ndarray:
+        mean, _ = self._score_arrays()
+        return np.lexsort((np.arange(self._n), -mean))
+
+    def ranking(self) -> list[str]:
+        """All images, most basal first (unseen images sit at their prior score)."""
+        return [self._ids[k] for k in self._order()]
+
+    def view_counts(self) -> dict[str, int]:
+        """How many submitted rankings contained each image."""
+        return {i: int(self._views[k]) for k, i in enumerate(self._ids)}
+
+    def open_batches(self) -> list[list[str]]:
+        """Batches handed out by ``next_batch`` and neither submitted nor released, oldest first."""
+        return [[self._ids[k] for k in idx] for _, idx in self._open.values()]
+
+    def rater_noise(self) -> dict[str, float]:
+        """Per-rater noise. ``bayes``/``random``: perception sd on the latent axis (fitted);
+        ``paper`` (which has no noise model): share of a rater's pairs that contradicted the
+        ratings of two already-seen images at the time of submission."""
+        if self.strategy != "paper":
+            return self._bayes.rater_noise()
+        return {r: (d / t if t else 0.0) for r, (d, t) in sorted(self._discord.items())}
+
+    # ----------------------------------------------------------------- stopping rule
+    def _class_probs(
+        self, cuts: dict[str, Any], with_cut_sd: bool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        mean, sd = self._score_arrays()
+        c1, c2 = cuts["basal_lv"]["score"], cuts["lv_apical"]["score"]
+        var = sd * sd
+        s1 = np.sqrt(var + (cuts["basal_lv"]["sd"] ** 2 if with_cut_sd else 0.0))
+        s2 = np.sqrt(var + (cuts["lv_apical"]["sd"] ** 2 if with_cut_sd else 0.0))
+        p_b = ndtr((mean - c1) / s1)
+        p_a = ndtr((c2 - mean) / s2)
+        p_l = np.clip(1.0 - p_b - p_a, 0.0, 1.0)
+        return p_b, p_l, p_a
+
+    def _misclassification(self, cuts: dict[str, Any]) -> np.ndarray:
+        p_b, p_l, p_a = self._class_probs(cuts, with_cut_sd=False)
+        return 1.0 - np.maximum(np.maximum(p_b, p_l), p_a)
+
+    def expected_misclassified(self) -> float:
+        """Expected number of images whose class would change if their score were known exactly.
+
+        Uses each image's score uncertainty against the current cut estimates; the cuts' own
+        uncertainty is what boundary questions reduce and is reported by ``boundary_status``.
+        """
+        return float(self._misclassification(self._cuts(fresh=True)).sum())
+
+    def _is_done(self, cuts: dict[str, Any] | None = None) -> bool:
+        if self.strategy == "paper":
+            return bool(self._views.min() >= self.target_views)
+        if self.strategy == "random":
+            return bool(self._views.sum() >= self.target_views * self._n)
+        cuts = cuts if cuts is not None else self._cuts(fresh=False)
+        if not self._views.any():
+            return False
+        return bool(self._misclassification(cuts).sum() < self._target_mis * self._n)
+
+    @property
+    def done(self) -> bool:
+        """The stopping rule holds: ``next_batch`` returns ``[]``."""
+        return self._is_done()
+
+    def progress(self) -> dict[str, Any]:
+        """Counts for dashboards: batches, views, open batches, boundary labels, estimates."""
+        done = self._is_done()
+        views = int(self._views.sum())
+        if done:
+            left = 0
+        elif self.strategy == "paper":
+            need = np.maximum(self.target_views - self._views, 0).sum()
+            left = math.ceil(need / self.batch_size)
+        elif self.strategy == "random":
+            left = math.ceil((self.target_views * self._n - views) / self.batch_size)
+        else:
+            # Rough: every image still likelier than 5% to be misclassified needs one more view.
+            mis = self._misclassification(self._cuts(fresh=False))
+            per_batch = max(1, self.batch_size - self._n_anchors)
+            left = math.ceil(int((mis > 0.05).sum()) / per_batch)
+        return {
+            "strategy": self.strategy,
+            "images": self._n,
+            "batches": self._batches,
+            "views": views,
+            "min_views": int(self._views.min()),
+            "open_batches": len(self._open),
+            "boundary_labels": len(self._labels),
+            "expected_misclassified": self.expected_misclassified(),
+            "estimated_batches_left": int(left),
+            "done": done,
+        }
+
+    # ----------------------------------------------------------------- batches
+    def next_batch(self, rater: str) -> list[str]:
+        """The next batch for ``rater`` (shuffled), recorded as open; ``[]`` once done."""
+        _check_rater(rater)
+        if self._is_done():
+            return []
+        k = self.batch_size
+        available = self._in_open == 0
+        jitter = self._rng.random(self._n)
+        if self.strategy == "paper":
+            chosen = list(self._paper.select(k, self._views, available, jitter))
+        elif self.strategy == "random":
+            cand = np.flatnonzero(available)
+            take = min(k, cand.size)
+            chosen = list(self._rng.choice(cand, size=take, replace=False)) if take else []
+        else:
+            chosen = self._bayes_select(available, jitter)
+        if len(chosen) < k:
+            # Pool exhausted by open batches: reuse images that are open least often.
+            rest = np.ones(self._n, dtype=bool)
+            rest[chosen] = False
+            cand = np.flatnonzero(rest)
+            key = self._in_open[cand] + jitter[cand] * 0.5
+            extra = cand[np.argsort(key, kind="stable")[: k - len(chosen)]]
+            chosen.extend(int(x) for x in extra)
+        chosen = [int(chosen[p]) for p in self._rng.permutation(len(chosen))]
+        self._open[self._next_batch_id] = (rater, chosen)
+        self._next_batch_id += 1
+        self._in_open[chosen] += 1
+        return [self._ids[i] for i in chosen]
+
+    def _bayes_select(self, available: np.ndarray, jitter: np.ndarray) -> list[int]:
+        cuts = self._cuts(fresh=False)
+        seen = self._views > 0
+        n_seen = int(seen.sum())
+        n_anchor = self._n_anchors if n_seen >= 2 * self.batch_size else 0
+        n_new = self.batch_size - n_anchor
+        cand = np.flatnonzero(available)
+        if cand.size == 0:
+            return []
+        # Candidates: the seen images most at risk of misclassification plus a random handful of
+        # unseen ones (all unseen images look alike), scored by the value of one more view.
+        mis = self._misclassification(cuts)
+        pool = CANDIDATES
+        seen_c = cand[seen[cand]]
+        if seen_c.size > pool:
+            seen_c = seen_c[np.argpartition(-mis[seen_c], pool - 1)[:pool]]
+        unseen_c = cand[~seen[cand]]
+        if unseen_c.size > pool:
+            unseen_c = unseen_c[np.argpartition(jitter[unseen_c], pool - 1)[:pool]]
+        cand = np.concatenate([seen_c, unseen_c])
+        value = self._view_value(cand, cuts) + jitter[cand] * 1e-9
+        take = min(n_new, cand.size)
+        picked = cand[np.argsort(-value, kind="stable")[:take]]
+        chosen = [int(x) for x in picked]
+        if n_anchor:
+            chosen += self._anchors(chosen, n_anchor, available & seen, cuts)
+        if len(chosen) < self.batch_size:
+            mask = available.copy()
+            mask[chosen] = False
+            rest = np.flatnonzero(mask)
+            extra = rest[np.argsort(-mis[rest], kind="stable")[: self.batch_size - len(chosen)]]
+            chosen += [int(x) for x in extra]
+        return chosen
+
+    def _view_value(self, cand: np.ndarray, cuts: dict[str, Any]) -> np.ndarray:
+        """Expected drop in misclassification probability from one more view of each image.
+
+        Preposterior analysis: one view is treated as a noisy reading of the latent position
+        with variance ``2 beta^2`` (the image's and its neighbours' perception noise), so the
+        posterior sd shrinks to ``s'`` and the mean moves by ``N(0, s^2 - s'^2)``; the
+        expectation over that move uses 8-point Gauss-Hermite quadrature.
+        """
+        mean, sd = self._score_arrays()
+        mu, var = mean[cand], sd[cand] ** 2
+        beta = self._bayes.mean_beta()
+        new_var = 1.0 / (1.0 / var + 1.0 / (2.0 * beta * beta))
+        move = np.sqrt(np.maximum(var - new_var, 0.0))
+        c1, c2 = cuts["basal_lv"]["score"], cuts["lv_apical"]["score"]
+
+        def mis(m: np.ndarray, s: np.ndarray) -> np.ndarray:
+            p_b = ndtr((m - c1) / s)
+            p_a = ndtr((c2 - m) / s)
+            p_l = np.clip(1.0 - p_b - p_a, 0.0, 1.0)
+            return 1.0 - np.maximum(np.maximum(p_b, p_l), p_a)
+
+        now = mis(mu, np.sqrt(var))
+        new_sd = np.sqrt(new_var)
+        after = np.zeros_like(mu)
+        for x, w in zip(_GH_X, _GH_W, strict=True):
+            after += w * mis(mu + move * x, new_sd)
+        return now - after
+
+    def _anchors(
+        self, chosen: list[int], n_anchor: int, pool: np.ndarray, cuts: dict[str, Any]
+    ) -> list[int]:
+        """Settled images next to the cuts the chosen images are most uncertain about."""
+        mean, sd = self._score_arrays()
+        idx = np.asarray(chosen)
+        weights = []
+        for name in bnd.CUTS:
+            z = (mean[idx] - cuts[name]["score"]) / sd[idx]
+            p = ndtr(z)
+            weights.append(float(np.minimum(p, 1 - p).sum()))
+        w1, w2 = weights
+        total = w1 + w2
+        if total <= 0:
+            plan = ["basal_lv", "lv_apical"]
+        else:
+            n1 = int(round(n_anchor * w1 / total))
+            plan = ["basal_lv"] * n1 + ["lv_apical"] * (n_anchor - n1)
+        mask = pool.copy()
+        mask[idx] = False
+        out: list[int] = []
+        for name in plan:
+            cand = np.flatnonzero(mask)
+            if cand.size == 0:
+                break
+            # Near the cut and settled; alternate sides so two anchors bracket it.
+            side = 1.0 if plan[: len(out) + 1].count(name) % 2 else -1.0
+            off = mean[cand] - cuts[name]["score"]
+            cost = np.abs(off) + 2.0 * sd[cand] + np.where(off * side >= 0, 0.0, 0.05)
+            best = int(cand[int(np.argmin(cost))])
+            out.append(best)
+            mask[best] = False
+        return out
+
+    def submit(self, rater: str, ordered: Sequence[str], *, require_open: bool = True) -> None:
+        """Record ``rater``'s ranking of a batch, most basal first.
+
+        With ``require_open`` the ids must be exactly an open batch (handed to any rater),
+        which then closes; replaying a log passes ``require_open=False``. Invalid input
+        raises ``ValueError`` and changes nothing.
+        """
+        _check_rater(rater)
+        idx = self._validate_ids(ordered, "ordered")
+        batch_id = None
+        if require_open:
+            batch_id = self._find_open(idx)
+            if batch_id is None:
+                raise ValueError(
+                    f"ordered: {sorted(ordered)!r} is not an open batch "
+                    f"(ask next_batch first, or replay with require_open=False)"
+                )
+        # Validated: from here on nothing can fail half-way.
+        if self.strategy == "paper":
+            self._record_discord(rater, idx)
+            self._paper.update(idx)
+        else:
+            self._bayes.update(idx, rater)
+        self._views[idx] += 1
+        self._batches += 1
+        if batch_id is not None:
+            self._close(batch_id)
+
+    def release(self, ids: Sequence[str]) -> None:
+        """Close an open batch without a result (e.g. its task was deleted)."""
+        idx = self._validate_ids(ids, "ids")
+        batch_id = self._find_open(idx)
+        if batch_id is None:
+            raise ValueError(f"ids: {sorted(ids)!r} is not an open batch")
+        self._close(batch_id)
+
+    def _validate_ids(self, ids: Sequence[str], name: str) -> list[int]:
+        if isinstance(ids, str) or not isinstance(ids, Sequence):
+            raise ValueError(f"{name}: expected a list of image ids, got {type(ids).__name__}")
+        if len(ids) < 2:
+            raise ValueError(f"{name}: a ranking needs at least 2 images, got {len(ids)}")
+        unknown = [i for i in ids if not isinstance(i, str) or i not in self._index]
+        if unknown:
+            raise ValueError(f"{name}: unknown image ids {unknown[:5]!r}")
+        if len(set(ids)) != len(ids):
+            dup = sorted({i for i in ids if list(ids).count(i) > 1})
+            raise ValueError(f"{name}: duplicate image ids {dup!r}")
+        return [self._index[i] for i in ids]
+
+    def _find_open(self, idx: list[int]) -> int | None:
+        want = set(idx)
+        for batch_id, (_, members) in self._open.items():
+            if len(members) == len(idx) and set(members) == want:
+                return batch_id
+        return None
+
+    def _close(self, batch_id: int) -> None:
+        _, members = self._open.pop(batch_id)
+        self._in_open[members] -= 1
+
+    def _record_discord(self, rater: str, idx: list[int]) -> None:
+        rating = self._paper.rating
+        seen = self._views[idx] > 0
+        d = t = 0
+        for a in range(len(idx)):
+            for b in range(a + 1, len(idx)):
+                if seen[a] and seen[b] and rating[idx[a]] != rating[idx[b]]:
+                    t += 1
+                    d += int(rating[idx[a]] < rating[idx[b]])
+        acc = self._discord.setdefault(rater, [0, 0])
+        acc[0] += d
+        acc[1] += t
+
+    # ----------------------------------------------------------------- thresholds
+    def _cuts(self, *, fresh: bool) -> dict[str, Any]:
+        """Each cut's posterior on the seen list, its position and its score."""
+        # Batch selection may reuse cuts a few batches old on big pools (the sort is O(n log n));
+        # everything that reports uses fresh ones.
+        step = 1 if fresh else max(1, self._n // 5000)
+        key = (self._batches // step, len(self._labels))
+        cached = self._cut_cache.get(fresh)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        mean, sd = self._score_arrays()
+        order = self._order()
+        seen_order = order[self._views[order] > 0]
+        m = int(seen_order.size)
+        centers = (self._mix[0], self._mix[0] + self._mix[1])
+        cuts: dict[str, Any] = {}
+        if m < bnd.MIN_SEEN:
+            for name, q in zip(bnd.CUTS, centers, strict=True):
+                if self.strategy == "paper":
+                    score = float(np.quantile(mean, 1 - q))
+                    csd = float(sd.mean())
+                else:
+                    score = float(ndtri(1 - q) * math.sqrt(PRIOR_VAR))
+                    csd = 0.0
+                cuts[name] = {"posterior": None, "position": None, "score": score, "sd": csd}
+            result = {"m": m, "seen_order": seen_order, **cuts}
+            self._cut_cache[fresh] = (key, result)
+            return result
+        rank_of = np.full(self._n, -1, dtype=np.int64)
+        rank_of[seen_order] = np.arange(m)
+        labelled = [(int(rank_of[i]), c) for i, c in self._labels if rank_of[i] >= 0]
+        ranks = [r for r, _ in labelled]
+        sides = [bnd.answer_sides(c) for _, c in labelled]
+        seen_mean = mean[seen_order]
+        prev_pos = 0
+        for j, (name, q) in enumerate(zip(bnd.CUTS, centers, strict=True)):
+            post = bnd.cut_posterior(
+                m, ranks, [s[j] for s in sides], prior_center=q, error_rate=self._err
+            )
+            pos = max(post.median, prev_pos)  # the apical cut cannot precede the basal one
+            prev_pos = pos
+            lo, hi = post.interval(0.9)
+            score = _score_at(seen_mean, pos)
+            spread = abs(_score_at(seen_mean, lo) - _score_at(seen_mean, hi)) / 3.29
+            cuts[name] = {"posterior": post, "position": pos, "score": score, "sd": spread}
+        result = {"m": m, "seen_order": seen_order, **cuts}
+        self._cut_cache[fresh] = (key, result)
+        return result
+
+    def next_boundary_query(self) -> str | None:
+        """An image to label absolutely for threshold finding, or ``None``.
+
+        ``None`` when both cuts are settled, the label budget is spent, or too few images have
+        been seen to bisect. May be called at any time; each returned image counts as pending
+        until ``submit_boundary`` (beyond ``MAX_PENDING`` the oldest pending one is forgotten).
+        """
+        if len(self._labels) + len(self._pending) >= self._budget:
+            if not self._pending or len(self._labels) >= self._budget:
+                return None
+            self._pending.pop(next(iter(self._pending)))
+        cuts = self._cuts(fresh=True)
+        if cuts["m"] < bnd.MIN_SEEN:
+            return None
+        m = cuts["m"]
+        tol = max(bnd.SETTLE_MIN, int(bnd.SETTLE_FRACTION * m))
+        best, best_gap = None, 0.0
+        for name in bnd.CUTS:
+            gap = 1.0 - cuts[name]["posterior"].mass_near_median(tol)
+            if gap > 1.0 - bnd.SETTLE_MASS and gap > best_gap:
+                best, best_gap = name, gap
+        if best is None:
+            return None
+        seen_order = cuts["seen_order"]
+        asked = {i for i, _ in self._labels} | set(self._pending)
+        pos = cuts[best]["position"]
+        # The image just after / just before the cut, moving outwards past asked ones.
+        for step in range(m):
+            for r in (pos + step, pos - 1 - step):
+                if 0 <= r < m and int(seen_order[r]) not in asked:
+                    image = int(seen_order[r])
+                    if len(self._pending) >= MAX_PENDING:
+                        self._pending.pop(next(iter(self._pending)))
+                    self._pending[image] = best
+                    self._queries[best] += 1
+                    return self._ids[image]
+        return None
+
+    def submit_boundary(self, image_id: str, cls: str) -> None:
+        """Record an absolute label (``too_basal``, ``lv`` or ``too_apical``) of one image."""
+        if not isinstance(image_id, str) or image_id not in self._index:
+            raise ValueError(f"image_id: unknown image id {image_id!r}")
+        if cls not in CLASSES:
+            raise ValueError(f"cls: {cls!r} is not one of {', '.join(CLASSES)}")
+        i = self._index[image_id]
+        self._labels.append((i, cls))
+        self._pending.pop(i, None)
+
+    def boundary_status(self) -> dict[str, dict[str, Any]]:
+        """Per cut: ``state`` (waiting/searching/settled/budget_spent), ``queries``,
+        ``pending``, ``labels`` (answers so far), ``estimate`` (images on the basal side, in
+        ``ranking()``) and ``interval`` (90% credible, on the list of seen images)."""
+        cuts = self._cuts(fresh=True)
+        m = cuts["m"]
+        tol = max(bnd.SETTLE_MIN, int(bnd.SETTLE_FRACTION * m))
+        spent = len(self._labels) >= self._budget
+        out = {}
+        for name in bnd.CUTS:
+            c = cuts[name]
+            post = c["posterior"]
+            if post is None:
+                state, interval = "waiting", None
+            else:
+                interval = list(post.interval(0.9))
+                if post.mass_near_median(tol) >= bnd.SETTLE_MASS:
+                    state = "settled"
+                elif spent:
+                    state = "budget_spent"
+                else:
+                    state = "searching"
+            out[name] = {
+                "state": state,
+                "queries": self._queries[name],
+                "pending": sum(1 for v in self._pending.values() if v == name),
+                "labels": len(self._labels),
+                "estimate": self._position_in_ranking(c["score"]) if post is not None else None,
+                "interval": interval,
+            }
+        return out
+
+    def _position_in_ranking(self, score: float) -> int:
+        mean, _ = self._score_arrays()
+        return int((mean > score).sum())
+
+    def thresholds(self) -> dict[str, dict[str, Any]]:
+        """Each cut as ``{"position", "score", "sd", "labels"}``: ``position`` images of
+        ``ranking()`` lie on its basal side; ``score`` is the cut on the scores' axis.
+        Before any boundary label the cuts sit at the class-mix prior (``labels`` 0)."""
+        cuts = self._cuts(fresh=True)
+        return {
+            name: {
+                "position": self._position_in_ranking(cuts[name]["score"]),
+                "score": float(cuts[name]["score"]),
+                "sd": float(cuts[name]["sd"]),
+                "labels": len(self._labels),
+            }
+            for name in bnd.CUTS
+        }
+
+    def classes(self) -> dict[str, str]:
+        """Class of every image from its score and the current cut estimates."""
+        cuts = self._cuts(fresh=True)
+        mean, _ = self._score_arrays()
+        c1, c2 = cuts["basal_lv"]["score"], cuts["lv_apical"]["score"]
+        cls = np.where(mean > c1, 0, np.where(mean < c2, 2, 1))
+        return {i: CLASSES[int(c)] for i, c in zip(self._ids, cls, strict=True)}
+
+    def class_probabilities(self) -> dict[str, tuple[float, float, float]]:
+        """``(p_too_basal, p_lv, p_too_apical)`` per image, with score and cut uncertainty."""
+        p_b, p_l, p_a = self._class_probs(self._cuts(fresh=True), with_cut_sd=True)
+        total = p_b + p_l + p_a
+        return {
+            i: (float(p_b[k] / total[k]), float(p_l[k] / total[k]), float(p_a[k] / total[k]))
+            for k, i in enumerate(self._ids)
+        }
+
+
+def _score_at(seen_mean: np.ndarray, pos: int) -> float:
+    """The score of a cut at list position ``pos`` (between ranks pos-1 and pos)."""
+    m = seen_mean.size
+    if pos <= 0:
+        return float(seen_mean[0]) + 1e-9
+    if pos >= m:
+        return float(seen_mean[-1]) - 1e-9
+    return float(seen_mean[pos - 1] + seen_mean[pos]) / 2.0
+
+
+def _check_rater(rater: str) -> None:
+    if not isinstance(rater, str) or not rater:
+        raise ValueError(f"rater: expected a non-empty string, got {rater!r}")

@@ -1,0 +1,248 @@
+"""The label-efficiency study: simulated raters label a cohort under each strategy.
+
+Effort is labelling time at the study's exchange rate (``raters.SECONDS_PER_LABEL`` per single
+label, boundary labels included; ``raters.SECONDS_PER_BATCH`` per ranked batch). Every
+``checkpoint_hours`` the current classes are scored against the true classes (images not
+labelled yet count as ``lv``, the majority class, for every strategy alike).
+
+Strategies: ``one_at_a_time`` (each image once, by one rater in turn, in random order, as in
+the study), and the engine's ``paper``, ``random`` and ``bayes``. ``paper`` probes the cuts
+after its ranking is complete, as the study did; ``bayes`` and ``random`` start asking boundary
+questions once a fifth of the images have been seen (one every ``boundary_every`` batches) and use
+what is left of the budget at the end.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.stats import kendalltau
+
+from ranking_scheduler.engine import RankingEngine
+from ranking_scheduler.raters import (
+    SECONDS_PER_BATCH,
+    SECONDS_PER_LABEL,
+    RaterPanel,
+    RaterParams,
+    cuts_from_classes,
+    study_positions,
+    true_class,
+)
+from slicerank import CLASSES
+
+SIM_STRATEGIES = ("one_at_a_time", "paper", "random", "bayes")
+"""Strategies the simulator runs."""
+CURVE_KEYS = ("batches", "views", "hours", "boundary_labels", "accuracy", "macro_f1", "kendall_tau")
+"""Keys of every curve point and of ``final``."""
+
+
+@dataclass(frozen=True)
+class Cohort:
+    """Images with true positions (0 basal .. 1 apical) and true classes."""
+
+    ids: list[str]
+    positions: dict[str, float]
+    classes: dict[str, str]
+
+    @property
+    def cuts(self) -> tuple[float, float]:
+        """The true cut positions implied by positions and classes."""
+        return cuts_from_classes(self.positions, self.classes)
+
+
+def study_cohort(n: int = 3323, seed: int = 0) -> Cohort:
+    """A synthetic study-like cohort (uniform positions, the study's 20/73/7 class mix)."""
+    pos = study_positions(n, seed)
+    return Cohort(list(pos), pos, {i: true_class(x) for i, x in pos.items()})
+
+
+def read_cohort(manifest: str | Path) -> Cohort:
+    """Positions and true classes from a ``cmr_ingest`` manifest (synthetic data)."""
+    path = Path(manifest)
+    if not path.is_file():
+        raise ValueError(f"manifest: {path} is not a file")
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        raise ValueError(f"manifest: {path} has no rows")
+    missing = {"image_id", "position", "true_class"} - set(rows[0])
+    if missing:
+        raise ValueError(f"manifest: {path} lacks columns {sorted(missing)} (synthetic data only)")
+    pos, cls = {}, {}
+    for n, row in enumerate(rows, start=2):
+        try:
+            pos[row["image_id"]] = float(row["position"])
+        except ValueError:
+            raise ValueError(f"manifest: {path} line {n}: position {row['position']!r}") from None
+        if row["true_class"] not in CLASSES:
+            raise ValueError(f"manifest: {path} line {n}: true_class {row['true_class']!r}")
+        cls[row["image_id"]] = row["true_class"]
+    return Cohort(list(pos), pos, cls)
+
+
+def score(
+    cohort: Cohort, predicted: Mapping[str, str], order: Sequence[str] | None
+) -> dict[str, float]:
+    """Accuracy and macro F1 of ``predicted`` classes; Kendall tau of ``order`` (basal first)
+    against the true positions, or of the class ordinal when there is no order."""
+    truth = np.array([CLASSES.index(cohort.classes[i]) for i in cohort.ids])
+    pred = np.array([CLASSES.index(predicted.get(i, "lv")) for i in cohort.ids])
+    acc = float((truth == pred).mean())
+    f1s = []
+    for c in range(3):
+        tp = float(((pred == c) & (truth == c)).sum())
+        denom = float((pred == c).sum() + (truth == c).sum())
+        f1s.append(2 * tp / denom if denom else 1.0)
+    x = np.array([cohort.positions[i] for i in cohort.ids])
+    if order is not None:
+        rank = {i: k for k, i in enumerate(order)}
+        tau = kendalltau([rank[i] for i in cohort.ids], x).statistic
+    else:
+        tau = kendalltau(pred, x).statistic
+    return {"accuracy": acc, "macro_f1": float(np.mean(f1s)), "kendall_tau": float(tau)}
+
+
+def simulate(
+    cohort: Cohort,
+    strategy: str,
+    *,
+    n_raters: int = 3,
+    seed: int = 0,
+    params: RaterParams | None = None,
+    batch_cap: int | None = None,
+    hours_cap: float | None = None,
+    checkpoint_hours: float = 0.25,
+    boundary_every: int = 8,
+    engine_options: Mapping[str, Any] | None = None,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """Run one strategy on ``cohort`` with a simulated panel; returns the JSON-ready result.
+
+    ``progress`` is an optional tqdm-like bar (``update(n)``) advanced per batch or label.
+    """
+    if strategy not in SIM_STRATEGIES:
+        raise ValueError(f"strategy: {strategy!r} is not one of {', '.join(SIM_STRATEGIES)}")
+    if checkpoint_hours <= 0:
+        raise ValueError(f"checkpoint_hours: must be > 0, got {checkpoint_hours}")
+    if params is None:
+        params = RaterParams(cuts=cohort.cuts)
+    panel = RaterPanel.from_positions(cohort.positions, n_raters, seed, params)
+    if strategy == "one_at_a_time":
+        curve = _one_at_a_time(cohort, panel, seed, hours_cap, checkpoint_hours, progress)
+    else:
+        curve = _engine_run(
+            cohort,
+            panel,
+            strategy,
+            seed,
+            batch_cap,
+            hours_cap,
+            checkpoint_hours,
+            boundary_every,
+            dict(engine_options or {}),
+            progress,
+        )
+    return {"strategy": strategy, "seed": seed, "curve": curve, "final": curve[-1]}
+
+
+def _point(
+    batches: int, views: int, singles: int, boundary: int, metrics: dict[str, float]
+) -> dict[str, Any]:
+    """One curve point; ``singles`` one-at-a-time labels and ``boundary`` labels cost time."""
+    hours = (batches * SECONDS_PER_BATCH + (singles + boundary) * SECONDS_PER_LABEL) / 3600
+    return {
+        "batches": batches,
+        "views": views,
+        "hours": round(hours, 4),
+        "boundary_labels": boundary,
+        **metrics,
+    }
+
+
+def _one_at_a_time(
+    cohort: Cohort,
+    panel: RaterPanel,
+    seed: int,
+    hours_cap: float | None,
+    checkpoint_hours: float,
+    progress: Any,
+) -> list[dict[str, Any]]:
+    order = [cohort.ids[k] for k in np.random.default_rng([seed, 11]).permutation(len(cohort.ids))]
+    every = max(1, round(checkpoint_hours * 3600 / SECONDS_PER_LABEL))
+    limit = len(order)
+    if hours_cap is not None:
+        limit = min(limit, int(hours_cap * 3600 / SECONDS_PER_LABEL))
+    labels: dict[str, str] = {}
+    curve = [_point(0, 0, 0, 0, score(cohort, labels, None))]
+    for j, image_id in enumerate(order[:limit], start=1):
+        labels[image_id] = panel.raters[(j - 1) % len(panel.raters)].classify(image_id)
+        if progress is not None:
+            progress.update(1)
+        if j % every == 0 or j == limit:
+            curve.append(_point(0, j, j, 0, score(cohort, labels, None)))
+    return curve
+
+
+def _engine_run(
+    cohort: Cohort,
+    panel: RaterPanel,
+    strategy: str,
+    seed: int,
+    batch_cap: int | None,
+    hours_cap: float | None,
+    checkpoint_hours: float,
+    boundary_every: int,
+    options: dict[str, Any],
+    progress: Any,
+) -> list[dict[str, Any]]:
+    engine = RankingEngine(cohort.ids, strategy=strategy, seed=seed, **options)
+    raters = panel.raters
+    every = max(1, round(checkpoint_hours * 3600 / SECONDS_PER_BATCH))
+    warmup = math.ceil(0.2 * len(cohort.ids) / engine.batch_size)
+    batches = labels = 0
+
+    def snapshot() -> dict[str, Any]:
+        views = int(sum(engine.view_counts().values()))
+        return _point(batches, views, 0, labels, score(cohort, engine.classes(), engine.ranking()))
+
+    def ask() -> bool:
+        nonlocal labels
+        q = engine.next_boundary_query()
+        if q is None:
+            return False
+        engine.submit_boundary(q, raters[labels % len(raters)].classify(q))
+        labels += 1
+        return True
+
+    def hours() -> float:
+        return (batches * SECONDS_PER_BATCH + labels * SECONDS_PER_LABEL) / 3600
+
+    curve = [snapshot()]
+    while True:
+        if batch_cap is not None and batches >= batch_cap:
+            break
+        if hours_cap is not None and hours() + SECONDS_PER_BATCH / 3600 > hours_cap:
+            break
+        rater = raters[batches % len(raters)]
+        batch = engine.next_batch(rater.name)
+        if not batch:
+            break
+        engine.submit(rater.name, rater.rank(batch))
+        batches += 1
+        if progress is not None:
+            progress.update(1)
+        if strategy != "paper" and batches >= warmup and batches % boundary_every == 0:
+            ask()
+        if batches % every == 0:
+            curve.append(snapshot())
+    # The rest of the boundary budget (all of it for paper: the study probed at the end).
+    while (hours_cap is None or hours() + SECONDS_PER_LABEL / 3600 <= hours_cap) and ask():
+        pass
+    curve.append(snapshot())
+    return curve
