@@ -13,6 +13,7 @@ import math
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -177,6 +178,7 @@ def compute_stats(
     now: datetime | None = None,
     break_s: float = BREAK_SECONDS,
     rejections_shown: int = REJECTIONS_SHOWN,
+    engine_lock: AbstractContextManager | None = None,
 ) -> dict[str, Any]:
     """Everything the coverage dashboard shows, as one JSON-serialisable dict.
 
@@ -189,31 +191,35 @@ def compute_stats(
     ``share_at_target``, ``expected_misclassified``, ``done``), ``progress``, ``views``
     (``histogram`` of ``{views, label, count}``, ``share_at_target``, ...), ``uncertainty``
     (``histogram`` of posterior sd, ``median_sd``, ``p90_sd``, ``by_rank`` as
-    ``[rank, mean, sd]``, ``thresholds``), ``classes`` (``known``: final, ``provisional``: counts while ranking or the cut search goes on,
-    ``counts``), ``boundary``
-    (engine ``status`` per cut, ``labels`` in the log), ``raters`` (one row per rater:
+    ``[rank, mean, sd]``, ``thresholds``), ``classes`` (``known``: final; ``provisional``:
+    counts while ranking or the cut search goes on; ``counts``), ``boundary`` (engine
+    ``status`` per cut, ``labels`` in the log), ``raters`` (one row per rater:
     ``batches``, ``boundary_labels``, ``median_s_per_batch``, ``last_active``, ``noise``),
     ``rejections`` (``total``, ``latest``), ``tasks`` (``by_status``, ``open`` per kind,
     ``open_list``, ``oldest_open_age_s``), ``unavailable`` (engine methods that gave nothing).
     A figure that cannot be computed is None.
+
+    ``engine_lock`` (e.g. the service's ``threading.Lock``) is held only while the engine is
+    read; the store is read after releasing it, so webhooks are not held up by the dashboard.
     """
     if not isinstance(target_views, int) or target_views < 1:
         raise ValueError(f"target_views must be a positive integer, got {target_views!r}")
     now = (now or datetime.now(UTC)).astimezone(UTC)
     unavailable: list[str] = []
 
-    views = _call(engine, "view_counts", unavailable)
-    scores = _call(engine, "scores", unavailable)
-    ranking = _call(engine, "ranking", unavailable)
-    progress = _call(engine, "progress", unavailable)
-    expected_mis = _call(engine, "expected_misclassified", unavailable)
-    boundary_status = _call(engine, "boundary_status", unavailable)
-    thresholds = _call(engine, "thresholds", unavailable)
-    classes = _call(engine, "classes", unavailable)
-    noise = _call(engine, "rater_noise", unavailable)
-    done_attr = getattr(engine, "done", None) if engine is not None else None
+    with engine_lock or nullcontext():
+        views = _call(engine, "view_counts", unavailable)
+        scores = _call(engine, "scores", unavailable)
+        ranking = _call(engine, "ranking", unavailable)
+        progress = _call(engine, "progress", unavailable)
+        expected_mis = _call(engine, "expected_misclassified", unavailable)
+        boundary_status = _call(engine, "boundary_status", unavailable)
+        thresholds = _call(engine, "thresholds", unavailable)
+        classes = _call(engine, "classes", unavailable)
+        noise = _call(engine, "rater_noise", unavailable)
+        done_attr = getattr(engine, "done", None) if engine is not None else None
 
-    submissions = list(store.effective_submissions())
+    submissions = list(store.effective_submissions(content=False))
     rankings = [s for s in submissions if s.kind == "rank"]
     boundary_labels = [s for s in submissions if s.kind == "boundary"]
 

@@ -58,6 +58,12 @@ def test_append_and_effective_in_log_order(store):
     assert (sub.rater, sub.task_id, sub.version, sub.created_at) == ("r1", 101, 1, T0)
     assert sub.time == T0
     assert store.event_count() == 3
+    light = list(store.effective_submissions(content=False))
+    assert [(s.annotation_id, s.kind, s.rater, s.ordered, s.label) for s in light] == [
+        (11, "rank", "r1", None, None),
+        (12, "boundary", "r2", None, None),
+        (13, "rank", "r2", None, None),
+    ]
 
 
 def test_duplicate_delivery_is_a_no_op(store):
