@@ -73,6 +73,13 @@ def stats(tmp_path):
     store.add_task(7001, "rank", Engine.ids[:8], created_at=NOW - timedelta(minutes=2))
     out = compute_stats(Engine(), store, target_views=3, now=NOW)
     store.close()
+    # What the scheduler service adds to /api/stats (its own counters).
+    out["service"] = {
+        "active_raters": 2,
+        "wanted_open_rank_tasks": 4,
+        "own_ms_p50": 3.2,
+        "own_ms_p95": 8.75,
+    }
     return out
 
 
@@ -202,4 +209,5 @@ def test_chromium_draws_the_figures_from_the_stats(stats, tmp_path):
     assert re.search(r'data-stat="headline.batches_left"[^>]*>14<', dom)
     assert re.search(r'data-stat="raters.1.median_s_per_batch"[^>]*>45 s<', dom)
     assert re.search(r'data-stat="classes.counts.lv"[^>]*>16<', dom)
+    assert re.search(r'data-stat="service.own_ms_p95"[^>]*>8.8<', dom)
     assert "&lt;/script&gt;&lt;script&gt;document.documentElement" in dom  # shown as text
