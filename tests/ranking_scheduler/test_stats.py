@@ -248,8 +248,7 @@ def test_stats_from_the_real_engine(store, strategy):
 
     from ranking_scheduler.dashboard import render_dashboard
 
-    # Until the engine module is committed beside this file (see the report), skip, do not fail.
-    RankingEngine = pytest.importorskip("ranking_scheduler.engine").RankingEngine
+    from ranking_scheduler.engine import RankingEngine
 
     ids = [f"img{i:03d}" for i in range(96)]
     rng = random.Random(0)

@@ -313,8 +313,7 @@ def _live_session(store, strategy: str, n_images: int = 120, n_batches: int = 45
     """Drive a real RankingEngine the way the service does, logging every submission."""
     import random
 
-    # Until the engine module is committed beside this file (see the report), skip, do not fail.
-    RankingEngine = pytest.importorskip("ranking_scheduler.engine").RankingEngine
+    from ranking_scheduler.engine import RankingEngine
 
     ids = [f"img{i:03d}" for i in range(n_images)]
     position = {i: k / n_images for k, i in enumerate(ids)}  # img000 is the most basal
@@ -348,8 +347,7 @@ def _live_session(store, strategy: str, n_images: int = 120, n_batches: int = 45
 
 @pytest.mark.parametrize("strategy", ["paper", "bayes"])
 def test_rebuild_equals_the_live_engine(db_url, strategy):
-    # Until the engine module is committed beside this file (see the report), skip, do not fail.
-    RankingEngine = pytest.importorskip("ranking_scheduler.engine").RankingEngine
+    from ranking_scheduler.engine import RankingEngine
 
     store = SubmissionStore(db_url)
     ids, live = _live_session(store, strategy)
@@ -366,8 +364,7 @@ def test_rebuild_equals_the_live_engine(db_url, strategy):
 
 
 def test_rebuild_after_edit_and_delete_equals_engine_fed_the_corrected_history(db_url):
-    # Until the engine module is committed beside this file (see the report), skip, do not fail.
-    RankingEngine = pytest.importorskip("ranking_scheduler.engine").RankingEngine
+    from ranking_scheduler.engine import RankingEngine
 
     store = SubmissionStore(db_url)
     ids, _ = _live_session(store, "bayes", n_batches=20)
