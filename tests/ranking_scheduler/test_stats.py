@@ -247,7 +247,6 @@ def test_stats_from_the_real_engine(store, strategy):
     import random
 
     from ranking_scheduler.dashboard import render_dashboard
-
     from ranking_scheduler.engine import RankingEngine
 
     ids = [f"img{i:03d}" for i in range(96)]
