@@ -125,7 +125,9 @@ def run_bench_cmd(args: argparse.Namespace) -> int:
     for row in rows:
         print(
             f"{row['n_images']:>7} images x {row['models']} label sets, {row['n_boot']} resamples: "
-            f"evaluate {row['evaluate_s_median']:.2f} s, full report {row['build_report_s_median']:.2f} s"
+            f"evaluate {row['evaluate_s_median']:.2f} s, full report {row['build_report_s_median']:.2f} s; "
+            f"bootstrap LV AUC {row['bootstrap_auc_weighted_s_median']:.3f} s "
+            f"(per-resample ranking: {row['bootstrap_auc_rankdata_s_median']:.3f} s)"
         )
     if args.json:
         write_json(args.json, {"benchmark": "analysis", "results": rows})

@@ -37,10 +37,23 @@ from analysis.metrics import (
 from analysis.predictions import Predictions, check_same_images
 from slicerank import CLASSES
 
-__all__ = ["TRUTH_NAME", "evaluate", "summarise_curves"]
+__all__ = ["TRUTH_NAME", "evaluate", "json_safe", "summarise_curves"]
 
 #: How the ground truth is named in agreement tables.
 TRUTH_NAME = "truth"
+
+
+def json_safe(obj: Any) -> Any:
+    """Replace NaN and infinities (undefined statistics) by ``None`` so the dict is strict JSON."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, float | np.floating):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
 
 
 def _ci(value: float, low: float, high: float, **extra: Any) -> dict[str, Any]:
@@ -285,25 +298,27 @@ def evaluate(
         name: {cls: sum(1 for y in labels if y == cls) for cls in CLASSES}
         for name, labels in label_sets.items()
     }
-    return {
-        "n_images": len(ids),
-        "classes": list(CLASSES),
-        "reference": reference,
-        "settings": {
-            "confidence": confidence,
-            "proportion_interval": proportion_method,
-            "auc_interval": "DeLong (per class); percentile bootstrap (macro and weighted averages)",
-            "f1_interval": "percentile bootstrap",
-            "kappa_interval": "Fleiss-Cohen-Everitt large-sample SE, normal",
-            "n_boot": n_boot,
-            "seed": seed,
-        },
-        "class_counts": counts,
-        "models": models,
-        "comparisons": comparisons,
-        "agreement": agreement,
-        "notes": notes,
-    }
+    return json_safe(
+        {
+            "n_images": len(ids),
+            "classes": list(CLASSES),
+            "reference": reference,
+            "settings": {
+                "confidence": confidence,
+                "proportion_interval": proportion_method,
+                "auc_interval": "DeLong (per class); percentile bootstrap (macro and weighted averages)",
+                "f1_interval": "percentile bootstrap",
+                "kappa_interval": "Fleiss-Cohen-Everitt large-sample SE, normal",
+                "n_boot": n_boot,
+                "seed": seed,
+            },
+            "class_counts": counts,
+            "models": models,
+            "comparisons": comparisons,
+            "agreement": agreement,
+            "notes": notes,
+        }
+    )
 
 
 def summarise_curves(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

@@ -223,17 +223,23 @@ def resampled_auc(
     y, s = _as_binary(y_binary, scores)
     order = np.argsort(s, kind="mergesort")
     s_sorted = s[order]
-    # Images along axis 0 (rows contiguous in memory), resamples along axis 1.
-    w = np.asarray(counts, dtype=float).T[order]
-    pos = y[order][:, None]
-    pos_w = w * pos
-    neg_w = w * ~pos
+    w = np.asarray(counts)[:, order]
+    pos = y[order]
     starts = np.r_[0, np.flatnonzero(np.diff(s_sorted)) + 1]
-    if starts.size < s.size:  # tied scores: pool each group so a tie counts once, half a win
-        pos_w = np.add.reduceat(pos_w, starts, axis=0)
-        neg_w = np.add.reduceat(neg_w, starts, axis=0)
-    neg_below = np.cumsum(neg_w, axis=0) - neg_w
-    wins = np.sum(pos_w * (neg_below + 0.5 * neg_w), axis=0)
-    total = pos_w.sum(axis=0) * neg_w.sum(axis=0)
+    if starts.size == s.size:
+        # No tied scores (the usual case with probabilities): integer arithmetic, and at a
+        # positive's column the running count of negatives is exactly the negatives below it.
+        neg_w = np.where(pos, 0, w)
+        below = np.cumsum(neg_w, axis=1, dtype=np.int64)
+        wins = (w[:, pos] * below[:, pos]).sum(axis=1, dtype=np.int64).astype(float)
+        total = w[:, pos].sum(axis=1, dtype=np.int64) * neg_w.sum(axis=1, dtype=np.int64)
+    else:
+        # Pool each group of tied scores so a positive–negative tie counts one half.
+        w = w.astype(float)
+        pos_w = np.add.reduceat(w * pos, starts, axis=1)
+        neg_w = np.add.reduceat(w * ~pos, starts, axis=1)
+        neg_below = np.cumsum(neg_w, axis=1) - neg_w
+        wins = np.sum(pos_w * (neg_below + 0.5 * neg_w), axis=1)
+        total = pos_w.sum(axis=1) * neg_w.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(total > 0, wins / total, np.nan)
+        return np.where(total > 0, wins / np.maximum(total, 1), np.nan)

@@ -77,7 +77,7 @@ def _fmt(x: float | None, digits: int = 2) -> str:
 
 
 def _fmt_ci(entry: Mapping[str, Any] | None, digits: int = 2) -> str:
-    if entry is None:
+    if entry is None or entry["value"] is None:
         return "n/a"
     return f"{_fmt(entry['value'], digits)} ({_fmt(entry['low'], digits)}–{_fmt(entry['high'], digits)})"
 

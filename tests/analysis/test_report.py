@@ -210,3 +210,24 @@ def test_cli_analyze_reports_bad_input_and_exits_2(tmp_path, capsys):
     assert "m (m (" not in err
     assert "image ids do not match the truth" in err and "['b']" in err and "['c']" in err
     assert not (tmp_path / "o" / "report.html").exists()
+
+
+def test_report_with_a_class_missing_from_the_truth_marks_undefined_values(tmp_path):
+    """No 'too_apical' image in the truth: its AUC is undefined, shown as n/a, JSON gets null."""
+    truth, weak, good, _ = _cohort(seed=3)
+    truth = {i: ("lv" if y == "too_apical" else y) for i, y in truth.items()}
+    preds = {
+        "a": Predictions.from_probabilities(weak),
+        "b": Predictions.from_labels({i: "lv" for i in truth}),
+    }
+    result = build_report(truth, preds, tmp_path, n_boot=N_BOOT)
+    a = result.summary["models"]["a"]
+    assert a["per_class"]["too_apical"]["auc"] is None
+    assert a["overall"]["macro_auc"] is None
+    assert any("too_apical" in note and "undefined" in note for note in result.summary["notes"])
+    # Predicting 'lv' for everything: the study's precision (NPV) has no denominator.
+    assert result.summary["models"]["b"]["binary"]["paper_precision"] is None
+    json.dumps(result.summary, allow_nan=False)
+    assert "n/a" in result.markdown.read_text()
+    for path in result.figures:
+        _assert_png(path.read_bytes())
