@@ -192,6 +192,18 @@ def parse_prediction_spec(spec: str) -> tuple[str, Path]:
 def _runs_in(document: Any, path: Path) -> list[dict[str, Any]]:
     if isinstance(document, dict) and "runs" in document:
         document = document["runs"]
+        if isinstance(document, dict):
+            # `simulate --compare` groups runs by run type ({"paper": [...], "bayes_capped":
+            # [...]}); the key is the name to plot, since e.g. "bayes_capped" runs carry
+            # strategy "bayes".
+            grouped = document
+            document = []
+            for name, group in grouped.items():
+                if not isinstance(group, list):
+                    raise AnalysisInputError(f"{path}: runs[{name!r}] must be a list of runs")
+                document += [
+                    {**run, "strategy": name} if isinstance(run, dict) else run for run in group
+                ]
     if isinstance(document, dict):
         document = [document]
     if not isinstance(document, list):
@@ -224,7 +236,9 @@ def _runs_in(document: Any, path: Path) -> list[dict[str, Any]]:
 def read_curves(paths: Iterable[str | os.PathLike[str]]) -> list[dict[str, Any]]:
     """Read label-efficiency runs from ``slicerank simulate --compare --json`` files.
 
-    Each file holds a list of runs (or ``{"runs": [...]}``, or one run), each with
+    Each file holds a list of runs, ``{"runs": [...]}``, ``{"runs": {name: [...]}}`` (the
+    ``compare.json`` of ``simulate --compare``, where ``name`` becomes the strategy shown),
+    or one run; each run has
     ``strategy``, ``seed``, ``curve`` (points with at least ``hours`` and ``accuracy``; also
     ``batches``, ``views``, ``boundary_labels``, ``macro_f1``, ``kendall_tau``) and ``final``.
     """

@@ -231,3 +231,38 @@ def test_report_with_a_class_missing_from_the_truth_marks_undefined_values(tmp_p
     assert "n/a" in result.markdown.read_text()
     for path in result.figures:
         _assert_png(path.read_bytes())
+
+
+def test_cli_reads_the_real_simulate_compare_output(tmp_path, capsys):
+    """Contract with ranking_scheduler: `simulate --compare` JSON feeds `analyze --curves`."""
+    sim = tmp_path / "sim"
+    assert main(["simulate", "--compare", "--images", "60", "--seeds", "2", "--out", str(sim)]) == 0
+    truth, weak, _, _ = _cohort(seed=4)
+    t = _write_csv(tmp_path / "truth.csv", ["image_id", "label"], sorted(truth.items()))
+    header = ["image_id", "p_too_basal", "p_lv", "p_too_apical"]
+    a = _write_csv(
+        tmp_path / "a.csv", header, [(i, *(f"{x:.6f}" for x in p)) for i, p in weak.items()]
+    )
+    out = tmp_path / "report"
+    code = main(
+        [
+            "analyze",
+            "--truth",
+            str(t),
+            "--pred",
+            f"cnn={a}",
+            "--out",
+            str(out),
+            "--curves",
+            str(sim / "compare.json"),
+            "--json",
+            str(tmp_path / "s.json"),
+            "--n-boot",
+            str(N_BOOT),
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    curves = json.loads((tmp_path / "s.json").read_text())["curves"]
+    assert {"one_at_a_time", "paper", "bayes", "bayes_capped"} <= set(curves)
+    assert all(c["runs"] == 2 for c in curves.values())
+    _assert_png((out / "label_efficiency.png").read_bytes())
