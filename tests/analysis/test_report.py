@@ -266,3 +266,23 @@ def test_cli_reads_the_real_simulate_compare_output(tmp_path, capsys):
     assert {"one_at_a_time", "paper", "bayes", "bayes_capped"} <= set(curves)
     assert all(c["runs"] == 2 for c in curves.values())
     _assert_png((out / "label_efficiency.png").read_bytes())
+
+
+def test_summary_does_not_depend_on_input_order_and_one_model_is_enough(tmp_path):
+    truth, weak, _, _ = _cohort(seed=5)
+    forward = build_report(
+        truth, {"cnn": Predictions.from_probabilities(weak)}, tmp_path / "f", n_boot=N_BOOT
+    )
+    backward = build_report(
+        dict(reversed(list(truth.items()))),
+        {"cnn": Predictions.from_probabilities(dict(reversed(list(weak.items()))))},
+        tmp_path / "b",
+        n_boot=N_BOOT,
+    )
+    forward.summary.pop("generated"), backward.summary.pop("generated")
+    assert forward.summary == backward.summary
+    # With a single set there is nothing to compare it with: no P value, no pairwise κ matrix.
+    assert forward.summary["comparisons"] == []
+    md = forward.markdown.read_text()
+    assert "Paired comparisons" not in md and "Pairwise agreement" not in md
+    assert "| cnn | " in md
