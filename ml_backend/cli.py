@@ -1,9 +1,204 @@
-"""Subcommands of ``slicerank`` that drive ``ml_backend``."""
+"""Subcommands of ``slicerank`` that drive ``ml_backend``: ``backend``, ``worker``, ``train``
+and ``bench train``. Heavy imports (torch, FastAPI, the SDK) happen inside the handlers."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def _settings(args: argparse.Namespace):
+    """Settings from the environment (read once, here), overridden by command-line options."""
+    from ml_backend.settings import BackendSettings
+
+    settings = BackendSettings.from_env(os.environ)
+    changes = {}
+    for opt, name in (("model_dir", "model_dir"), ("media_root", "media_root"), ("device", "device"),
+                      ("preset", "preset"), ("redis_url", "redis_url"), ("queue", "queue_name"),
+                      ("label_studio_url", "label_studio_url")):  # fmt: skip
+        value = getattr(args, opt, None)
+        if value is not None:
+            changes[name] = Path(value) if name in ("model_dir", "media_root") else value
+    return dataclasses.replace(settings, **changes)
+
+
+def _common(p: argparse.ArgumentParser, *, queue: bool = True) -> None:
+    p.add_argument("--model-dir", help="model registry folder (env MODEL_DIR, default runs/models)")
+    p.add_argument("--media-root", help="media root with manifest.csv (env SLICERANK_MEDIA_ROOT)")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N (env SLICERANK_DEVICE)")
+    if queue:
+        p.add_argument("--redis-url", help="Redis URL (env REDIS_URL)")
+        p.add_argument("--queue", help="RQ queue name (env SLICERANK_QUEUE)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this package's subcommands to the ``slicerank`` parser."""
+    p = subparsers.add_parser("backend", help="run the Label Studio ML backend (HTTP)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=9090)
+    _common(p)
+    p.set_defaults(func=_backend)
+
+    p = subparsers.add_parser("worker", help="run an RQ training worker (one per GPU)")
+    p.add_argument("--burst", action="store_true", help="exit once the queue is empty")
+    p.add_argument("--name", help="worker name (default: RQ's host.pid)")
+    _common(p)
+    p.set_defaults(func=_worker)
+
+    p = subparsers.add_parser("train", help="enqueue a training job (optionally wait for it)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--project", type=int, help="Label Studio Classify project id")
+    src.add_argument("--labels", help="a Label Studio JSON export of the Classify project")
+    p.add_argument("--label-source", choices=("classify", "ranking"), default="classify")
+    p.add_argument(
+        "--consensus", help="scheduler consensus.json (ranking source; env SLICERANK_CONSENSUS)"
+    )
+    p.add_argument("--soft", action="store_true", help="train on the consensus class probabilities")
+    p.add_argument("--preset", help="study, gpu or cpu-small (env SLICERANK_TRAIN_PRESET)")
+    p.add_argument("--epochs", type=int, help="override the preset's epochs")
+    p.add_argument("--seeds", type=int, help="number of seeds (0..N-1), overriding the preset")
+    p.add_argument("--no-predictions", action="store_true", help="do not write predictions to LS")
+    p.add_argument("--label-studio-url", help="env LABEL_STUDIO_URL")
+    p.add_argument("--wait", action="store_true", help="wait for the job and show its progress")
+    p.add_argument("--json", metavar="FILE", help="write the job's outcome as JSON")
+    _common(p)
+    p.set_defaults(func=_train)
+
+
+def register_bench(bench_subparsers: argparse._SubParsersAction) -> None:
+    """``slicerank bench train``."""
+    p = bench_subparsers.add_parser("train", help="training throughput and /predict latency")
+    p.add_argument("--batches", type=int, default=6, help="timed training batches (study model)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--predict-requests", type=int, default=40)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--full", action="store_true",
+                   help="GPU: run the study's full protocol (70 epochs x 10 seeds, 3,323 images)")  # fmt: skip
+    p.add_argument("--json", metavar="FILE", help="write the numbers as JSON")
+    p.set_defaults(func=_bench)
+
+
+def _backend(args: argparse.Namespace) -> int:
+    import redis
+    import uvicorn
+
+    from ml_backend.server import create_app
+    from ml_backend.settings import resolve_device
+
+    settings = _settings(args)
+    app = create_app(settings, redis_conn=redis.Redis.from_url(settings.redis_url),
+                     device=resolve_device(settings.device))  # fmt: skip
+    if not settings.basic_auth_user:
+        log.warning("BASIC_AUTH_USER is not set: the backend accepts unauthenticated requests")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    import redis
+
+    from ml_backend.jobs import run_worker
+
+    settings = _settings(args)
+    # The job reads its own settings from this environment; pass the overrides on.
+    os.environ["MODEL_DIR"] = str(settings.model_dir)
+    if settings.media_root:
+        os.environ["SLICERANK_MEDIA_ROOT"] = str(settings.media_root)
+    run_worker(
+        redis.Redis.from_url(settings.redis_url),
+        settings.queue_name,
+        burst=args.burst,
+        name=args.name,
+    )
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    import redis
+
+    from ml_backend.jobs import TrainRequest, enqueue_training, wait_for_job
+    from slicerank.jsonout import write_json
+
+    settings = _settings(args)
+    consensus = args.consensus or (
+        str(settings.consensus_path) if settings.consensus_path else None
+    )
+    try:
+        request = TrainRequest(
+            label_source=args.label_source,
+            project_id=args.project,
+            labels_path=str(Path(args.labels).resolve()) if args.labels else None,
+            consensus_path=str(Path(consensus).resolve()) if consensus else None,
+            soft_targets=args.soft,
+            preset=settings.preset,
+            media_root=str(Path(settings.media_root).resolve()) if settings.media_root else None,
+            model_dir=str(Path(settings.model_dir).resolve()),
+            device=settings.device,
+            epochs=args.epochs,
+            seeds=tuple(range(args.seeds)) if args.seeds else None,
+            write_predictions=not args.no_predictions,
+            label_studio_url=settings.label_studio_url,
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    conn = redis.Redis.from_url(settings.redis_url)
+    result = enqueue_training(
+        conn, request, queue_name=settings.queue_name, job_timeout=settings.job_timeout
+    )
+    print(result.message)
+    outcome = {"job_id": result.job_id, "created": result.created, "status": result.status}
+    if args.wait:
+        from tqdm import tqdm
+
+        bar = tqdm(desc="training", unit="epoch")
+
+        def show(summary):
+            meta = summary.get("meta") or {}
+            if meta.get("epoch"):
+                total = meta.get("epochs", 0) * len(meta.get("seeds") or [0])
+                done = (meta.get("seeds") or [0]).index(meta.get("seed", 0)) * meta.get(
+                    "epochs", 0
+                ) + meta["epoch"]
+                bar.total = total
+                bar.n = done
+                bar.set_postfix_str(
+                    f"{meta.get('stage')} val_loss={meta.get('val_loss', float('nan')):.3f}"
+                )
+                bar.refresh()
+
+        summary = wait_for_job(conn, result.job_id, on_progress=show)
+        bar.close()
+        outcome.update(summary)
+        if summary["status"] == "finished":
+            print(f"registered model version {summary['result']['model_version']}")
+        else:
+            print(
+                f"training job {result.job_id} {summary['status']}: {summary.get('error')}",
+                file=sys.stderr,
+            )
+    if args.json:
+        write_json(args.json, outcome)
+    return 0 if outcome["status"] != "failed" else 1
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from ml_backend.bench import run_bench, run_full_protocol
+    from slicerank.jsonout import write_json
+
+    if args.full:
+        numbers = run_full_protocol(device=args.device)
+    else:
+        numbers = run_bench(batches=args.batches, batch_size=args.batch_size,
+                            predict_requests=args.predict_requests, device=args.device)  # fmt: skip
+    print(json.dumps(numbers, indent=2))
+    if args.json:
+        write_json(args.json, numbers)
+    return 0

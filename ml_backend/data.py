@@ -1,0 +1,159 @@
+"""Data sets: labelled image ids → prepared uint8 tensors, and the stratified split.
+
+Images are the 8-bit grayscale PNGs of a media root (``manifest.csv`` + files, see
+docs/INTERFACES.md). Each image is read and framed once (:func:`ml_backend.transforms.prepare_image`)
+and kept in memory as uint8 — 3,323 images at 256×256 take 218 MB — so training epochs do no
+file I/O and, on a GPU, the whole set can live on the device.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ml_backend.config import TrainConfig
+from ml_backend.labels import LabelledImage
+from ml_backend.transforms import load_grayscale, prepare_image
+from slicerank import CLASSES
+
+
+class MissingImageError(FileNotFoundError):
+    """A labelled image cannot be found under the media root; the message names it."""
+
+
+def read_manifest_paths(media_root: Path) -> dict[str, str]:
+    """``image_id → path`` (relative to the media root) from ``<media_root>/manifest.csv``."""
+    manifest = Path(media_root) / "manifest.csv"
+    if not manifest.is_file():
+        raise FileNotFoundError(f"media root {media_root} has no manifest.csv")
+    with manifest.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = {"image_id", "path"} - set(reader.fieldnames or [])
+        if missing:
+            raise ValueError(f"{manifest} lacks the column(s) {', '.join(sorted(missing))}")
+        return {row["image_id"]: row["path"] for row in reader}
+
+
+def resolve_image_paths(
+    labels: Sequence[LabelledImage], media_root: Path, manifest: dict[str, str]
+) -> list[Path]:
+    """The file of every labelled image: by manifest, else by the task's local-files path."""
+    root = Path(media_root)
+    paths = []
+    for item in labels:
+        candidates = []
+        if item.image_id in manifest:
+            candidates.append(root / manifest[item.image_id])
+        if item.path_hint:
+            # The LS document root may be the media root or a parent of it: try both.
+            hint = Path(item.path_hint)
+            candidates += (
+                [root / hint, root / Path(*hint.parts[1:])]
+                if len(hint.parts) > 1
+                else [root / hint]
+            )
+        found = next((p for p in candidates if p.is_file()), None)
+        if found is None:
+            tried = ", ".join(str(p) for p in candidates) or "no manifest row and no task path"
+            raise MissingImageError(
+                f"image {item.image_id!r} not found under {root} (tried: {tried})"
+            )
+        paths.append(found)
+    return paths
+
+
+def stratified_split(
+    labels: Sequence[str], fractions: tuple[float, float, float], seed: int
+) -> tuple[list[int], list[int], list[int]]:
+    """Indices of train/validation/test, split per class in the given proportions.
+
+    Each class is shuffled with its own draw from ``seed`` and cut by rounding, so class
+    proportions are kept (as the study's "stratified method"); deterministic for a seed.
+    """
+    rng = np.random.default_rng(seed)
+    train: list[int] = []
+    val: list[int] = []
+    test: list[int] = []
+    labels = list(labels)
+    for cls in sorted(set(labels)):
+        idx = np.array([i for i, lab in enumerate(labels) if lab == cls])
+        rng.shuffle(idx)
+        n = len(idx)
+        n_val = int(round(n * fractions[1]))
+        n_test = int(round(n * fractions[2]))
+        n_train = max(n - n_val - n_test, 0)
+        train += idx[:n_train].tolist()
+        val += idx[n_train : n_train + n_val].tolist()
+        test += idx[n_train + n_val :].tolist()
+    if not train or not val:
+        raise ValueError(
+            f"{len(labels)} labelled images are too few for a {fractions} split "
+            "(training and validation sets must both be non-empty)"
+        )
+    return sorted(train), sorted(val), sorted(test)
+
+
+@dataclass
+class SliceDataset:
+    """Prepared images (N×1×S×S uint8), class indices, optional soft targets, image ids."""
+
+    image_ids: list[str]
+    images: torch.Tensor
+    targets: torch.Tensor
+    soft: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def subset(self, indices: Sequence[int]) -> SliceDataset:
+        """The examples at ``indices``."""
+        idx = torch.as_tensor(list(indices), dtype=torch.long)
+        return SliceDataset(
+            [self.image_ids[i] for i in indices],
+            self.images[idx],
+            self.targets[idx],
+            None if self.soft is None else self.soft[idx],
+        )
+
+    def to(self, device: torch.device | str) -> SliceDataset:
+        """The same data on ``device``."""
+        return SliceDataset(
+            self.image_ids,
+            self.images.to(device),
+            self.targets.to(device),
+            None if self.soft is None else self.soft.to(device),
+        )
+
+
+def build_dataset(
+    labels: Sequence[LabelledImage],
+    media_root: Path,
+    config: TrainConfig,
+    *,
+    progress: bool = False,
+) -> SliceDataset:
+    """Read, frame and stack the labelled images (raises :class:`MissingImageError`)."""
+    manifest = read_manifest_paths(media_root)
+    paths = resolve_image_paths(labels, media_root, manifest)
+    arrays = []
+    for item, path in tqdm(
+        list(zip(labels, paths, strict=True)), desc="images", disable=not progress, unit="img"
+    ):
+        try:
+            arrays.append(prepare_image(load_grayscale(path), config))
+        except OSError as exc:
+            raise MissingImageError(
+                f"image {item.image_id!r} at {path} cannot be read ({exc})"
+            ) from None
+    images = torch.from_numpy(np.stack(arrays)).unsqueeze(1)
+    targets = torch.tensor([CLASSES.index(x.label) for x in labels], dtype=torch.long)
+    soft = None
+    if all(x.soft is not None for x in labels) and labels:
+        soft = torch.tensor([x.soft for x in labels], dtype=torch.float32)
+    return SliceDataset([x.image_id for x in labels], images, targets, soft)

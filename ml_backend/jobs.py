@@ -1,0 +1,400 @@
+"""Training as RQ jobs: enqueue (at most one running job per project), the job, the worker.
+
+The job function runs in an RQ work horse (a forked child of ``slicerank worker``). It
+reports progress in ``job.meta`` (``stage``, ``seed``, ``epoch``, losses, accuracy) and the
+log, and ends either with a registered model version or as a failed job whose exception says
+what went wrong: no labels, a missing image, CUDA out of memory. A work horse killed from
+outside (the kernel's OOM killer, ``kill -9``) is marked failed by its worker at once; a whole
+worker that dies is caught by RQ's abandoned-job clean-up (``StartedJobRegistry.cleanup``,
+run by every worker and by :func:`enqueue_training`), which moves the job to the failed
+registry. Registration is atomic (see :mod:`ml_backend.registry`), so no failure leaves a
+half-registered version.
+
+One request per project: :func:`enqueue_training` keeps ``slicerank:train:<project>`` →
+job id in Redis and refuses (reporting the running job) while that job is queued or started.
+This module imports only ``rq``/``redis`` at the top so the worker's parent process stays
+light; torch is imported inside the job.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from redis import Redis
+from redis.exceptions import WatchError
+from rq import Queue, Worker, get_current_job
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.registry import StartedJobRegistry
+
+log = logging.getLogger(__name__)
+
+#: Job states in which a project's training is still under way.
+ACTIVE_STATES = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
+#: A lock whose job is not (yet) in Redis counts as active this long: the enqueuer claims the
+#: lock just before it enqueues.
+CLAIM_GRACE_S = 30.0
+LOCK_PREFIX = "slicerank:train:"
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """What to train; JSON-able, stored as the job's argument (no secrets in it)."""
+
+    label_source: str = "classify"
+    project_id: int | None = None
+    #: A Label Studio JSON export file to read labels from instead of the project.
+    labels_path: str | None = None
+    consensus_path: str | None = None
+    soft_targets: bool = False
+    preset: str = "study"
+    media_root: str | None = None
+    model_dir: str = "runs/models"
+    device: str = "auto"
+    epochs: int | None = None
+    seeds: tuple[int, ...] | None = None
+    #: After registering, write the new model's predictions on the project's tasks.
+    write_predictions: bool = True
+    label_studio_url: str = ""
+
+    def __post_init__(self) -> None:
+        if self.label_source not in ("classify", "ranking"):
+            raise ValueError(f"label source {self.label_source!r} must be 'classify' or 'ranking'")
+        if self.project_id is None and not self.labels_path and not self.consensus_path:
+            raise ValueError(
+                "a training request needs a project id, a labels export file or a consensus file"
+            )
+
+    @property
+    def lock_name(self) -> str:
+        """What "the same project" means for the one-job-at-a-time rule."""
+        if self.project_id is not None:
+            return f"project:{self.project_id}"
+        return f"file:{self.labels_path or self.consensus_path}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        d = asdict(self)
+        d["seeds"] = list(self.seeds) if self.seeds is not None else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainRequest:
+        """Inverse of :meth:`to_dict`."""
+        d = dict(d)
+        if d.get("seeds") is not None:
+            d["seeds"] = tuple(d["seeds"])
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class EnqueueResult:
+    """The outcome of a training request: the job and whether this request created it."""
+
+    job_id: str
+    created: bool
+    status: str
+    message: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def _job_active(conn: Redis, job_id: str, claimed_at: float) -> bool:
+    try:
+        job = Job.fetch(job_id, connection=conn)
+    except NoSuchJobError:
+        return time.time() - claimed_at < CLAIM_GRACE_S
+    return job.get_status(refresh=True) in ACTIVE_STATES
+
+
+def enqueue_training(
+    conn: Redis, request: TrainRequest, *, queue_name: str, job_timeout: int = 6 * 3600
+) -> EnqueueResult:
+    """Enqueue a training job unless one for the same project is queued or running."""
+    queue = Queue(queue_name, connection=conn)
+    # Jobs of workers that died are moved to "failed" here, so they cannot hold the lock.
+    StartedJobRegistry(queue=queue).cleanup()
+    key = LOCK_PREFIX + request.lock_name
+    job_id = uuid.uuid4().hex
+    with conn.pipeline() as pipe:
+        while True:
+            try:
+                pipe.watch(key)
+                current = pipe.get(key)
+                if current is not None:
+                    held = json.loads(current)
+                    if _job_active(conn, held["job_id"], held["claimed_at"]):
+                        pipe.unwatch()
+                        status = _status(conn, held["job_id"])
+                        return EnqueueResult(
+                            held["job_id"], False, status,
+                            f"training for {request.lock_name} is already {status} as job {held['job_id']}",
+                        )  # fmt: skip
+                pipe.multi()
+                pipe.set(key, json.dumps({"job_id": job_id, "claimed_at": time.time()}))
+                pipe.execute()
+                break
+            except WatchError:
+                continue
+    job = queue.enqueue(
+        "ml_backend.jobs.train_job",
+        request.to_dict(),
+        job_id=job_id,
+        job_timeout=job_timeout,
+        result_ttl=7 * 24 * 3600,
+        failure_ttl=30 * 24 * 3600,
+        description=f"train {request.label_source} labels of {request.lock_name}",
+        meta={"stage": "queued", "lock": key},
+    )
+    log.info("enqueued training job %s for %s", job.id, request.lock_name)
+    return EnqueueResult(
+        job.id, True, "queued", f"training for {request.lock_name} queued as job {job.id}"
+    )
+
+
+def _status(conn: Redis, job_id: str) -> str:
+    try:
+        return _name(Job.fetch(job_id, connection=conn).get_status(refresh=True))
+    except NoSuchJobError:
+        return "queued"
+
+
+def _name(status: JobStatus | str | None) -> str:
+    return getattr(status, "value", None) or str(status)
+
+
+def _release_lock(conn: Redis, key: str, job_id: str) -> None:
+    # Only the job that holds the lock may free it (compare-and-delete in one script).
+    conn.eval(
+        "local v = redis.call('get', KEYS[1]); "
+        "if v and cjson.decode(v)['job_id'] == ARGV[1] then return redis.call('del', KEYS[1]) end; return 0",
+        1, key, job_id,
+    )  # fmt: skip
+
+
+def job_summary(conn: Redis, job_id: str) -> dict[str, Any]:
+    """Status, meta, result and error of a job, for the CLI and ``/versions``."""
+    job = Job.fetch(job_id, connection=conn)
+    status = job.get_status(refresh=True)
+    out: dict[str, Any] = {
+        "job_id": job_id,
+        "status": _name(status),
+        "meta": job.get_meta(refresh=True),
+    }
+    if status == JobStatus.FINISHED:
+        out["result"] = job.return_value()
+    elif status == JobStatus.FAILED:
+        result = job.latest_result()
+        out["error"] = _last_line(result.exc_string if result else job.exc_info)
+    return out
+
+
+def _last_line(text: str | None) -> str:
+    lines = [x for x in (text or "").strip().splitlines() if x.strip()]
+    return lines[-1] if lines else "failed"
+
+
+def wait_for_job(
+    conn: Redis, job_id: str, *, poll_s: float = 1.0, timeout_s: float | None = None,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Poll until the job finished or failed; returns :func:`job_summary`."""
+    start = time.monotonic()
+    while True:
+        summary = job_summary(conn, job_id)
+        if on_progress is not None:
+            on_progress(summary)
+        if summary["status"] in ("finished", "failed", "stopped", "canceled"):
+            return summary
+        if timeout_s is not None and time.monotonic() - start > timeout_s:
+            raise TimeoutError(f"job {job_id} still {summary['status']} after {timeout_s} s")
+        time.sleep(poll_s)
+
+
+def run_worker(
+    conn: Redis, queue_name: str, *, burst: bool = False, name: str | None = None
+) -> bool:
+    """Run an RQ worker on the training queue (one per GPU); returns when stopped or, with
+    ``burst``, when the queue is empty."""
+    worker = Worker([Queue(queue_name, connection=conn)], connection=conn, name=name)
+    return worker.work(burst=burst, with_scheduler=False)
+
+
+# ---------------------------------------------------------------------------------------
+# The job itself (runs in the work horse).
+
+
+class _Progress:
+    """Writes progress into the current RQ job's meta (no-op outside a job)."""
+
+    def __init__(self) -> None:
+        self.job = get_current_job()
+
+    def update(self, **values: Any) -> None:
+        if self.job is None:
+            return
+        self.job.meta.update(values)
+        self.job.save_meta()
+
+
+def train_job(request_dict: dict[str, Any]) -> dict[str, Any]:
+    """RQ job: export labels, build the data set, train every seed, register, predict back.
+
+    Secrets (the Label Studio API key) come from the worker's environment, read when the job
+    starts; everything else is in the request.
+    """
+    from ml_backend.settings import BackendSettings
+
+    request = TrainRequest.from_dict(request_dict)
+    progress = _Progress()
+    job = progress.job
+    conn = job.connection if job is not None else None
+    try:
+        settings = BackendSettings.from_env(os.environ)
+        return _train(request, settings, progress)
+    except Exception as exc:
+        progress.update(stage="failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        if job is not None and conn is not None and job.meta.get("lock"):
+            _release_lock(conn, job.meta["lock"], job.id)
+
+
+def _ls_client(url: str, api_key: str):
+    from label_studio_sdk import LabelStudio
+
+    if not api_key:
+        raise ValueError("LABEL_STUDIO_API_KEY is not set in the worker's environment")
+    return LabelStudio(base_url=url, api_key=api_key)
+
+
+def _train(request: TrainRequest, settings, progress: _Progress) -> dict[str, Any]:
+    import torch
+
+    from ml_backend.config import get_preset
+    from ml_backend.data import build_dataset, stratified_split
+    from ml_backend.labels import collect_labels
+    from ml_backend.registry import ModelRegistry
+    from ml_backend.settings import resolve_device
+    from ml_backend.train import run_protocol
+
+    config = get_preset(request.preset)
+    changes: dict[str, Any] = {"soft_targets": request.soft_targets}
+    if request.epochs:
+        changes["epochs"] = request.epochs
+    if request.seeds:
+        changes["seeds"] = tuple(request.seeds)
+    config = config.replace(**changes)
+    device = torch.device(resolve_device(request.device))
+    if device.type != "cuda" and (config.amp or config.data_on_device):
+        log.warning("preset %s asks for CUDA features but runs on %s", config.name, device)
+    ls_url = request.label_studio_url or settings.label_studio_url
+
+    progress.update(stage="labels", project=request.project_id, label_source=request.label_source)
+    tasks = None
+    if request.labels_path:
+        tasks = json.loads(Path(request.labels_path).read_text())
+    elif request.project_id is not None and not (
+        request.label_source == "ranking" and request.consensus_path
+    ):
+        from ml_backend.labels import export_tasks
+
+        tasks = export_tasks(_ls_client(ls_url, settings.label_studio_api_key), request.project_id)
+    labels = collect_labels(
+        request.label_source, tasks=tasks,
+        consensus_path=Path(request.consensus_path) if request.consensus_path else None,
+        soft=request.soft_targets,
+    )  # fmt: skip
+    media_root = request.media_root or (str(settings.media_root) if settings.media_root else None)
+    if not media_root:
+        raise ValueError("no media root: set SLICERANK_MEDIA_ROOT or pass --media-root")
+    progress.update(stage="images", n_labels=len(labels))
+    dataset = build_dataset(labels, Path(media_root), config)
+    train_idx, val_idx, test_idx = stratified_split(
+        [x.label for x in labels], config.split, config.split_seed
+    )
+    train, val, test = (dataset.subset(i) for i in (train_idx, val_idx, test_idx))
+    progress.update(
+        stage="training", epochs=config.epochs, seeds=list(config.seeds), device=str(device),
+        n_train=len(train), n_val=len(val), n_test=len(test), history=[],
+    )  # fmt: skip
+
+    history: list[dict[str, Any]] = []
+
+    def on_epoch(stats) -> None:
+        history.append(stats.as_dict())
+        progress.update(
+            seed=stats.seed, epoch=stats.epoch, train_loss=stats.train_loss,
+            val_loss=stats.val_loss, val_accuracy=stats.val_accuracy, history=history[-200:],
+        )  # fmt: skip
+
+    try:
+        result = run_protocol(config, train, val, test, device, on_epoch=on_epoch)
+    except torch.OutOfMemoryError as exc:
+        raise RuntimeError(
+            f"CUDA out of memory on {device} training preset {config.name!r} with batch size "
+            f"{config.batch_size}: free the GPU or use a smaller batch size / the study preset "
+            "without data_on_device"
+        ) from exc
+
+    progress.update(stage="registering")
+    best = result.fits[result.best_index]
+    from slicerank import CLASSES
+
+    counts = {c: sum(1 for x in labels if x.label == c) for c in CLASSES}
+    version = ModelRegistry(Path(request.model_dir)).register(
+        checkpoint={
+            "model": best.state_dict, "optimizer": best.optimizer_state,
+            "epoch": best.best_epoch, "config": config.to_dict(),
+        },
+        config=config.to_dict(),
+        label_source={
+            "source": request.label_source, "project_id": request.project_id,
+            "labels_path": request.labels_path, "consensus_path": request.consensus_path,
+            "soft_targets": request.soft_targets, "n_labels": len(labels), "class_counts": counts,
+        },
+        splits={"train": train.image_ids, "val": val.image_ids, "test": test.image_ids},
+        metrics={**result.summary(), "history": history, "device": str(device)},
+        extra={"project_id": request.project_id, "job_id": progress.job.id if progress.job else None},
+    )  # fmt: skip
+    progress.update(stage="registered", model_version=version.name)
+    n_predicted = 0
+    if request.write_predictions and request.project_id is not None and tasks is not None:
+        progress.update(stage="predicting")
+        n_predicted = write_predictions(
+            _ls_client(ls_url, settings.label_studio_api_key), request.project_id, version, tasks,
+            Path(media_root), device,
+        )  # fmt: skip
+    progress.update(stage="done", predictions_written=n_predicted)
+    return {
+        "model_version": version.name,
+        "metrics": result.summary(),
+        "predictions_written": n_predicted,
+    }
+
+
+def write_predictions(client, project_id: int, version, tasks, media_root: Path, device) -> int:
+    """Predict every task of the project with ``version`` and store the predictions in Label
+    Studio (pre-annotations); returns how many were written."""
+    from ml_backend.predictor import Predictor
+
+    predictor = Predictor.from_version(version, device=device)
+    written = 0
+    batch = 64
+    for start in range(0, len(tasks), batch):
+        chunk = tasks[start : start + batch]
+        images = [predictor.load_task_image(t, media_root=media_root) for t in chunk]
+        for task, pred in zip(chunk, predictor.predict_images(images), strict=True):
+            client.predictions.create(
+                task=task["id"], result=pred["result"], score=pred["score"],
+                model_version=pred["model_version"],
+            )  # fmt: skip
+            written += 1
+    return written

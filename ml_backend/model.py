@@ -1,0 +1,95 @@
+"""The study's classifier: a ResNet trained from scratch with a feed-forward head (3 outputs).
+
+The residual body follows He et al. 2016 (BasicBlock, as torchvision's ResNet-18/34) but takes
+the stem width and the block counts from the config, so the CPU preset can use a narrow,
+shallow copy of the same design; with ``width=64, layers=(3, 4, 6, 3)`` it is ResNet-34.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ml_backend.config import TrainConfig
+
+
+class BasicBlock(nn.Module):
+    """Two 3×3 convolutions with a residual connection (projection when the shape changes)."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_ch)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or in_ch != out_ch:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Residual block forward pass."""
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class SliceResNet(nn.Module):
+    """ResNet body + feed-forward head returning class logits (softmax gives probabilities)."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        super().__init__()
+        w = config.width
+        self.stem = nn.Sequential(
+            nn.Conv2d(config.in_channels, w, 7, 2, 3, bias=False),
+            nn.BatchNorm2d(w),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2, 1),
+        )
+        stages = []
+        in_ch = w
+        for i, blocks in enumerate(config.layers):
+            out_ch = w * 2**i
+            for b in range(blocks):
+                stages.append(BasicBlock(in_ch, out_ch, 2 if (b == 0 and i > 0) else 1))
+                in_ch = out_ch
+        self.body = nn.Sequential(*stages)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        head: list[nn.Module] = []
+        for hidden in config.head_hidden:
+            head += [
+                nn.Linear(in_ch, hidden),
+                nn.ReLU(inplace=True),
+                nn.Dropout(config.head_dropout),
+            ]
+            in_ch = hidden
+        head.append(nn.Linear(in_ch, config.num_classes))
+        self.head = nn.Sequential(*head)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # Random initialisation as torchvision's ResNet (the study trained from scratch).
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """N×C×H×W images → N×3 logits."""
+        x = self.body(self.stem(x))
+        return self.head(torch.flatten(self.pool(x), 1))
+
+
+def build_model(config: TrainConfig) -> SliceResNet:
+    """A freshly (randomly) initialised model for ``config``."""
+    return SliceResNet(config)
+
+
+def count_trainable(model: nn.Module) -> int:
+    """Number of trainable parameters (Table 1 reports 22,199,747 for the study's model)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,136 @@
+"""Serving a registered model: load once, frame images with the evaluation preset, predict in
+batches, and shape the answer as Label Studio pre-annotations."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ml_backend.config import TrainConfig
+from ml_backend.data import MissingImageError, read_manifest_paths
+from ml_backend.labels import CLASS_CONTROL, local_path_from_url
+from ml_backend.registry import ModelRegistry, ModelVersion
+from ml_backend.train import load_checkpoint, predict_proba
+from ml_backend.transforms import EvalPreset, load_grayscale
+from slicerank import CLASSES
+
+
+@dataclass
+class Predictor:
+    """One loaded model version on one device."""
+
+    version: str
+    model: torch.nn.Module
+    config: TrainConfig
+    device: torch.device
+    from_name: str = CLASS_CONTROL
+    to_name: str = "image"
+    batch_size: int = 32
+
+    @classmethod
+    def from_version(
+        cls, version: ModelVersion, *, device: torch.device | str = "cpu"
+    ) -> Predictor:
+        """Load a registry version's checkpoint (onto the CPU first, then ``device``)."""
+        model, config, _ = load_checkpoint(version.checkpoint)
+        device = torch.device(device)
+        return cls(version.name, model.to(device).eval(), config, device)
+
+    def predict_images(self, images: Sequence[np.ndarray], *, from_name: str | None = None,
+                       to_name: str | None = None) -> list[dict[str, Any]]:  # fmt: skip
+        """One Label Studio prediction per image: the most probable class as a ``choices``
+        result, its probability as ``score``, this version as ``model_version``."""
+        if not images:
+            return []
+        batch = EvalPreset(self.config).images_to_batch(images)
+        probs = predict_proba(self.model, batch, self.device, batch_size=self.batch_size).numpy()
+        out = []
+        for p in probs:
+            k = int(p.argmax())
+            out.append({
+                "result": [{
+                    "from_name": from_name or self.from_name, "to_name": to_name or self.to_name,
+                    "type": "choices", "value": {"choices": [CLASSES[k]]},
+                }],
+                "score": float(p[k]),
+                "model_version": self.version,
+                # Not part of LS's contract; kept for analysis clients calling /predict directly.
+                "probabilities": {c: float(x) for c, x in zip(CLASSES, p, strict=True)},
+            })  # fmt: skip
+        return out
+
+    @staticmethod
+    def load_task_image(
+        task: dict[str, Any], *, media_root: Path | None, manifest: dict[str, str] | None = None,
+        label_studio_url: str | None = None, api_key: str | None = None, value: str = "image",
+    ) -> np.ndarray:  # fmt: skip
+        """The task's image: from the media root when it is there, else fetched from Label
+        Studio through ``label_studio_sdk``'s file access (with the API key)."""
+        data = task.get("data") or {}
+        url = data.get(value)
+        if not isinstance(url, str) or not url:
+            raise ValueError(f"task {task.get('id')} has no data.{value} image URL")
+        if media_root is not None:
+            root = Path(media_root)
+            if manifest is None and (root / "manifest.csv").is_file():
+                manifest = read_manifest_paths(root)
+            candidates = []
+            image_id = data.get("image_id")
+            if manifest and image_id in manifest:
+                candidates.append(root / manifest[image_id])
+            hint = local_path_from_url(url)
+            if hint:
+                candidates += [root / hint, root / Path(*Path(hint).parts[1:])]
+            for path in candidates:
+                if path.is_file():
+                    return load_grayscale(path)
+        if not label_studio_url:
+            raise MissingImageError(
+                f"task {task.get('id')}: image {url!r} is not under the media root and no "
+                "Label Studio URL is set to fetch it from"
+            )
+        from label_studio_sdk._extensions.label_studio_tools.core.utils.io import get_local_path
+
+        try:
+            path = get_local_path(
+                url, hostname=label_studio_url, access_token=api_key, task_id=task.get("id")
+            )
+        except Exception as exc:
+            raise MissingImageError(
+                f"task {task.get('id')}: cannot fetch image {url!r} ({exc})"
+            ) from None
+        return load_grayscale(path)
+
+
+class PredictorCache:
+    """Keeps the served model loaded; reloads only when a newer version is registered (or the
+    pinned one changes). Thread-safe: the server's worker threads share one instance."""
+
+    def __init__(
+        self, registry: ModelRegistry, *, device: torch.device | str = "cpu", pinned: str = ""
+    ) -> None:
+        self.registry = registry
+        self.device = torch.device(device)
+        self.pinned = pinned
+        self._lock = threading.Lock()
+        self._predictor: Predictor | None = None
+
+    def wanted(self) -> ModelVersion | None:
+        """The version that should be served now (pinned, else the newest)."""
+        return self.registry.get(self.pinned) if self.pinned else self.registry.newest()
+
+    def get(self) -> Predictor | None:
+        """The loaded predictor for :meth:`wanted`, or None when no model is registered."""
+        version = self.wanted()
+        if version is None:
+            return None
+        with self._lock:
+            if self._predictor is None or self._predictor.version != version.name:
+                self._predictor = Predictor.from_version(version, device=self.device)
+            return self._predictor

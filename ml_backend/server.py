@@ -1,0 +1,312 @@
+"""The Label Studio ML-backend HTTP contract, on FastAPI.
+
+Label Studio 1.23 calls ``GET /health``, ``POST /setup`` (on connect; the answer's
+``model_version`` is shown in the model settings), ``POST /predict`` (pre-annotations),
+``POST /webhook`` with ``{"action": "START_TRAINING"}`` ("Start Training" in the model
+settings; older servers post the annotations to ``POST /train``), ``GET /versions`` and
+``POST /job_status``. The model logic is :class:`SliceClassifier`, shaped like the
+label-studio-ml 2.x ``LabelStudioMLBase`` (``setup``, ``predict(tasks, context)``,
+``fit(event, data)``); the app around it only does HTTP, auth and error mapping. Training never
+runs inside a request: ``fit`` enqueues an RQ job and answers at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
+
+from ml_backend.settings import BackendSettings
+
+log = logging.getLogger(__name__)
+
+#: Basic-auth credential parser (no auto error: auth is optional, decided by the settings).
+_BASIC = HTTPBasic(auto_error=False)
+#: The object/control names the Classify project uses (ls_config/classify.xml).
+IMAGE_OBJECT = "image"
+
+
+class SetupError(ValueError):
+    """The project's labelling config cannot be served by this backend; says what to add."""
+
+
+def parse_project_id(project: Any) -> int | None:
+    """Label Studio sends the project as ``"<id>.<created timestamp>"``, an int or a dict."""
+    if isinstance(project, dict):
+        project = project.get("id")
+    if project is None or project == "":
+        return None
+    try:
+        return int(str(project).split(".", 1)[0])
+    except ValueError:
+        raise ValueError(f"project {project!r} is not a Label Studio project id") from None
+
+
+def check_label_config(schema: str) -> tuple[str, str, str]:
+    """Find the class choice in a labelling config: (control name, image name, image value key).
+
+    Raises :class:`SetupError` naming exactly what the config lacks.
+    """
+    from label_studio_sdk.label_interface import LabelInterface
+    from label_studio_sdk.label_interface.control_tags import ChoicesTag
+
+    from slicerank import CLASSES
+
+    try:
+        interface = LabelInterface(schema)
+    except Exception as exc:
+        raise SetupError(f"the labelling config is not valid XML ({exc})") from None
+    controls = [c for c in interface.controls if isinstance(c, ChoicesTag)]
+    if not controls:
+        raise SetupError(
+            'the labelling config has no <Choices> tag: add <Choices name="slice_class" '
+            'toName="image" choice="single"> with choices too_basal, lv, too_apical'
+        )
+    control = next((c for c in controls if c.name == "slice_class"), controls[0])
+    missing = [c for c in CLASSES if c not in (control.labels or [])]
+    if missing:
+        raise SetupError(
+            f'<Choices name="{control.name}"> lacks the choice value(s) {", ".join(missing)}: '
+            'add <Choice value="..."/> for each of too_basal, lv, too_apical'
+        )
+    to_name = control.to_name[0]
+    obj = interface.get_object(to_name)
+    if obj.tag.lower() != "image":
+        raise SetupError(
+            f'<Choices name="{control.name}"> must point toName at an <Image>, not <{obj.tag}>'
+        )
+    return control.name, to_name, obj.value.lstrip("$")
+
+
+class SliceClassifier:
+    """The backend's model, in the label-studio-ml 2.x shape."""
+
+    def __init__(
+        self, settings: BackendSettings, *, redis_conn: Any = None, device: str = "cpu"
+    ) -> None:
+        from ml_backend.predictor import PredictorCache
+        from ml_backend.registry import ModelRegistry
+
+        self.settings = settings
+        self.registry = ModelRegistry(settings.model_dir)
+        self.cache = PredictorCache(self.registry, device=device, pinned=settings.model_version)
+        self.redis = redis_conn
+        self._manifest: dict[str, str] | None = None
+
+    # -- label-studio-ml 2.x API ------------------------------------------------------------
+    def setup(self, schema: str | None = None) -> dict[str, Any]:
+        """Check the project's config (if sent) and report the served model version."""
+        if schema:
+            check_label_config(schema)
+        version = self.cache.wanted()
+        return {
+            "model_version": version.name if version else "",
+            "model_class": type(self).__name__,
+        }
+
+    def predict(
+        self, tasks: list[dict[str, Any]], context: Any = None, label_config: str | None = None
+    ) -> dict[str, Any]:
+        """Predictions for ``tasks`` (one per task, same order), or a clear 'no model yet'."""
+        from_name, to_name, value = "slice_class", IMAGE_OBJECT, "image"
+        if label_config:
+            from_name, to_name, value = check_label_config(label_config)
+        predictor = self.cache.get()
+        if predictor is None:
+            return {
+                "results": [],
+                "model_version": None,
+                "message": "no trained model yet: start training from Label Studio's model "
+                "settings or run `slicerank train`",
+            }
+        images = [
+            predictor.load_task_image(
+                t,
+                media_root=self.settings.media_root,
+                manifest=self._get_manifest(),
+                label_studio_url=self.settings.label_studio_url,
+                api_key=self.settings.label_studio_api_key,
+                value=value,
+            )  # fmt: skip
+            for t in tasks
+        ]
+        results = predictor.predict_images(images, from_name=from_name, to_name=to_name)
+        return {"results": results, "model_version": predictor.version}
+
+    def fit(self, event: str, data: dict[str, Any]) -> dict[str, Any]:
+        """Start training on ``START_TRAINING`` (enqueue only); other events are ignored."""
+        from ml_backend.jobs import TrainRequest, enqueue_training
+
+        if event != "START_TRAINING":
+            return {"status": "ignored", "event": event}
+        project_id = parse_project_id(data.get("project"))
+        if project_id is None:
+            raise ValueError("START_TRAINING without a project id")
+        if self.redis is None:
+            raise RuntimeError("no Redis connection: set REDIS_URL")
+        request = TrainRequest(
+            label_source=self.settings.label_source,
+            project_id=project_id,
+            consensus_path=str(self.settings.consensus_path)
+            if self.settings.consensus_path
+            else None,
+            preset=self.settings.preset,
+            media_root=str(self.settings.media_root) if self.settings.media_root else None,
+            model_dir=str(self.settings.model_dir),
+            device=self.settings.device,
+            label_studio_url=self.settings.label_studio_url,
+        )
+        result = enqueue_training(
+            self.redis,
+            request,
+            queue_name=self.settings.queue_name,
+            job_timeout=self.settings.job_timeout,
+        )
+        return {
+            "job": result.job_id,
+            "created": result.created,
+            "status": result.status,
+            "message": result.message,
+        }
+
+    def _get_manifest(self) -> dict[str, str] | None:
+        from ml_backend.data import read_manifest_paths
+
+        root = self.settings.media_root
+        if self._manifest is None and root is not None and (Path(root) / "manifest.csv").is_file():
+            self._manifest = read_manifest_paths(Path(root))
+        return self._manifest
+
+
+def create_app(
+    settings: BackendSettings, *, redis_conn: Any = None, device: str = "cpu"
+) -> FastAPI:
+    """The FastAPI app serving ``settings`` (Redis connection and device passed in)."""
+    from ml_backend.data import MissingImageError
+    from ml_backend.registry import UnknownVersionError
+
+    model = SliceClassifier(settings, redis_conn=redis_conn, device=device)
+
+    def authenticate(
+        credentials: Annotated[HTTPBasicCredentials | None, Depends(_BASIC)],
+    ) -> None:
+        if not settings.basic_auth_user:
+            return
+        ok = credentials is not None and secrets.compare_digest(
+            credentials.username.encode(), settings.basic_auth_user.encode()
+        ) & secrets.compare_digest(credentials.password.encode(), settings.basic_auth_pass.encode())
+        if not ok:
+            raise HTTPException(401, "basic auth required", headers={"WWW-Authenticate": "Basic"})
+
+    app = FastAPI(title="slicerank ML backend")
+    app.state.model = model
+    # Everything but the health check needs the basic-auth credentials when they are set; the
+    # health check reveals nothing and container health probes cannot send credentials.
+    api = APIRouter(dependencies=[Depends(authenticate)])
+
+    async def body(request: Request) -> dict[str, Any]:
+        try:
+            data = await request.json()
+        except ValueError:
+            raise HTTPException(400, "request body is not JSON") from None
+        if not isinstance(data, dict):
+            raise HTTPException(400, "request body must be a JSON object")
+        return data
+
+    @app.exception_handler(SetupError)
+    async def _setup_error(_: Request, exc: SetupError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.get("/health")
+    @app.get("/")
+    def health() -> dict[str, Any]:
+        """Label Studio's health check."""
+        return {"status": "UP", "model_class": type(model).__name__}
+
+    @api.post("/setup")
+    async def setup(request: Request) -> dict[str, Any]:
+        """Validate the project's config; report the model version."""
+        data = await body(request)
+        return model.setup(data.get("schema"))
+
+    @api.post("/predict")
+    async def predict(request: Request) -> dict[str, Any]:
+        """Pre-annotations for the posted tasks."""
+        data = await body(request)
+        tasks = data.get("tasks")
+        if not isinstance(tasks, list):
+            raise HTTPException(400, "'tasks' must be a list of Label Studio tasks")
+        context = (data.get("params") or {}).get("context")
+        try:
+            return await _run(model.predict, tasks, context, data.get("label_config"))
+        except (MissingImageError, ValueError) as exc:
+            raise HTTPException(422, str(exc)) from None
+
+    @api.post("/webhook")
+    async def webhook(request: Request) -> JSONResponse:
+        """Label Studio webhooks; START_TRAINING enqueues a training job."""
+        data = await body(request)
+        action = data.get("action")
+        if not action:
+            raise HTTPException(400, "webhook body has no 'action'")
+        return _fit_response(action, data)
+
+    @api.post("/train")
+    async def train(request: Request) -> JSONResponse:
+        """The older training call (LS posts all annotations); enqueues like START_TRAINING."""
+        data = await body(request)
+        return _fit_response("START_TRAINING", data)
+
+    def _fit_response(action: str, data: dict[str, Any]) -> JSONResponse:
+        try:
+            out = model.fit(action, data)
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from None
+        except RuntimeError as exc:
+            raise HTTPException(503, str(exc)) from None
+        code = 201 if out.get("created") else 200
+        return JSONResponse(out, status_code=code)
+
+    @api.get("/versions")
+    def versions() -> dict[str, Any]:
+        """Registered versions, newest first, with their label source and test metrics."""
+        items = list(reversed(model.registry.versions()))
+        details = []
+        for v in items:
+            metrics = v.read_json("metrics")
+            details.append({"name": v.name, **v.info, "test": metrics.get("test", {})})
+        return {"versions": [v.name for v in items], "details": details}
+
+    @api.post("/job_status")
+    async def job_status(request: Request) -> dict[str, Any]:
+        """Status and progress of a training job (``{"job": id}``)."""
+        from rq.exceptions import NoSuchJobError
+
+        from ml_backend.jobs import job_summary
+
+        data = await body(request)
+        if model.redis is None:
+            raise HTTPException(503, "no Redis connection: set REDIS_URL")
+        try:
+            return job_summary(model.redis, str(data.get("job")))
+        except NoSuchJobError:
+            raise HTTPException(404, f"no training job {data.get('job')!r}") from None
+
+    @app.exception_handler(UnknownVersionError)
+    async def _unknown_version(_: Request, exc: UnknownVersionError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    app.include_router(api)
+    return app
+
+
+async def _run(func, *args):
+    # Inference is CPU/GPU bound: run it off the event loop so /health stays responsive.
+    from starlette.concurrency import run_in_threadpool
+
+    return await run_in_threadpool(func, *args)

@@ -1,0 +1,96 @@
+"""Settings of the ML backend and its workers, read once from the environment at start-up.
+
+Every setting has an environment variable (``SLICERANK_`` prefix where the name would
+otherwise be ambiguous); the variables Label Studio's own ML-backend examples use
+(``LABEL_STUDIO_URL``, ``LABEL_STUDIO_API_KEY``, ``BASIC_AUTH_USER``, ``BASIC_AUTH_PASS``)
+keep their usual names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+#: Name of the RQ queue that training jobs go to.
+DEFAULT_QUEUE = "slicerank-train"
+#: Where model versions are registered unless MODEL_DIR says otherwise.
+DEFAULT_MODEL_DIR = "runs/models"
+
+
+@dataclass(frozen=True)
+class BackendSettings:
+    """Everything the backend server, the workers and ``slicerank train`` need to know."""
+
+    label_studio_url: str = "http://127.0.0.1:8080"
+    #: Label Studio access token (legacy or personal); never logged.
+    label_studio_api_key: str = field(default="", repr=False)
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    queue_name: str = DEFAULT_QUEUE
+    model_dir: Path = Path(DEFAULT_MODEL_DIR)
+    #: A media root (manifest.csv + PNGs) the backend and workers read images from directly;
+    #: images not found there are fetched from Label Studio.
+    media_root: Path | None = None
+    basic_auth_user: str = ""
+    basic_auth_pass: str = field(default="", repr=False)
+    #: "auto" picks CUDA when available, else CPU.
+    device: str = "auto"
+    #: Training preset name (see ``ml_backend.config.PRESETS``).
+    preset: str = "study"
+    #: Serve this registry version instead of the newest one.
+    model_version: str = ""
+    #: Default label source for training started from Label Studio.
+    label_source: str = "classify"
+    #: Path of a scheduler ``consensus.json`` used by the ``ranking`` label source.
+    consensus_path: Path | None = None
+    #: Seconds a training job may run before RQ stops it.
+    job_timeout: int = 6 * 3600
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> BackendSettings:
+        """Build settings from an environment mapping (call once, at start-up)."""
+
+        def opt_path(name: str) -> Path | None:
+            value = environ.get(name, "").strip()
+            return Path(value) if value else None
+
+        label_source = environ.get("SLICERANK_LABEL_SOURCE", "classify")
+        if label_source not in ("classify", "ranking"):
+            raise ValueError(
+                f"SLICERANK_LABEL_SOURCE={label_source!r} is not a label source; "
+                "use 'classify' or 'ranking'"
+            )
+        timeout_text = environ.get("SLICERANK_JOB_TIMEOUT", str(6 * 3600))
+        try:
+            job_timeout = int(timeout_text)
+        except ValueError:
+            raise ValueError(
+                f"SLICERANK_JOB_TIMEOUT={timeout_text!r} is not a whole number of seconds"
+            ) from None
+        return cls(
+            label_studio_url=environ.get("LABEL_STUDIO_URL", cls.label_studio_url).rstrip("/"),
+            label_studio_api_key=environ.get("LABEL_STUDIO_API_KEY", ""),
+            redis_url=environ.get("REDIS_URL", cls.redis_url),
+            queue_name=environ.get("SLICERANK_QUEUE", DEFAULT_QUEUE),
+            model_dir=Path(environ.get("MODEL_DIR", DEFAULT_MODEL_DIR)),
+            media_root=opt_path("SLICERANK_MEDIA_ROOT"),
+            basic_auth_user=environ.get("BASIC_AUTH_USER", ""),
+            basic_auth_pass=environ.get("BASIC_AUTH_PASS", ""),
+            device=environ.get("SLICERANK_DEVICE", "auto"),
+            preset=environ.get("SLICERANK_TRAIN_PRESET", "study"),
+            model_version=environ.get("SLICERANK_MODEL_VERSION", ""),
+            label_source=label_source,
+            consensus_path=opt_path("SLICERANK_CONSENSUS"),
+            job_timeout=job_timeout,
+        )
+
+
+def resolve_device(name: str) -> str:
+    """Turn a device setting ("auto", "cpu", "cuda", "cuda:1") into a torch device string."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} was asked for but CUDA is not available on this machine")
+    return name

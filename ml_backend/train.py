@@ -1,0 +1,359 @@
+"""Training and evaluation: one function per step, the device always an argument.
+
+``fit`` runs one seed (up to ``config.epochs`` epochs, keeping the weights with the lowest
+validation loss, as the study did); ``run_protocol`` runs every seed of the config and
+evaluates each selected model on the test split.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ml_backend.config import TrainConfig
+from ml_backend.data import SliceDataset
+from ml_backend.model import build_model
+from ml_backend.transforms import EvalPreset, TrainPreset
+from slicerank import CLASSES
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    """What one epoch did; passed to the progress callback and kept in the history."""
+
+    seed: int
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_accuracy: float
+    seconds: float
+    images_per_s: float
+
+    def as_dict(self) -> dict[str, float]:
+        """Plain dict (for job meta and metrics.json)."""
+        return dict(self.__dict__)
+
+
+@dataclass
+class FitResult:
+    """The selected (lowest validation loss) weights of one seed and its history."""
+
+    seed: int
+    state_dict: dict[str, torch.Tensor]
+    best_epoch: int
+    best_val_loss: float
+    history: list[EpochStats] = field(default_factory=list)
+    optimizer_state: dict[str, Any] | None = None
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _loss(logits: torch.Tensor, targets: torch.Tensor, soft: torch.Tensor | None) -> torch.Tensor:
+    # Soft targets: cross-entropy against the consensus class probabilities.
+    return nn.functional.cross_entropy(logits.float(), soft if soft is not None else targets)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data: SliceDataset,
+    preset: TrainPreset,
+    device: torch.device,
+    *,
+    batch_size: int,
+    generator: torch.Generator,
+    amp: bool = False,
+    channels_last: bool = False,
+    use_soft: bool = False,
+    max_batches: int = 0,
+) -> tuple[float, int]:
+    """One pass over ``data`` in a random order; returns (mean loss, images seen)."""
+    model.train()
+    order = torch.randperm(len(data), generator=generator, device=generator.device)
+    # BatchNorm cannot train on a batch of one: drop such a remainder.
+    n_use = len(data) - 1 if len(data) % batch_size == 1 and len(data) > 1 else len(data)
+    total, seen = 0.0, 0
+    for batches, start in enumerate(range(0, n_use, batch_size), start=1):
+        idx = order[start : start + batch_size]
+        images = data.images[idx.to(data.images.device)].to(device, non_blocking=True)
+        x = preset(images, generator)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        targets = data.targets[idx.to(data.targets.device)].to(device, non_blocking=True)
+        soft = None
+        if use_soft and data.soft is not None:
+            soft = data.soft[idx.to(data.soft.device)].to(device, non_blocking=True)
+        with _autocast(device, amp):
+            logits = model(x)
+        loss = _loss(logits, targets, soft)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        # On CUDA keep the sum on the device: a float() per batch would stall the GPU queue.
+        total += (
+            loss.detach() * len(idx) if device.type == "cuda" else float(loss.detach()) * len(idx)
+        )
+        seen += len(idx)
+        if max_batches and batches >= max_batches:
+            break
+    return float(total) / max(seen, 1), seen
+
+
+def predict_proba(
+    model: nn.Module,
+    images: torch.Tensor,
+    device: torch.device,
+    *,
+    batch_size: int = 64,
+    amp: bool = False,
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """Class probabilities (N×3, CPU float) for normalised input images (N×1×crop×crop)."""
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            x = images[start : start + batch_size].to(device)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with _autocast(device, amp):
+                logits = model(x)
+            out.append(torch.softmax(logits.float(), dim=1).cpu())
+    return torch.cat(out) if out else torch.zeros(0, len(CLASSES))
+
+
+def evaluate(
+    model: nn.Module,
+    data: SliceDataset,
+    preset: EvalPreset,
+    device: torch.device,
+    *,
+    batch_size: int = 64,
+    amp: bool = False,
+    channels_last: bool = False,
+    use_soft: bool = False,
+) -> dict[str, Any]:
+    """Loss, accuracy, macro F1, one-vs-rest ROC AUC and the probabilities on ``data``."""
+    probs = []
+    for start in range(0, len(data), batch_size):
+        x = preset(data.images[start : start + batch_size].to(device))
+        probs.append(
+            predict_proba(
+                model, x, device, batch_size=batch_size, amp=amp, channels_last=channels_last
+            )
+        )
+    p = torch.cat(probs) if probs else torch.zeros(0, len(CLASSES))
+    targets = data.targets.cpu()
+    logp = torch.log(p.clamp_min(1e-12))
+    if use_soft and data.soft is not None:
+        loss = float(-(data.soft.cpu() * logp).sum(1).mean()) if len(p) else float("nan")
+    else:
+        loss = float(nn.functional.nll_loss(logp, targets)) if len(p) else float("nan")
+    return {"loss": loss, **classification_metrics(targets.numpy(), p.numpy()), "probs": p.numpy()}
+
+
+def classification_metrics(targets: np.ndarray, probs: np.ndarray) -> dict[str, float | None]:
+    """Accuracy, macro F1 and one-vs-rest macro ROC AUC (None when undefined)."""
+    from sklearn.metrics import f1_score, roc_auc_score
+
+    if len(targets) == 0:
+        return {"accuracy": None, "f1_macro": None, "roc_auc": None, "n": 0}
+    pred = probs.argmax(1)
+    auc = None
+    present = np.unique(targets)
+    if len(present) == len(CLASSES):
+        auc = float(
+            roc_auc_score(targets, probs, multi_class="ovr", labels=list(range(len(CLASSES))))
+        )
+    elif len(present) == 2:
+        # Two classes present: AUC of the higher one against the lower one.
+        mask = np.isin(targets, present)
+        auc = float(roc_auc_score(targets[mask] == present[1], probs[mask, present[1]]))
+    return {
+        "accuracy": float((pred == targets).mean()),
+        "f1_macro": float(
+            f1_score(
+                targets, pred, average="macro", labels=list(range(len(CLASSES))), zero_division=0
+            )
+        ),
+        "roc_auc": auc,
+        "n": int(len(targets)),
+    }
+
+
+def fit(
+    config: TrainConfig,
+    train: SliceDataset,
+    val: SliceDataset,
+    device: torch.device | str,
+    *,
+    seed: int,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+) -> FitResult:
+    """Train one model from random weights for ``config.epochs``; keep the lowest val loss."""
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_model(config)
+    model.to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=cuda
+    )
+    # On a GPU the shuffling and augmentation draws happen there too (no host round trips).
+    generator = torch.Generator(device=device if cuda else "cpu").manual_seed(seed)
+    if config.data_on_device:
+        train, val = train.to(device), val.to(device)
+    train_preset, eval_preset = TrainPreset.from_config(config), EvalPreset(config)
+    use_soft = config.soft_targets
+    best = FitResult(seed, {}, -1, float("inf"))
+    for epoch in range(1, config.epochs + 1):
+        t0 = time.perf_counter()
+        train_loss, seen = train_one_epoch(
+            model, optimizer, train, train_preset, device,
+            batch_size=config.batch_size, generator=generator, amp=config.amp,
+            channels_last=config.channels_last, use_soft=use_soft, max_batches=config.max_batches,
+        )  # fmt: skip
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        train_seconds = time.perf_counter() - t0
+        result = evaluate(
+            model, val, eval_preset, device, batch_size=max(config.batch_size, 64),
+            amp=config.amp, channels_last=config.channels_last, use_soft=use_soft,
+        )  # fmt: skip
+        stats = EpochStats(
+            seed, epoch, train_loss, result["loss"], result["accuracy"] or 0.0,
+            time.perf_counter() - t0, seen / max(train_seconds, 1e-9),
+        )  # fmt: skip
+        best.history.append(stats)
+        if result["loss"] < best.best_val_loss:
+            best.best_val_loss = result["loss"]
+            best.best_epoch = epoch
+            best.state_dict = _to_cpu(model.state_dict())
+            best.optimizer_state = _to_cpu(optimizer.state_dict())
+        log.info(
+            "seed %d epoch %d/%d: train loss %.4f, val loss %.4f, val acc %.3f, %.0f img/s",
+            seed, epoch, config.epochs, train_loss, result["loss"], stats.val_accuracy, stats.images_per_s,
+        )  # fmt: skip
+        if on_epoch is not None:
+            on_epoch(stats)
+    return best
+
+
+@dataclass
+class ProtocolResult:
+    """Every seed's fit and test metrics; ``best`` is the seed with the lowest val loss."""
+
+    fits: list[FitResult]
+    test_metrics: list[dict[str, Any]]
+
+    @property
+    def best_index(self) -> int:
+        """Index of the seed whose selected model has the lowest validation loss."""
+        return int(np.argmin([f.best_val_loss for f in self.fits]))
+
+    def summary(self) -> dict[str, Any]:
+        """Per-seed and aggregate (mean, sd) test metrics, JSON-able."""
+        per_seed = [
+            {"seed": f.seed, "best_epoch": f.best_epoch, "best_val_loss": f.best_val_loss,
+             **{k: v for k, v in m.items() if k != "probs"}}
+            for f, m in zip(self.fits, self.test_metrics, strict=True)
+        ]  # fmt: skip
+        agg: dict[str, Any] = {}
+        for key in ("accuracy", "f1_macro", "roc_auc"):
+            vals = [m[key] for m in self.test_metrics if m.get(key) is not None]
+            if vals:
+                agg[key] = {
+                    "mean": float(np.mean(vals)),
+                    "sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0,
+                }
+        return {"seeds": per_seed, "test": agg, "selected_seed": self.fits[self.best_index].seed}
+
+
+def run_protocol(
+    config: TrainConfig,
+    train: SliceDataset,
+    val: SliceDataset,
+    test: SliceDataset,
+    device: torch.device | str,
+    *,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+) -> ProtocolResult:
+    """Fit every seed of ``config`` and evaluate each selected model on ``test``."""
+    device = torch.device(device)
+    fits, tests = [], []
+    for seed in config.seeds:
+        result = fit(config, train, val, device, seed=seed, on_epoch=on_epoch)
+        model = model_from_state(config, result.state_dict).to(device)
+        if config.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        metrics = evaluate(
+            model,
+            test,
+            EvalPreset(config),
+            device,
+            amp=config.amp,
+            channels_last=config.channels_last,
+        )
+        fits.append(result)
+        tests.append(metrics)
+    return ProtocolResult(fits, tests)
+
+
+def model_from_state(config: TrainConfig, state_dict: dict[str, torch.Tensor]) -> nn.Module:
+    """A model of ``config`` holding ``state_dict``, in eval mode, on the CPU."""
+    model = build_model(config)
+    model.load_state_dict(state_dict)
+    return model.eval()
+
+
+def save_checkpoint(
+    path: Path, model_state: dict[str, torch.Tensor], config: TrainConfig, *, epoch: int,
+    optimizer_state: dict[str, Any] | None = None,
+) -> None:  # fmt: skip
+    """Write a checkpoint dict: model, optimizer, epoch and the config that made it."""
+    torch.save(
+        {
+            "model": model_state,
+            "optimizer": optimizer_state,
+            "epoch": epoch,
+            "config": config.to_dict(),
+        },
+        path,
+    )
+
+
+def load_checkpoint(path: Path) -> tuple[nn.Module, TrainConfig, dict[str, Any]]:
+    """Load a checkpoint onto the CPU: (model in eval mode, its config, the raw dict)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    config = TrainConfig.from_dict(ckpt["config"])
+    return model_from_state(config, ckpt["model"]), config, ckpt
