@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 log = logging.getLogger(__name__)
@@ -42,13 +43,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="JSON",
         help="label-efficiency runs from `slicerank simulate --compare --json`",
     )
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
-    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    p.add_argument(
+        "--seed", type=int, help="bootstrap seed (default 0; env SLICERANK_ANALYSIS_SEED)"
+    )
+    p.add_argument(
+        "--n-boot",
+        type=int,
+        help="bootstrap resamples (default 2000; env SLICERANK_ANALYSIS_N_BOOT)",
+    )
     p.add_argument(
         "--ci-method",
         choices=("clopper-pearson", "wilson"),
-        default="clopper-pearson",
-        help="interval for proportions (default clopper-pearson, which reproduces the study's Table 4)",
+        help="interval for proportions (default clopper-pearson, which reproduces the study's "
+        "Table 4; env SLICERANK_ANALYSIS_CI_METHOD)",
+    )
+    p.add_argument(
+        "--confidence",
+        type=float,
+        help="level of every interval (default 0.95; env SLICERANK_ANALYSIS_CONFIDENCE)",
     )
     p.add_argument(
         "--reference", metavar="NAME", help="reference prediction set (default: the first --pred)"
@@ -67,8 +79,20 @@ def run_analyze(args: argparse.Namespace) -> int:
         read_truth,
     )
     from analysis.report import build_report
+    from analysis.settings import AnalysisSettings
     from slicerank.jsonout import write_json
 
+    try:
+        env = AnalysisSettings.from_env(os.environ)
+        settings = AnalysisSettings(
+            n_boot=env.n_boot if args.n_boot is None else args.n_boot,
+            seed=env.seed if args.seed is None else args.seed,
+            ci_method=env.ci_method if args.ci_method is None else args.ci_method,
+            confidence=env.confidence if args.confidence is None else args.confidence,
+        )
+    except ValueError as exc:
+        print(f"slicerank analyze: error: {exc}", file=sys.stderr)
+        return 2
     try:
         truth = read_truth(args.truth)
         predictions = {}
@@ -85,9 +109,10 @@ def run_analyze(args: argparse.Namespace) -> int:
             predictions,
             args.out,
             curves=curves,
-            seed=args.seed,
-            n_boot=args.n_boot,
-            proportion_method=args.ci_method,
+            seed=settings.seed,
+            n_boot=settings.n_boot,
+            confidence=settings.confidence,
+            proportion_method=settings.ci_method,
             reference=args.reference,
         )
     except (AnalysisInputError, ValueError) as exc:

@@ -340,6 +340,22 @@ def _tables(summary: Mapping[str, Any]) -> list[Table]:
         tables.append(matrix)
     if summary.get("curves"):
         tables.append(_curves_table(summary["curves"]))
+    # The tables are written for the usual 95%; relabel them when another level was asked for.
+    label = f"{100 * summary['settings']['confidence']:g}% CI"
+    if label != "95% CI":
+
+        def relabel(text: str) -> str:
+            return text.replace("95% CI", label)
+
+        tables = [
+            Table(
+                relabel(t.title),
+                [relabel(h) for h in t.header],
+                [[relabel(c) for c in row] for row in t.rows],
+                t.note,
+            )
+            for t in tables
+        ]
     return tables
 
 

@@ -85,12 +85,26 @@ def test_kappa_undefined_when_both_raters_use_one_class():
 
 
 def test_mcnemar_textbook_example():
-    """Agresti (2007) §8.1, presidential approval: b = 150, c = 86; z² = 17.36 uncorrected."""
+    """Agresti (2007) §8.1, presidential approval, b = 150, c = 86: the book's z² = 17.36
+    (no continuity correction); the corrected statistic we use is (|150 - 86| - 1)² / 236."""
+    table = np.array([[794, 150], [86, 570]])
+    assert sm_mcnemar(table, exact=False, correction=False).statistic == pytest.approx(
+        17.36, abs=0.005
+    )
     result = mcnemar_test(150, 86)
-    assert result.method.startswith("chi-square")
-    assert result.statistic == pytest.approx((64 - 1) ** 2 / 236)
-    assert pytest.approx(17.36, abs=0.01) == (64**2 / 236)
+    assert result.method == "chi-square, continuity-corrected"
+    assert result.statistic == pytest.approx(16.818, abs=5e-4)
+    assert result.pvalue == pytest.approx(
+        sm_mcnemar(table, exact=False, correction=True).pvalue, abs=TOL
+    )
     assert result.pvalue < 1e-4
+
+
+def test_mcnemar_exact_small_example():
+    """b = 1, c = 6: two-sided exact P = 2 · (1 + 7) / 2^7 = 0.125."""
+    result = mcnemar_test(1, 6)
+    assert result.method == "exact binomial"
+    assert result.pvalue == pytest.approx(0.125, abs=TOL)
 
 
 @pytest.mark.parametrize("seed", SEEDS)

@@ -286,3 +286,24 @@ def test_summary_does_not_depend_on_input_order_and_one_model_is_enough(tmp_path
     md = forward.markdown.read_text()
     assert "Paired comparisons" not in md and "Pairwise agreement" not in md
     assert "| cnn | " in md
+
+
+def test_settings_come_from_the_environment_and_flags_override_them(tmp_path, monkeypatch):
+    truth, weak, _, _ = _cohort(seed=6)
+    t = _write_csv(tmp_path / "truth.csv", ["image_id", "label"], sorted(truth.items()))
+    header = ["image_id", "p_too_basal", "p_lv", "p_too_apical"]
+    a = _write_csv(
+        tmp_path / "a.csv", header, [(i, *(f"{x:.6f}" for x in p)) for i, p in weak.items()]
+    )
+    monkeypatch.setenv("SLICERANK_ANALYSIS_N_BOOT", "150")
+    monkeypatch.setenv("SLICERANK_ANALYSIS_CONFIDENCE", "0.9")
+    monkeypatch.setenv("SLICERANK_ANALYSIS_CI_METHOD", "wilson")
+    args = ["analyze", "--truth", str(t), "--pred", f"cnn={a}", "--out", str(tmp_path / "o")]
+    assert main([*args, "--json", str(tmp_path / "s.json"), "--seed", "7"]) == 0
+    settings = json.loads((tmp_path / "s.json").read_text())["settings"]
+    assert (settings["n_boot"], settings["seed"], settings["confidence"]) == (150, 7, 0.9)
+    assert settings["proportion_interval"] == "wilson"
+    md = (tmp_path / "o" / "report.md").read_text()
+    assert "Accuracy (90% CI)" in md and "95% CI" not in md
+    monkeypatch.setenv("SLICERANK_ANALYSIS_N_BOOT", "many")
+    assert main(args) == 2
