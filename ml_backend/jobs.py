@@ -256,6 +256,8 @@ def train_job(request_dict: dict[str, Any]) -> dict[str, Any]:
     progress = _Progress()
     job = progress.job
     conn = job.connection if job is not None else None
+    # The pid lets an operator (or a test) find the work horse that runs this job.
+    progress.update(stage="starting", pid=os.getpid())
     try:
         settings = BackendSettings.from_env(os.environ)
         return _train(request, settings, progress)
