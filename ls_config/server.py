@@ -111,6 +111,8 @@ class LabelStudioServer:
                 "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "false",
                 "COLLECT_ANALYTICS": "false",
                 "PYTHONUNBUFFERED": "1",
+                # Webhooks synchronously in the request, never queued to a stray Redis.
+                "DJANGO_SETTINGS_MODULE": "ls_config.ls_settings",
             }
         )
         env.update(self.extra_env)

@@ -4,7 +4,8 @@
 local files served, SSRF guards off) the first time a test asks for it and stops it at the end
 of the session; startup takes ~25 s on an idle machine. Tests share it, so each test provisions
 its projects under its own title prefix and writes its images under its own folder of
-``label_studio.media_root``. ``write_cohort`` writes a small set of real PNG slices + manifest.
+``label_studio.media_root``. Developers may point the fixture at a running server with
+SLICERANK_TEST_LS_URL, _API_KEY, _DOCUMENT_ROOT (and _USERNAME, _PASSWORD). ``write_cohort`` writes a small set of real PNG slices + manifest.
 """
 
 from __future__ import annotations
@@ -100,6 +101,21 @@ def label_studio(tmp_path_factory) -> Iterator[LabelStudioHandle]:
     """One real Label Studio server shared by every test of the session."""
     from ls_config.server import LabelStudioServer
 
+    if os.environ.get("SLICERANK_TEST_LS_URL"):
+        # Developer shortcut: reuse a running server (set up like LabelStudioServer's).
+        document_root = Path(os.environ["SLICERANK_TEST_LS_DOCUMENT_ROOT"])
+        media_root = document_root / f"tests-{uuid.uuid4().hex[:6]}"
+        media_root.mkdir(parents=True)
+        yield LabelStudioHandle(
+            url=os.environ["SLICERANK_TEST_LS_URL"],
+            api_key=os.environ["SLICERANK_TEST_LS_API_KEY"],
+            username=os.environ.get("SLICERANK_TEST_LS_USERNAME", "lead@slicerank.local"),
+            password=os.environ.get("SLICERANK_TEST_LS_PASSWORD", ""),
+            document_root=document_root,
+            media_root=media_root,
+            log_path=Path(os.environ.get("SLICERANK_TEST_LS_LOG", "/dev/null")),
+        )
+        return
     base = tmp_path_factory.mktemp("label-studio")
     document_root = base / "files"
     media_root = document_root / "media"

@@ -1,0 +1,747 @@
+"""The scheduler service: Label Studio webhooks in, ranked batches out, classes published.
+
+One :class:`SchedulerService` wraps a :class:`~ranking_scheduler.engine.RankingEngine` around
+the durable :class:`~ranking_scheduler.store.SubmissionStore` (the log is the source of truth)
+and a :class:`~ranking_scheduler.ls_adapter.LabelStudioAdapter` (the SDK edge).
+
+Concurrency: the webhook endpoint only checks the secret and queues the event, answering within
+Label Studio's ~1 s webhook timeout. A single worker thread does everything that changes state,
+in order: parse, append to the log, update the engine, then the Label Studio calls (new Rank
+tasks, boundary questions, retiring tasks, publishing). Periodic reconciliation is queued on
+the same thread, so there is exactly one writer. Readers (``/api/stats``) take the engine lock.
+
+Idempotence: every annotation is appended by id, so a duplicate webhook or a reconciliation
+that sees an annotation again is a no-op; an edited or deleted annotation rebuilds the engine
+from the log. A restart rebuilds from the log and reconciles with Label Studio, so a webhook
+missed while the service was down is picked up.
+"""
+
+from __future__ import annotations
+
+import csv
+import hmac
+import json
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections import deque
+from contextlib import asynccontextmanager, suppress
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from fastapi import Request  # module level: FastAPI resolves the string annotations here
+
+from ls_config.provision import BOUNDARY, RANK, SECRET_HEADER
+from ranking_scheduler.engine import RankingEngine
+from ranking_scheduler.ls_adapter import MODEL_VERSION, LabelStudioAdapter, PoolImage
+from ranking_scheduler.settings import SchedulerSettings
+from ranking_scheduler.store import SubmissionStore
+from slicerank import CLASSES
+
+log = logging.getLogger(__name__)
+
+POOL_RATER = "label-studio"
+"""Name the engine's open batches are drawn for: Label Studio tasks are shared by all raters."""
+
+CREATED_BY = "slicerank-scheduler"
+"""``meta.created_by`` of every task the scheduler creates (lets reconciliation adopt orphans)."""
+
+PROCESSING_SAMPLES = 20000
+"""How many recent per-submission processing times are kept for the percentiles."""
+
+
+def rater_name(completed_by: Any) -> str:
+    """A stable rater name from Label Studio's ``completed_by`` (a user id or a user dict)."""
+    if isinstance(completed_by, dict):
+        completed_by = completed_by.get("id") or completed_by.get("email")
+    if completed_by in (None, ""):
+        raise ValueError("the annotation names no rater (completed_by is empty)")
+    return f"ls-user-{completed_by}"
+
+
+def parse_ranking(result: Any, expected: tuple[str, ...] | list[str]) -> list[str]:
+    """The ordered image ids (top = most basal) of a Ranker result; ``ValueError`` says what is
+    wrong (no ranking, items missing, extra or repeated)."""
+    if not isinstance(result, list):
+        raise ValueError(f"annotation result is {type(result).__name__}, not a list")
+    rankers = [r for r in result if isinstance(r, dict) and r.get("type") == "ranker"]
+    if len(rankers) != 1:
+        raise ValueError(f"expected one ranker result, found {len(rankers)}")
+    value = rankers[0].get("value") or {}
+    ranker = value.get("ranker") if isinstance(value, dict) else None
+    if not isinstance(ranker, dict) or len(ranker) != 1:
+        keys = sorted(ranker) if isinstance(ranker, dict) else ranker
+        raise ValueError(f"ranker value must hold exactly one ordered list, got {keys!r}")
+    order = next(iter(ranker.values()))
+    if not isinstance(order, list) or not all(isinstance(i, str) for i in order):
+        raise ValueError(f"ranker order must be a list of image ids, got {order!r}")
+    want = set(expected)
+    missing = sorted(want - set(order))
+    extra = sorted(set(order) - want)
+    repeated = sorted({i for i in order if order.count(i) > 1})
+    if missing or extra or repeated:
+        parts = [
+            f"{name} {ids}"
+            for name, ids in (("missing", missing), ("extra", extra), ("repeated", repeated))
+            if ids
+        ]
+        raise ValueError(
+            f"ranking does not match the task's {len(want)} images: {'; '.join(parts)}"
+        )
+    return order
+
+
+def parse_boundary(result: Any) -> str:
+    """The class chosen in a boundary (Choices) result; ``ValueError`` if none or unknown."""
+    if not isinstance(result, list):
+        raise ValueError(f"annotation result is {type(result).__name__}, not a list")
+    chosen = [
+        c
+        for r in result
+        if isinstance(r, dict) and r.get("type") == "choices"
+        for c in (r.get("value") or {}).get("choices") or []
+    ]
+    if len(chosen) != 1:
+        raise ValueError(f"expected exactly one class, got {chosen!r}")
+    if chosen[0] not in CLASSES:
+        raise ValueError(f"class {chosen[0]!r} is not one of {', '.join(CLASSES)}")
+    return chosen[0]
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    pos = (len(values) - 1) * q
+    lo = int(pos)
+    hi = min(lo + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (pos - lo)
+
+
+class SchedulerService:
+    """The running scheduler: call :meth:`start`, feed :meth:`enqueue`, :meth:`stop` at the end.
+
+    ``store`` and ``adapter`` are passed in (the CLI builds them from the settings); ``clock``
+    returns seconds (tests may pass a fake).
+    """
+
+    def __init__(
+        self,
+        settings: SchedulerSettings,
+        store: SubmissionStore,
+        adapter: LabelStudioAdapter,
+        *,
+        clock=time.time,
+        engine_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.ls = adapter
+        self.clock = clock
+        self.engine_options = dict(engine_options or {})
+        self.engine: RankingEngine | None = None
+        self.pool: dict[str, PoolImage] = {}
+        self.lock = threading.RLock()
+        self._queue: queue.Queue = queue.Queue()
+        self._open: dict[int, Any] = {}
+        self._rejected: set[int] = set()
+        self._last_seen: dict[str, float] = {}
+        self._own_ms: deque[float] = deque(maxlen=PROCESSING_SAMPLES)
+        self._counts = {
+            "webhooks": 0,
+            "created": 0,
+            "updated": 0,
+            "deleted": 0,
+            "duplicate": 0,
+            "stale": 0,
+            "rejected": 0,
+            "skipped": 0,
+            "ignored": 0,
+            "rebuilds": 0,
+            "reconciles": 0,
+            "tasks_created": 0,
+            "tasks_retired": 0,
+            "errors": 0,
+        }
+        self._stop = threading.Event()
+        self._idle = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.published: dict | None = None
+
+    # ------------------------------------------------------------------ life cycle
+    def start(self, *, background: bool = True) -> SchedulerService:
+        """Connect to Label Studio and rebuild the engine from the log; then run the worker (and
+        the periodic reconciliation) in background threads. The first reconciliation is queued
+        by the web app once it listens (so no webhook falls between the two); without
+        ``background`` it runs here."""
+        self.ls.connect()
+        pool = self.ls.pool()
+        if not pool:
+            raise ValueError(
+                f"the Classify project {self.ls.projects} has no images; run slicerank provision"
+            )
+        self.pool = {img.image_id: img for img in pool}
+        self.rebuild()
+        self._open = {t.task_id: t for t in self.store.tasks(status="open")}
+        self._rejected = {r.annotation_id for r in self.store.rejections() if r.annotation_id}
+        for sub in self.store.effective_submissions():
+            if sub.rater:
+                self._last_seen[sub.rater] = max(
+                    self._last_seen.get(sub.rater, 0.0), sub.time.timestamp()
+                )
+        self.published = self.store.get_state("published")
+        if not background:
+            self.reconcile()
+            self.top_up()
+        if background:
+            worker = threading.Thread(target=self._work, name="scheduler-worker", daemon=True)
+            worker.start()
+            self._threads.append(worker)
+            if self.settings.reconcile_interval_s > 0:
+                timer = threading.Thread(target=self._tick, name="scheduler-tick", daemon=True)
+                timer.start()
+                self._threads.append(timer)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the threads after the events already queued."""
+        self._stop.set()
+        self._queue.put(None)
+        for thread in self._threads:
+            thread.join(timeout)
+        self._threads.clear()
+
+    def _new_engine(self) -> RankingEngine:
+        s = self.settings
+        options = dict(self.engine_options)
+        if s.boundary_budget >= 0:
+            options.setdefault("boundary_budget", s.boundary_budget)
+        return RankingEngine(
+            list(self.pool),
+            strategy=s.strategy,
+            batch_size=s.batch_size,
+            target_views=s.target_views,
+            seed=s.seed,
+            **options,
+        )
+
+    def rebuild(self) -> None:
+        """Replace the engine by one replayed from the log (start-up, edits, deletions)."""
+
+        def invalid(sub, exc):
+            log.warning("log entry %s no longer applies: %s", sub.annotation_id, exc)
+
+        engine = self.store.rebuild(self._new_engine, on_invalid=invalid)
+        with self.lock:
+            self.engine = engine
+        self._counts["rebuilds"] += 1
+
+    # ------------------------------------------------------------------ events
+    def enqueue(self, action: str, payload: dict) -> None:
+        """Queue one webhook event for the worker (returns at once)."""
+        self._counts["webhooks"] += 1
+        self._idle.clear()
+        self._queue.put(("webhook", action, payload, time.perf_counter()))
+
+    def request_reconcile(self) -> None:
+        """Queue a reconciliation with Label Studio."""
+        self._idle.clear()
+        self._queue.put(("reconcile",))
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Block until the queue is drained (tests and the benchmark use it)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._queue.unfinished_tasks == 0:
+                return True
+            time.sleep(0.02)
+        return False
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                if item[0] == "webhook":
+                    self.handle_webhook(item[1], item[2])
+                elif item[0] == "reconcile":
+                    self.reconcile()
+                    self.retire_stale()
+                    self.top_up()
+            except Exception:  # noqa: BLE001 - one bad event must not stop the stream
+                self._counts["errors"] += 1
+                log.exception("scheduler: event failed; the next reconciliation retries it")
+            finally:
+                self._queue.task_done()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self.settings.reconcile_interval_s):
+            self.request_reconcile()
+
+    def handle_webhook(self, action: str, payload: dict) -> None:
+        """Apply one Label Studio webhook event, then make the Label Studio calls it needs."""
+        t0 = time.perf_counter()
+        wait0 = self.ls.wait_s
+        if action in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED"):
+            ann = payload.get("annotation") or {}
+            task = payload.get("task") or {}
+            project = payload.get("project") or {}
+            project_id = project.get("id") if isinstance(project, dict) else project
+            project_id = project_id or task.get("project")
+            task_id = task.get("id") or ann.get("task")
+            status = self.apply_annotation(project_id, task_id, ann)
+        elif action == "ANNOTATIONS_DELETED":
+            status = "ignored"
+            for ann in payload.get("annotations") or []:
+                status = self.delete_annotation(ann.get("id"), ann.get("task"))
+        else:
+            self._counts["ignored"] += 1
+            return
+        own_ms = (time.perf_counter() - t0 - (self.ls.wait_s - wait0)) * 1000.0
+        self.top_up()
+        if status in ("created", "updated", "deleted", "rejected", "skipped"):
+            self._own_ms.append(own_ms)
+
+    def _reject(self, reason: str, *, kind, ann: dict, task_id, rater=None) -> str:
+        ann_id = ann.get("id")
+        self.store.record_rejection(
+            reason,
+            kind=kind,
+            annotation_id=ann_id,
+            task_id=task_id,
+            rater=rater,
+            payload=ann.get("result"),
+        )
+        if ann_id is not None:
+            self._rejected.add(int(ann_id))
+        self._counts["rejected"] += 1
+        log.warning("rejected annotation %s on task %s: %s", ann_id, task_id, reason)
+        return "rejected"
+
+    def apply_annotation(self, project_id: Any, task_id: Any, ann: dict) -> str:
+        """Apply one annotation (from a webhook or reconciliation); returns what happened:
+        ``created``/``updated``/``duplicate``/``stale``/``skipped``/``rejected``/``ignored``."""
+        kind = self.ls.kind_of_project(project_id)
+        if kind not in (RANK, BOUNDARY):
+            self._counts["ignored"] += 1
+            return "ignored"
+        ann_id = ann.get("id")
+        store_kind = "rank" if kind == RANK else "boundary"
+        if ann_id is None or task_id is None:
+            return self._reject(
+                "webhook without annotation or task id", kind=store_kind, ann=ann, task_id=task_id
+            )
+        if int(ann_id) in self._rejected:
+            return "rejected"
+        try:
+            rater = rater_name(ann.get("completed_by"))
+        except ValueError as exc:
+            return self._reject(str(exc), kind=store_kind, ann=ann, task_id=task_id)
+        record = self.store.get_task(task_id)
+        if record is None:
+            return self._reject(
+                f"task {task_id} in the {kind} project was not created by the scheduler",
+                kind=store_kind,
+                ann=ann,
+                task_id=task_id,
+                rater=rater,
+            )
+        if ann.get("was_cancelled"):
+            return self._skipped(record)
+        try:
+            if kind == RANK:
+                ordered = parse_ranking(ann.get("result"), record.image_ids)
+            else:
+                label = parse_boundary(ann.get("result"))
+        except ValueError as exc:
+            status = self._reject(str(exc), kind=store_kind, ann=ann, task_id=task_id, rater=rater)
+            self._close_task(record, "retired", delete=False)
+            return status
+        times = {"created_at": ann.get("created_at"), "updated_at": ann.get("updated_at")}
+        if kind == RANK:
+            res = self.store.append_ranking(ann_id, ordered, rater=rater, task_id=task_id, **times)
+        else:
+            res = self.store.append_boundary(
+                ann_id, record.image_ids[0], label, rater=rater, task_id=task_id, **times
+            )
+        self._counts[res.status] = self._counts.get(res.status, 0) + 1
+        if res.status == "created":
+            with self.lock:
+                if kind == RANK:
+                    self._submit_ranking(rater, ordered)
+                else:
+                    self.engine.submit_boundary(record.image_ids[0], label)
+            self._last_seen[rater] = self.clock()
+        elif res.needs_rebuild:
+            self.rebuild()
+        if record.status == "open" or record.task_id in self._open:
+            self._close_task(record, "answered", delete=False, release=False)
+        return res.status
+
+    def _submit_ranking(self, rater: str, ordered: list[str]) -> None:
+        engine = self.engine
+        is_open = any(set(b) == set(ordered) for b in engine.open_batches())
+        # After a rebuild the engine no longer knows which batches are open in Label Studio;
+        # the task record has already vouched for the images.
+        engine.submit(rater, ordered, require_open=is_open)
+
+    def _skipped(self, record) -> str:
+        self._counts["skipped"] += 1
+        if record.status == "open":
+            self._close_task(record, "skipped", delete=True)
+        return "skipped"
+
+    def delete_annotation(self, annotation_id: Any, task_id: Any = None) -> str:
+        """An annotation was deleted in Label Studio: it stops counting (engine rebuilt)."""
+        if annotation_id is None:
+            return "ignored"
+        res = self.store.delete_annotation(annotation_id)
+        if res.status == "deleted":
+            self._counts["deleted"] += 1
+            self.rebuild()
+            record = self.store.get_task(task_id) if task_id is not None else None
+            if record is not None and record.status == "answered":
+                # The task is back in Label Studio's queue with a stale batch: withdraw it.
+                self.store.set_task_status(record.task_id, "retired")
+                self.ls.delete_task(record.task_id)
+        return res.status
+
+    def _close_task(self, record, status: str, *, delete: bool, release: bool = True) -> None:
+        self._open.pop(record.task_id, None)
+        if release and record.kind == "rank":
+            with self.lock:
+                ids = list(record.image_ids)
+                if any(set(b) == set(ids) for b in self.engine.open_batches()):
+                    self.engine.release(ids)
+        self.store.set_task_status(record.task_id, status)
+        if status in ("retired", "skipped"):
+            self._counts["tasks_retired"] += 1
+        if delete:
+            self.ls.delete_task(record.task_id)
+
+    # ------------------------------------------------------------------ tasks
+    def active_raters(self) -> int:
+        """Raters who submitted within the active window."""
+        since = self.clock() - self.settings.active_window_s
+        return sum(1 for t in self._last_seen.values() if t >= since)
+
+    def wanted_open_tasks(self) -> int:
+        """How many Rank tasks should be open now."""
+        s = self.settings
+        return min(s.max_open_tasks, max(s.min_open_tasks, s.open_per_rater * self.active_raters()))
+
+    def top_up(self) -> None:
+        """Create Rank tasks until enough are open (none once the engine is done) and boundary
+        questions while the engine asks; publish the classes when everything is settled."""
+        with self.lock:
+            done = self.engine.done
+        open_rank = [t for t in self._open.values() if t.kind == "rank"]
+        if done:
+            for record in open_rank:
+                self._close_task(record, "retired", delete=True)
+        else:
+            for _ in range(self.wanted_open_tasks() - len(open_rank)):
+                with self.lock:
+                    batch = self.engine.next_batch(POOL_RATER)
+                if not batch:
+                    break
+                batch_id = uuid.uuid4().hex[:12]
+                try:
+                    task_id = self.ls.create_rank_task(batch_id, [self.pool[i] for i in batch])
+                except Exception:
+                    with self.lock:
+                        self.engine.release(batch)
+                    raise
+                rec = self.store.add_task(
+                    task_id, "rank", batch, batch_id=batch_id, meta={"created_by": CREATED_BY}
+                )
+                self._open[task_id] = rec
+                self._counts["tasks_created"] += 1
+        self._ask_boundary()
+        if done:
+            self.maybe_publish()
+
+    def _ask_boundary(self) -> None:
+        open_b = sum(1 for t in self._open.values() if t.kind == "boundary")
+        while open_b < self.settings.boundary_open:
+            with self.lock:
+                image_id = self.engine.next_boundary_query()
+                if image_id is None:
+                    return
+                cut = self._nearest_cut(image_id)
+            task_id = self.ls.create_boundary_task(self.pool[image_id], cut)
+            rec = self.store.add_task(
+                task_id, "boundary", [image_id], meta={"created_by": CREATED_BY, "boundary": cut}
+            )
+            self._open[task_id] = rec
+            self._counts["tasks_created"] += 1
+            open_b += 1
+
+    def _nearest_cut(self, image_id: str) -> str:
+        thresholds = self.engine.thresholds()
+        score = self.engine.scores()[image_id][0]
+        name = min(thresholds, key=lambda c: abs(thresholds[c]["score"] - score))
+        return {"basal_lv": "too basal | LV", "lv_apical": "LV | too apical"}.get(name, name)
+
+    def retire_stale(self) -> int:
+        """Withdraw Rank tasks open longer than ``stale_after_s`` (state has moved on)."""
+        if self.settings.stale_after_s <= 0:
+            return 0
+        cutoff = datetime.fromtimestamp(self.clock() - self.settings.stale_after_s, UTC)
+        stale = [t for t in self._open.values() if t.kind == "rank" and t.created_at < cutoff]
+        for record in stale:
+            self._close_task(record, "retired", delete=True)
+        return len(stale)
+
+    # ------------------------------------------------------------------ reconciliation
+    def reconcile(self) -> dict[str, int]:
+        """Bring the log in line with Label Studio: apply annotations the webhooks missed, drop
+        ones deleted meanwhile, adopt tasks created just before a crash, forget vanished tasks."""
+        self._counts["reconciles"] += 1
+        seen_annotations: set[int] = set()
+        seen_tasks: set[int] = set()
+        applied = 0
+        for kind in (RANK, BOUNDARY):
+            project_id = self.ls.projects[kind]
+            for task in self.ls.tasks_with_annotations(kind):
+                task_id = task["id"]
+                seen_tasks.add(task_id)
+                if self.store.get_task(task_id) is None:
+                    self._adopt(kind, task)
+                for ann in task.get("annotations") or []:
+                    ann = ann if isinstance(ann, dict) else ann.dict()
+                    seen_annotations.add(int(ann["id"]))
+                    ann.setdefault("task", task_id)
+                    status = self.apply_annotation(project_id, task_id, ann)
+                    applied += status in ("created", "updated")
+        vanished = [
+            s.annotation_id
+            for s in self.store.effective_submissions()
+            if s.annotation_id not in seen_annotations
+        ]
+        for annotation_id in vanished:
+            self.store.delete_annotation(annotation_id)
+        if vanished:
+            self._counts["deleted"] += len(vanished)
+            self.rebuild()
+        for record in list(self._open.values()):
+            if record.task_id not in seen_tasks:
+                self._close_task(record, "retired", delete=False)
+        return {"applied": applied, "deleted": len(vanished)}
+
+    def _adopt(self, kind: str, task: dict) -> None:
+        meta = task.get("meta") or {}
+        if meta.get("created_by") != CREATED_BY:
+            return
+        data = task.get("data") or {}
+        if kind == RANK:
+            ids = [i.get("id") for i in data.get("images") or [] if isinstance(i, dict)]
+            rec = self.store.add_task(
+                task["id"], "rank", ids, batch_id=data.get("batch_id"), meta=meta
+            )
+        else:
+            rec = self.store.add_task(task["id"], "boundary", [data.get("image_id")], meta=meta)
+        if not task.get("annotations"):
+            self._open[rec.task_id] = rec
+        log.info("adopted task %s created before a restart", task["id"])
+
+    # ------------------------------------------------------------------ outputs
+    def consensus(self) -> dict[str, Any]:
+        """The consensus export (INTERFACES.md): ranking, scores, views, classes, thresholds."""
+        with self.lock:
+            engine = self.engine
+            ranking = engine.ranking()
+            scores = engine.scores()
+            views = engine.view_counts()
+            classes = engine.classes()
+            probs = engine.class_probabilities()
+            thresholds = engine.thresholds()
+            done = engine.done
+        images = []
+        for rank, image_id in enumerate(ranking, start=1):
+            mean, sd = scores[image_id]
+            p = probs[image_id]
+            images.append(
+                {
+                    "image_id": image_id,
+                    "rank": rank,
+                    "score_mean": float(mean),
+                    "score_sd": float(sd),
+                    "views": int(views[image_id]),
+                    "class": classes[image_id],
+                    "p_too_basal": float(p[0]),
+                    "p_lv": float(p[1]),
+                    "p_too_apical": float(p[2]),
+                }
+            )
+        return {
+            "model_version": MODEL_VERSION,
+            "thresholds": thresholds,
+            "done": bool(done),
+            "published": self.published,
+            "images": images,
+        }
+
+    def maybe_publish(self) -> bool:
+        """Once the engine is done and no boundary question is open or wanted, write
+        consensus.json/csv and the Classify predictions (once)."""
+        if self.published is not None:
+            return False
+        if any(t.kind == "boundary" for t in self._open.values()):
+            return False
+        consensus = self.consensus()
+        out = Path(self.settings.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / "consensus.json.tmp"
+        tmp.write_text(json.dumps(consensus, indent=2))
+        tmp.replace(out / "consensus.json")
+        columns = list(consensus["images"][0])
+        with open(out / "consensus.csv.tmp", "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(consensus["images"])
+        (out / "consensus.csv.tmp").replace(out / "consensus.csv")
+        order = {c: i for i, c in enumerate(CLASSES)}
+        classes = {
+            im["image_id"]: (im["class"], im[f"p_{im['class']}"])
+            for im in consensus["images"]
+            if im["class"] in order
+        }
+        n = self.ls.publish_predictions(classes, list(self.pool.values()))
+        self.published = {
+            "at": datetime.now(UTC).isoformat(),
+            "predictions": n,
+            "path": str(out / "consensus.json"),
+        }
+        self.store.set_state("published", self.published)
+        log.info("published %d consensus classes to %s and Label Studio", n, out)
+        return True
+
+    def service_stats(self) -> dict[str, Any]:
+        """The service's own figures: processing time per submission, queue, counters."""
+        own = list(self._own_ms)
+        return {
+            "own_ms_p50": _percentile(own, 0.5),
+            "own_ms_p95": _percentile(own, 0.95),
+            "own_ms_max": max(own) if own else None,
+            "submissions_timed": len(own),
+            "queue": self._queue.qsize(),
+            "open_tasks": {
+                "rank": sum(1 for t in self._open.values() if t.kind == "rank"),
+                "boundary": sum(1 for t in self._open.values() if t.kind == "boundary"),
+            },
+            "wanted_open_rank_tasks": self.wanted_open_tasks(),
+            "active_raters": self.active_raters(),
+            "counts": dict(self._counts),
+            "published": self.published,
+            "projects": self.ls.projects,
+        }
+
+    def stats(self) -> dict[str, Any]:
+        """The dashboard figures (``compute_stats``) plus :meth:`service_stats`."""
+        from ranking_scheduler.stats import compute_stats
+
+        with self.lock:
+            stats = compute_stats(self.engine, self.store, target_views=self.settings.target_views)
+        stats["service"] = self.service_stats()
+        return stats
+
+
+# ---------------------------------------------------------------------- web app
+TOKEN_COOKIE = "slicerank_token"
+
+
+def _authorised(request, secret: str) -> bool:
+    import base64
+
+    candidates = [request.query_params.get("token"), request.cookies.get(TOKEN_COOKIE)]
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer":
+        candidates.append(value.strip())
+    elif scheme.lower() == "basic":
+        with suppress(ValueError, UnicodeDecodeError):
+            candidates.append(base64.b64decode(value).decode().partition(":")[2])
+    return any(c and hmac.compare_digest(c.encode(), secret.encode()) for c in candidates)
+
+
+def create_app(service: SchedulerService):
+    """The FastAPI app: ``POST /webhook`` (secret header), ``GET /health`` (open),
+    ``GET /dashboard``, ``/api/stats``, ``/api/consensus`` (secret as a bearer token, HTTP basic
+    password, or ``?token=`` which also sets a cookie for the browser)."""
+    from fastapi import FastAPI, HTTPException
+    from fastapi.responses import HTMLResponse, JSONResponse
+
+    from ranking_scheduler.dashboard import render_dashboard
+    from ranking_scheduler.stats import jsonable
+
+    secret = service.settings.secret
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        # Reconcile only once the server accepts webhooks: nothing can fall in between.
+        service.request_reconcile()
+        yield
+
+    app = FastAPI(
+        title="slicerank scheduler",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        lifespan=lifespan,
+    )
+
+    def require_auth(request: Request) -> None:
+        if not _authorised(request, secret):
+            raise HTTPException(
+                401,
+                "send the scheduler secret as a bearer token, HTTP basic password or ?token=",
+                headers={"WWW-Authenticate": 'Basic realm="slicerank scheduler"'},
+            )
+
+    @app.get("/health")
+    def health():
+        return {"status": "UP", "queue": service._queue.qsize()}
+
+    @app.post("/webhook")
+    async def webhook(request: Request):
+        given = request.headers.get(SECRET_HEADER, "")
+        if not given or not hmac.compare_digest(given.encode(), secret.encode()):
+            raise HTTPException(401, f"missing or wrong {SECRET_HEADER} header")
+        try:
+            payload = json.loads(await request.body())
+        except ValueError:
+            raise HTTPException(400, "webhook body is not JSON") from None
+        action = payload.get("action") if isinstance(payload, dict) else None
+        if not action:
+            raise HTTPException(400, "webhook body has no 'action'")
+        service.enqueue(action, payload)
+        return {"queued": action}
+
+    @app.get("/api/stats")
+    def api_stats(request: Request):
+        require_auth(request)
+        return JSONResponse(jsonable(service.stats()))
+
+    @app.get("/api/consensus")
+    def api_consensus(request: Request):
+        require_auth(request)
+        try:
+            return JSONResponse(jsonable(service.consensus()))
+        except (ValueError, RuntimeError) as exc:
+            raise HTTPException(409, f"no consensus yet: {exc}") from None
+
+    @app.get("/dashboard")
+    def dashboard(request: Request):
+        require_auth(request)
+        page = HTMLResponse(render_dashboard(jsonable(service.stats())))
+        token = request.query_params.get("token")
+        if token:
+            page.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
+        return page
+
+    return app

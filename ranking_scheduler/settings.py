@@ -1,0 +1,139 @@
+"""Settings of the scheduler service, read once from the environment at start-up."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+from ranking_scheduler.engine import STRATEGIES
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise ValueError(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number") from None
+    if value < minimum:
+        raise ValueError(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+@dataclass(frozen=True)
+class SchedulerSettings:
+    """Everything the scheduler service is configured with (env var in brackets).
+
+    ``label_studio_url`` (LABEL_STUDIO_URL), ``api_key`` (LABEL_STUDIO_API_KEY),
+    ``secret`` (SCHEDULER_WEBHOOK_SECRET, or SCHEDULER_SECRET): the webhook header value and
+    the dashboard/API token; ``db_url`` (SCHEDULER_DB_URL, SQLite by default);
+    ``out_dir`` (SCHEDULER_OUT_DIR: consensus.json/csv); ``project_prefix``
+    (SCHEDULER_PROJECT_PREFIX, as given to ``slicerank provision --prefix``);
+    ``strategy`` (SCHEDULER_STRATEGY), ``target_views`` (SCHEDULER_TARGET_VIEWS),
+    ``batch_size`` (SCHEDULER_BATCH_SIZE), ``seed`` (SCHEDULER_SEED);
+    ``open_per_rater`` (SCHEDULER_OPEN_PER_RATER) open Rank tasks per active rater,
+    ``min_open_tasks`` (SCHEDULER_MIN_OPEN_TASKS) and ``max_open_tasks``
+    (SCHEDULER_MAX_OPEN_TASKS) bounds, ``active_window_s`` (SCHEDULER_ACTIVE_WINDOW_S): a rater
+    who submitted within it counts as active; ``stale_after_s`` (SCHEDULER_STALE_AFTER_S): an
+    unanswered Rank task older than this is retired and replaced from current state;
+    ``boundary_open`` (SCHEDULER_BOUNDARY_OPEN) open boundary questions at most,
+    ``boundary_budget`` (SCHEDULER_BOUNDARY_BUDGET) boundary labels in all (-1: the engine's);
+    ``reconcile_interval_s`` (SCHEDULER_RECONCILE_INTERVAL_S, 0 = only at start).
+    """
+
+    label_studio_url: str = "http://127.0.0.1:8080"
+    api_key: str = ""
+    secret: str = ""
+    db_url: str = "sqlite:///runs/scheduler.db"
+    out_dir: str = "runs/scheduler"
+    project_prefix: str = ""
+    strategy: str = "bayes"
+    target_views: int = 3
+    batch_size: int = 8
+    seed: int = 0
+    open_per_rater: int = 2
+    min_open_tasks: int = 4
+    max_open_tasks: int = 64
+    active_window_s: float = 900.0
+    stale_after_s: float = 7200.0
+    boundary_open: int = 2
+    boundary_budget: int = -1
+    reconcile_interval_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(
+                f"SCHEDULER_STRATEGY={self.strategy!r} is not one of {', '.join(STRATEGIES)}"
+            )
+        if self.max_open_tasks < self.min_open_tasks:
+            raise ValueError(
+                f"SCHEDULER_MAX_OPEN_TASKS={self.max_open_tasks} is below "
+                f"SCHEDULER_MIN_OPEN_TASKS={self.min_open_tasks}"
+            )
+        if self.batch_size < 2:
+            raise ValueError(f"SCHEDULER_BATCH_SIZE={self.batch_size} must be at least 2")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> SchedulerSettings:
+        """Read the settings from an environment mapping (``os.environ`` in the CLI)."""
+        d = cls()
+        return cls(
+            label_studio_url=environ.get("LABEL_STUDIO_URL", d.label_studio_url),
+            api_key=environ.get("LABEL_STUDIO_API_KEY", ""),
+            secret=environ.get("SCHEDULER_WEBHOOK_SECRET") or environ.get("SCHEDULER_SECRET", ""),
+            db_url=environ.get("SCHEDULER_DB_URL", d.db_url),
+            out_dir=environ.get("SCHEDULER_OUT_DIR", d.out_dir),
+            project_prefix=environ.get("SCHEDULER_PROJECT_PREFIX", ""),
+            strategy=environ.get("SCHEDULER_STRATEGY", d.strategy),
+            target_views=_int(environ, "SCHEDULER_TARGET_VIEWS", d.target_views, 1),
+            batch_size=_int(environ, "SCHEDULER_BATCH_SIZE", d.batch_size, 2),
+            seed=_int(environ, "SCHEDULER_SEED", d.seed),
+            open_per_rater=_int(environ, "SCHEDULER_OPEN_PER_RATER", d.open_per_rater, 1),
+            min_open_tasks=_int(environ, "SCHEDULER_MIN_OPEN_TASKS", d.min_open_tasks, 1),
+            max_open_tasks=_int(environ, "SCHEDULER_MAX_OPEN_TASKS", d.max_open_tasks, 1),
+            active_window_s=_float(environ, "SCHEDULER_ACTIVE_WINDOW_S", d.active_window_s),
+            stale_after_s=_float(environ, "SCHEDULER_STALE_AFTER_S", d.stale_after_s),
+            boundary_open=_int(environ, "SCHEDULER_BOUNDARY_OPEN", d.boundary_open),
+            boundary_budget=_int(environ, "SCHEDULER_BOUNDARY_BUDGET", -1, -1),
+            reconcile_interval_s=_float(
+                environ, "SCHEDULER_RECONCILE_INTERVAL_S", d.reconcile_interval_s
+            ),
+        )
+
+    def with_(self, **changes) -> SchedulerSettings:
+        """A copy with some fields changed."""
+        return replace(self, **changes)
+
+    def require_secrets(self) -> None:
+        """Raise ``ValueError`` naming the missing variables the service cannot run without."""
+        missing = [
+            name
+            for name, value in (
+                ("LABEL_STUDIO_API_KEY", self.api_key),
+                ("SCHEDULER_WEBHOOK_SECRET", self.secret),
+            )
+            if not value
+        ]
+        if missing:
+            raise ValueError(f"set {' and '.join(missing)} in the environment")
+        if len(self.secret) < 12:
+            raise ValueError("SCHEDULER_WEBHOOK_SECRET must be at least 12 characters")
+
+    def __repr__(self) -> str:
+        # Never print the secrets (settings end up in logs and tracebacks).
+        shown = {k: v for k, v in self.__dict__.items() if k not in ("api_key", "secret")}
+        return f"SchedulerSettings({shown}, api_key=***, secret=***)"
