@@ -353,7 +353,7 @@ def _write_stack(
 ) -> tuple[list[tuple[dicom_io.SliceHeader, str]], str]:
     """Decode, window and write one ordered stack; returns (header, image_id) per slice."""
     decoded: dict[Path, tuple[np.ndarray, Any] | None] = {}
-    values: list[tuple[dicom_io.SliceHeader, np.ndarray]] = []
+    values: list[tuple[dicom_io.SliceHeader, np.ndarray, tuple[float, float]]] = []
     for h in kept:
         if h.path not in decoded:
             try:
@@ -373,24 +373,28 @@ def _write_stack(
             from pydicom.pixels import apply_modality_lut
 
             arr = apply_modality_lut(arr, ds).astype(np.float32)
+            rescale = (1.0, 0.0)
         else:
-            arr = pixels.apply_rescale(arr, *h.rescale)
+            rescale = h.rescale  # applied together with the window, in one table lookup
         if h.window is None and h.has_voi_lut_sequence:
             from pydicom.pixels import apply_voi_lut
 
-            arr = apply_voi_lut(arr, ds).astype(np.float32)
-        values.append((h, arr))
+            arr = apply_voi_lut(pixels.apply_rescale(arr, *rescale), ds).astype(np.float32)
+            rescale = (1.0, 0.0)
+        values.append((h, arr, rescale))
     # One window for the whole stack when the header has none, so slices stay comparable.
     stack_window = None
-    if any(h.window is None for h, _ in values):
-        sample = np.concatenate([a.reshape(-1)[::7] for _, a in values]) if values else None
-        stack_window = pixels.percentile_window(sample) if sample is not None else None
+    if values and any(h.window is None for h, _, _ in values):
+        sample = np.concatenate(
+            [pixels.apply_rescale(a.reshape(-1)[::7], *r) for _, a, r in values]
+        )
+        stack_window = pixels.percentile_window(sample)
     written = []
-    for h, arr in values:
+    for h, arr, rescale in values:
         center, width = h.window or stack_window
         # Without an SOPInstanceUID (invalid, but seen) the file path keys the id instead.
         image_id = ids.image_id(salt, h.sop_uid or f"file:{h.path.resolve()}", h.frame)
-        Image.fromarray(pixels.window_to_uint8(arr, center, width)).save(
+        Image.fromarray(pixels.rescale_window_to_uint8(arr, *rescale, center, width)).save(
             out / "images" / f"{image_id}.png", compress_level=level
         )
         written.append((h, image_id))

@@ -388,7 +388,5 @@ def render_slice(a: Anatomy, u: float, view: View, rng: np.random.Generator) -> 
     re = acc + rng.standard_normal(acc.shape, dtype=np.float32) * view.noise
     im = rng.standard_normal(acc.shape, dtype=np.float32) * view.noise
     mag = np.sqrt(re * re + im * im)
-    big = np.asarray(
-        Image.fromarray(mag, mode="F").resize((view.matrix, view.matrix), Image.BILINEAR)
-    )
+    big = np.asarray(Image.fromarray(mag).resize((view.matrix, view.matrix), Image.BILINEAR))
     return big * _bias_field(view)

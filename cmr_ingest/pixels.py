@@ -37,6 +37,32 @@ def window_to_uint8(arr: np.ndarray, center: float, width: float) -> np.ndarray:
     return np.rint(y).astype(np.uint8)
 
 
+#: Largest value range for which :func:`rescale_window_to_uint8` builds a lookup table.
+MAX_LUT_SIZE = 1 << 17
+
+
+def rescale_window_to_uint8(
+    arr: np.ndarray, slope: float, intercept: float, center: float, width: float
+) -> np.ndarray:
+    """Rescale then window an integer array in one lookup-table pass (same result as
+    ``window_to_uint8(apply_rescale(arr, slope, intercept), center, width)``).
+
+    Stored values span at most 16 bits, so a table over their range is small and one
+    indexing pass replaces half a dozen float passes over the image. Falls back to the
+    float path for non-integer data or an unusually wide range.
+    """
+    if arr.dtype.kind not in "iu" or arr.size == 0:
+        return window_to_uint8(apply_rescale(arr, slope, intercept), center, width)
+    lo, hi = int(arr.min()), int(arr.max())
+    if hi - lo + 1 > MAX_LUT_SIZE:
+        return window_to_uint8(apply_rescale(arr, slope, intercept), center, width)
+    # The same float32 arithmetic as the direct path, so both give identical bytes.
+    lut = window_to_uint8(apply_rescale(np.arange(lo, hi + 1), slope, intercept), center, width)
+    if arr.dtype.kind == "u" and lo == 0:
+        return lut[arr]
+    return lut[arr.astype(np.int32) - lo]
+
+
 def percentile_window(
     arr: np.ndarray, percentiles: tuple[float, float] = DEFAULT_PERCENTILES
 ) -> tuple[float, float]:

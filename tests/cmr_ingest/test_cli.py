@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from cmr_ingest.manifest import read_manifest
 from slicerank.cli import main
 
@@ -70,3 +72,24 @@ def test_ingest_of_nothing_useful_fails_clearly(tmp_path, monkeypatch, capsys):
     assert "no short-axis slice" in captured.err and "not_dicom" in captured.out
     assert main(["ingest", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
     assert main(["synth", "--scans", "0", "--out", str(tmp_path / "x")]) == 2
+
+
+@pytest.mark.slow
+def test_bench_ingest_smoke(tmp_path):
+    rc = main(
+        [
+            "bench",
+            "ingest",
+            "--scans",
+            "2",
+            "--workdir",
+            str(tmp_path / "w"),
+            "--json",
+            str(tmp_path / "b.json"),
+        ]
+    )
+    assert rc == 0
+    result = json.loads((tmp_path / "b.json").read_text())
+    assert result["ingest_slices"] == result["synth_png_slices"] > 0
+    assert result["bare_frames"] == result["dicom_files"] >= result["ingest_slices"]
+    assert result["ingest_over_bare"] > 0 and result["synth_png_slices_per_s"] > 0

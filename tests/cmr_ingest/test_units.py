@@ -26,6 +26,23 @@ def test_linear_window_follows_dicom_formula():
         pixels.window_to_uint8(x, 100, 0)
 
 
+@pytest.mark.parametrize(
+    ("dtype", "lo", "hi", "slope", "intercept"),
+    [
+        (np.uint16, 0, 4096, 1.0, 0.0),
+        (np.int16, -2000, 3000, 1.0, -1024.0),
+        (np.uint16, 100, 65535, 0.5, 3.0),
+        (np.int32, -(2**20), 2**20, 2.0, 0.0),
+    ],
+)
+def test_lookup_table_path_equals_float_path(dtype, lo, hi, slope, intercept):
+    rng = np.random.default_rng(1)
+    a = rng.integers(lo, hi, (64, 48)).astype(dtype)
+    fast = pixels.rescale_window_to_uint8(a, slope, intercept, 700.0, 1500.0)
+    slow = pixels.window_to_uint8(pixels.apply_rescale(a, slope, intercept), 700.0, 1500.0)
+    assert fast.dtype == np.uint8 and np.array_equal(fast, slow)
+
+
 def test_monochrome1_inverted_and_rgb_to_luminance():
     a = np.array([[0, 10], [20, 30]], dtype=np.uint16)
     assert pixels.to_grayscale(a, "MONOCHROME1").tolist() == [[30, 20], [10, 0]]
