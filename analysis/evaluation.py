@@ -67,24 +67,60 @@ def _prop(k: int, n: int, method: str, confidence: float) -> dict[str, Any] | No
     return _ci(k / n, low, high, k=int(k), n=int(n))
 
 
-def _boot_f1(t: np.ndarray, p: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-resample per-class F1 and true-class counts, each (n_boot, k); F1 is NaN where a class
-    is absent from both truth and prediction."""
+#: Resamples are drawn in chunks of about this many (resample, image) cells, so memory stays
+#: near 100 MB whatever the cohort size (the whole study's 3,323 images included).
+BOOT_CHUNK_CELLS = 2_000_000
+
+
+def _boot_model(
+    t: np.ndarray, p: np.ndarray, scores: np.ndarray | None, counts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Per-resample statistics of one model from image multiplicities ``counts`` (n_boot, n).
+
+    Returns per-class F1 (NaN where a class is absent from both truth and prediction), per-class
+    true counts, and per-class one-vs-rest AUC (NaN where undefined; ``None`` without scores),
+    each ``(n_boot, k)``.
+    """
     k = len(CLASSES)
-    n_boot = idx.shape[0]
-    codes = t[idx] * k + p[idx] + (k * k) * np.arange(n_boot)[:, None]
-    cm = np.bincount(codes.ravel(), minlength=n_boot * k * k).reshape(n_boot, k, k)
-    tp = np.diagonal(cm, axis1=1, axis2=2).astype(float)
-    denom = cm.sum(axis=1) + cm.sum(axis=2)
+    # Each resample's confusion matrix is its multiplicities summed per (truth, prediction) cell.
+    cells = np.zeros((t.size, k * k))
+    cells[np.arange(t.size), t * k + p] = 1.0
+    cm = (counts @ cells).reshape(-1, k, k)
+    tp = np.diagonal(cm, axis1=1, axis2=2)
+    support = cm.sum(axis=2)
+    denom = cm.sum(axis=1) + support
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denom > 0, 2 * tp / denom, np.nan), cm.sum(axis=2)
+        f1 = np.where(denom > 0, 2 * tp / denom, np.nan)
+    auc = None
+    if scores is not None:
+        auc = np.column_stack([resampled_auc(t == c, scores[:, c], counts) for c in range(k)])
+    return f1, support, auc
 
 
-def _boot_auc(t: np.ndarray, scores: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Per-resample one-vs-rest AUC per class, shape (n_boot, k); NaN where undefined."""
-    return np.column_stack(
-        [resampled_auc(t == c, scores[:, c], counts) for c in range(scores.shape[1])]
-    )
+def _bootstrap(
+    t: np.ndarray,
+    models: Mapping[str, tuple[np.ndarray, np.ndarray | None]],
+    n_boot: int,
+    rng: np.random.Generator,
+) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    """Bootstrap every model on the same resampled images, chunk by chunk."""
+    n = t.size
+    chunk = max(1, min(n_boot, BOOT_CHUNK_CELLS // n))
+    parts: dict[str, list] = {name: [] for name in models}
+    done = 0
+    while done < n_boot:
+        size = min(chunk, n_boot - done)
+        counts = resample_counts(rng.integers(0, n, size=(size, n)), n).astype(float)
+        for name, (p, scores) in models.items():
+            parts[name].append(_boot_model(t, p, scores, counts))
+        done += size
+    out = {}
+    for name, chunks in parts.items():
+        f1 = np.concatenate([c[0] for c in chunks])
+        support = np.concatenate([c[1] for c in chunks])
+        auc = None if chunks[0][2] is None else np.concatenate([c[2] for c in chunks])
+        out[name] = (f1, support, auc)
+    return out
 
 
 def _kappa_dict(kappa: Kappa) -> dict[str, Any]:
@@ -105,25 +141,23 @@ def _evaluate_model(
     y_true: list[str],
     ids: list[str],
     pred: Predictions,
-    idx: np.ndarray,
-    counts: np.ndarray,
+    boot: tuple[np.ndarray, np.ndarray, np.ndarray | None],
     method: str,
     confidence: float,
 ) -> dict[str, Any]:
     y_pred = pred.labels_for(ids)
     t = class_indices(y_true)
-    p = class_indices(y_pred)
     cm = confusion_matrix(y_true, y_pred)
     support = cm.sum(axis=1)
     f1 = f1_scores(cm)
     precision, recall = precision_recall(cm)
-    boot_f1, boot_support = _boot_f1(t, p, idx)
+    boot_f1, boot_support, boot_auc = boot
+    n_images = len(ids)
     # Absent classes count as F1 = 0, as in the point estimate (metrics.f1_scores).
     macro_boot = np.nan_to_num(boot_f1, nan=0.0).mean(axis=1)
-    weighted_boot = (np.nan_to_num(boot_f1, nan=0.0) * boot_support).sum(axis=1) / idx.shape[1]
+    weighted_boot = (np.nan_to_num(boot_f1, nan=0.0) * boot_support).sum(axis=1) / n_images
 
     scores = pred.probability_matrix(ids) if pred.has_probabilities else None
-    boot_auc = _boot_auc(t, scores, counts) if scores is not None else None
 
     per_class: dict[str, Any] = {}
     aucs: list[float] = []
@@ -155,7 +189,7 @@ def _evaluate_model(
     if boot_auc is not None and len(aucs) == len(CLASSES):
         weights = support / support.sum()
         macro_b = boot_auc.mean(axis=1)  # NaN if a class vanished from that resample
-        weighted_b = (boot_auc * (boot_support / idx.shape[1])).sum(axis=1)
+        weighted_b = (boot_auc * (boot_support / n_images)).sum(axis=1)
         overall["macro_auc"] = _ci(float(np.mean(aucs)), *percentile_interval(macro_b, confidence))
         overall["weighted_auc"] = _ci(
             float(np.dot(weights, aucs)), *percentile_interval(weighted_b, confidence)
@@ -222,11 +256,18 @@ def evaluate(
     ids = sorted(truth)
     y_true = [truth[i] for i in ids]
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(ids), size=(n_boot, len(ids)))
-    counts = resample_counts(idx, len(ids))
+    t = class_indices(y_true)
+    encoded = {
+        name: (
+            class_indices(pred.labels_for(ids)),
+            pred.probability_matrix(ids) if pred.has_probabilities else None,
+        )
+        for name, pred in predictions.items()
+    }
+    boot = _bootstrap(t, encoded, n_boot, rng)
 
     models = {
-        name: _evaluate_model(y_true, ids, pred, idx, counts, proportion_method, confidence)
+        name: _evaluate_model(y_true, ids, pred, boot[name], proportion_method, confidence)
         for name, pred in predictions.items()
     }
 

@@ -248,3 +248,27 @@ def test_resampled_auc_equals_auc_of_each_resample(seed, ties):
             assert np.isnan(value)
         else:
             assert value == pytest.approx(skm.roc_auc_score(yy, ss), abs=TOL)
+
+
+def test_bootstrap_confusion_matrices_match_resampled_labels():
+    """The per-resample F1 (from multiplicities) equals scikit-learn's on the resampled labels."""
+    from analysis.evaluation import _boot_model
+    from analysis.metrics import class_indices
+
+    rng = np.random.default_rng(11)
+    n = 60
+    y = _random_labels(rng, n)
+    p = _noisy_copy(rng, y, flip=0.4)
+    idx = rng.integers(0, n, size=(30, n))
+    f1, support, auc = _boot_model(
+        class_indices(y), class_indices(p), None, resample_counts(idx, n).astype(float)
+    )
+    assert auc is None
+    for row, f1_row, support_row in zip(idx, f1, support, strict=True):
+        yy = [y[i] for i in row]
+        pp = [p[i] for i in row]
+        ref = skm.f1_score(yy, pp, labels=list(CLASSES), average=None, zero_division=0)
+        present = [c in yy or c in pp for c in CLASSES]
+        np.testing.assert_allclose(f1_row[present], ref[present], atol=TOL)
+        assert np.all(np.isnan(f1_row[~np.asarray(present)]))
+        np.testing.assert_array_equal(support_row, [yy.count(c) for c in CLASSES])
