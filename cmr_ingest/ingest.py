@@ -225,76 +225,14 @@ def ingest(
                 series[_stack_key(h)].append(h)
 
     # Group, filter and order.
-    stacks: list[tuple[str, list[dicom_io.SliceHeader], dict[str, Any]]] = []
-    for key, headers in series.items():
-        sid = ids.scan_id(salt, key)
-        kept, odd = _split_consistent(headers)
-        for h in odd:
-            bad.append(
-                (
-                    h.path,
-                    "inconsistent_series",
-                    "orientation or matrix differs from the other "
-                    f"{len(kept)} slices of its series (kept those)",
-                )
-            )
-        n_files = len({h.path for h in kept})
-        info: dict[str, Any] = {"scan_id": sid, "notes": []}
-        if kept[0].orientation is None or any(h.position is None for h in kept):
-            if not any_orientation:
-                report.skipped_series.append(
-                    {
-                        "series": sid,
-                        "files": n_files,
-                        "reason": "no_geometry",
-                        "detail": REASONS["no_geometry"],
-                    }
-                )
-                continue
-            kept.sort(key=lambda h: (h.instance_number, h.frame))
-            info.update(ordered_by="instance_number", angle_to_long_axis_deg=None, spacing_mm=None)
-            info["notes"].append(
-                "no patient geometry: ordered by InstanceNumber, direction unknown"
-            )
-        else:
-            normal = geometry.slice_normal(kept[0].orientation)
-            angle = geometry.angle_to_long_axis(normal)
-            if not any_orientation and angle > orientation_tolerance_deg:
-                report.skipped_series.append(
-                    {
-                        "series": sid,
-                        "files": n_files,
-                        "reason": "not_short_axis",
-                        "detail": f"normal is {angle:.0f}° from the LV long axis "
-                        f"(tolerance {orientation_tolerance_deg:g}°)",
-                    }
-                )
-                continue
-            order, dist = geometry.order_base_to_apex([h.position for h in kept], normal)
-            kept = [kept[i] for i in order]
-            for i in reversed(geometry.duplicates(dist)):
-                h = kept.pop(i)
-                dist.pop(i)
-                bad.append(
-                    (
-                        h.path,
-                        "duplicate_position",
-                        "same position as another slice of its series (kept the first read)",
-                    )
-                )
-            spacing, uneven = geometry.spacing_summary(dist)
-            info.update(
-                ordered_by="geometry",
-                angle_to_long_axis_deg=round(angle, 1),
-                spacing_mm=None if spacing is None else round(spacing, 2),
-            )
-            if uneven:
-                info["notes"].append("uneven slice spacing (missing slices?)")
-            if abs(float(np.dot(normal, geometry.TYPICAL_LONG_AXIS_LPS))) < 0.2:
-                info["notes"].append(
-                    "normal nearly perpendicular to the long axis: base/apex direction uncertain"
-                )
-        stacks.append((sid, kept, info))
+    stacks = _plan_stacks(
+        series,
+        salt=salt,
+        tolerance_deg=orientation_tolerance_deg,
+        any_orientation=any_orientation,
+        report=report,
+        bad=bad,
+    )
 
     # Pass 2: pixels → PNG, one stack at a time.
     rows: list[dict[str, Any]] = []
@@ -342,6 +280,93 @@ def ingest(
     (out / REPORT_TEXT).write_text(report.summary() + "\n")
     log.info("ingest: %d slices, %d stacks, %d bad files", len(rows), len(report.stacks), len(bad))
     return report
+
+
+def _plan_stacks(
+    series: dict[str, list[dicom_io.SliceHeader]],
+    *,
+    salt: str,
+    tolerance_deg: float,
+    any_orientation: bool,
+    report: IngestReport,
+    bad: list[tuple[Path, str, str]],
+) -> list[tuple[str, list[dicom_io.SliceHeader], dict[str, Any]]]:
+    """Split off inconsistent frames, drop non-short-axis series, order the rest base → apex.
+
+    Returns (scan_id, ordered headers, stack info) per kept stack; what is dropped goes to
+    ``bad`` (files) or ``report.skipped_series`` (whole series).
+    """
+    stacks: list[tuple[str, list[dicom_io.SliceHeader], dict[str, Any]]] = []
+    for key, headers in series.items():
+        sid = ids.scan_id(salt, key)
+        kept, odd = _split_consistent(headers)
+        for h in odd:
+            bad.append(
+                (
+                    h.path,
+                    "inconsistent_series",
+                    "orientation or matrix differs from the other "
+                    f"{len(kept)} slices of its series (kept those)",
+                )
+            )
+        n_files = len({h.path for h in kept})
+        info: dict[str, Any] = {"scan_id": sid, "notes": []}
+        if kept[0].orientation is None or any(h.position is None for h in kept):
+            if not any_orientation:
+                report.skipped_series.append(
+                    {
+                        "series": sid,
+                        "files": n_files,
+                        "reason": "no_geometry",
+                        "detail": REASONS["no_geometry"],
+                    }
+                )
+                continue
+            kept.sort(key=lambda h: (h.instance_number, h.frame))
+            info.update(ordered_by="instance_number", angle_to_long_axis_deg=None, spacing_mm=None)
+            info["notes"].append(
+                "no patient geometry: ordered by InstanceNumber, direction unknown"
+            )
+        else:
+            normal = geometry.slice_normal(kept[0].orientation)
+            angle = geometry.angle_to_long_axis(normal)
+            if not any_orientation and angle > tolerance_deg:
+                report.skipped_series.append(
+                    {
+                        "series": sid,
+                        "files": n_files,
+                        "reason": "not_short_axis",
+                        "detail": f"normal is {angle:.0f}° from the LV long axis "
+                        f"(tolerance {tolerance_deg:g}°)",
+                    }
+                )
+                continue
+            order, dist = geometry.order_base_to_apex([h.position for h in kept], normal)
+            kept = [kept[i] for i in order]
+            for i in reversed(geometry.duplicates(dist)):
+                h = kept.pop(i)
+                dist.pop(i)
+                bad.append(
+                    (
+                        h.path,
+                        "duplicate_position",
+                        "same position as another slice of its series (kept the first read)",
+                    )
+                )
+            spacing, uneven = geometry.spacing_summary(dist)
+            info.update(
+                ordered_by="geometry",
+                angle_to_long_axis_deg=round(angle, 1),
+                spacing_mm=None if spacing is None else round(spacing, 2),
+            )
+            if uneven:
+                info["notes"].append("uneven slice spacing (missing slices?)")
+            if abs(float(np.dot(normal, geometry.TYPICAL_LONG_AXIS_LPS))) < 0.2:
+                info["notes"].append(
+                    "normal nearly perpendicular to the long axis: base/apex direction uncertain"
+                )
+        stacks.append((sid, kept, info))
+    return stacks
 
 
 def _write_stack(
