@@ -147,7 +147,7 @@ def _table2(summary: Mapping[str, Any]) -> Table:
         f"study. Proportion CIs: {s['proportion_interval']}; per-class ROC AUC CI: DeLong; "
         f"F1 and averaged-AUC CIs: percentile bootstrap over images ({s['n_boot']} resamples, "
         f"seed {s['seed']}). Weighted averages weight each class by its true count (the study's "
-        "overall ROC AUC and F1 match this average, not the macro one)."
+        "overall ROC AUC and F1 are consistent with this average, not with the macro one)."
     )
     return Table(
         f"Table 2. Performance of each model on the test set of {summary['n_images']} images",
