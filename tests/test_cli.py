@@ -22,7 +22,7 @@ COMMANDS = (
     "bench",
     "demo",
 )
-BENCH_TARGETS = ("ingest", "engine", "service", "train", "demo")
+BENCH_TARGETS = ("ingest", "engine", "service", "train", "analysis", "demo")
 
 
 def _subcommands(parser) -> dict:
