@@ -8,6 +8,7 @@ the latency part (speed does not depend on them).
 
 from __future__ import annotations
 
+import os
 import platform
 import socket
 import tempfile
@@ -202,6 +203,8 @@ def machine() -> dict[str, Any]:
         "cpu_count": torch.get_num_threads(),
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
+        # Other work on a shared machine skews the numbers: record how busy it was.
+        "load_average_1m": os.getloadavg()[0],
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)

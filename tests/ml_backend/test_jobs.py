@@ -158,9 +158,12 @@ def test_a_killed_worker_is_caught_by_rq_abandoned_job_cleanup(setup):
     queued = enqueue_training(s["conn"], request(s, epochs=500), queue_name=s["queue"])
     worker = start_worker(s, burst=False)
     try:
-        wait_for_epoch(s["conn"], queued.job_id)
-        os.killpg(worker.pid, signal.SIGKILL)  # the whole machine goes away: worker and horse
+        meta = wait_for_epoch(s["conn"], queued.job_id)
+        # The whole machine goes away: the worker first (so it cannot see its horse die and
+        # report it), then the horse.
+        os.kill(worker.pid, signal.SIGKILL)
         worker.wait(timeout=30)
+        os.kill(meta["pid"], signal.SIGKILL)
     finally:
         if worker.poll() is None:
             os.killpg(worker.pid, signal.SIGKILL)
