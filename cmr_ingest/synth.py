@@ -78,8 +78,8 @@ def plan_scan(seed: int, index: int) -> ScanPlan:
     """Draw the anatomy, imaging and slice placement of scan ``index`` of cohort ``seed``."""
     rng = scan_rng(seed, index)
     anatomy = phantom.sample_anatomy(rng)
-    n_basal = int(rng.choice([1, 2, 3, 4], p=[0.12, 0.36, 0.37, 0.15]))
-    n_apical = int(rng.choice([0, 1, 2], p=[0.33, 0.5, 0.17]))
+    n_basal = int(rng.choice([1, 2, 3, 4], p=[0.14, 0.37, 0.36, 0.13]))
+    n_apical = int(rng.choice([0, 1, 2], p=[0.29, 0.5, 0.21]))
     for _ in range(100):
         spacing = float(rng.uniform(8.0, 11.0))
         du = spacing / anatomy.lv_length_mm
