@@ -87,6 +87,10 @@ def stratified_split(
         n = len(idx)
         n_val = int(round(n * fractions[1]))
         n_test = int(round(n * fractions[2]))
+        # Tiny classes (demo-sized sets) still get one validation and one test image.
+        if n >= 3:
+            n_val = max(n_val, 1 if fractions[1] > 0 else 0)
+            n_test = max(n_test, 1 if fractions[2] > 0 else 0)
         n_train = max(n - n_val - n_test, 0)
         train += idx[:n_train].tolist()
         val += idx[n_train : n_train + n_val].tolist()
