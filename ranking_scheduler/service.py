@@ -111,6 +111,18 @@ def parse_boundary(result: Any) -> str:
     return chosen[0]
 
 
+def _unchanged(sub, ann: dict) -> bool:
+    """Whether the log already holds exactly this annotation's content."""
+    if sub is None or ann.get("was_cancelled"):
+        return False
+    try:
+        if sub.kind == "rank":
+            return parse_ranking(ann.get("result"), sub.ordered) == list(sub.ordered)
+        return parse_boundary(ann.get("result")) == sub.label
+    except ValueError:
+        return False
+
+
 def _percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -505,16 +517,25 @@ class SchedulerService:
         seen_annotations: set[int] = set()
         seen_tasks: set[int] = set()
         applied = 0
+        # Preloaded so that a pass over thousands of unchanged annotations costs no queries.
+        known = {s.annotation_id: s for s in self.store.effective_submissions()}
+        known_tasks = {t.task_id for t in self.store.tasks()}
         for kind in (RANK, BOUNDARY):
             project_id = self.ls.projects[kind]
             for task in self.ls.tasks_with_annotations(kind):
                 task_id = task["id"]
                 seen_tasks.add(task_id)
-                if self.store.get_task(task_id) is None:
+                if task_id not in known_tasks:
                     self._adopt(kind, task)
                 for ann in task.get("annotations") or []:
                     ann = ann if isinstance(ann, dict) else ann.dict()
                     seen_annotations.add(int(ann["id"]))
+                    if _unchanged(known.get(int(ann["id"])), ann):
+                        if task_id in self._open:
+                            self._close_task(
+                                self._open[task_id], "answered", delete=False, release=False
+                            )
+                        continue
                     ann.setdefault("task", task_id)
                     status = self.apply_annotation(project_id, task_id, ann)
                     applied += status in ("created", "updated")

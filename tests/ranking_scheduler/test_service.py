@@ -319,3 +319,25 @@ def test_killed_scheduler_loses_and_double_counts_nothing(label_studio, tmp_path
         # Appended exactly once each: no update or duplicate events.
         assert store.event_count() == len(subs)
     assert "Traceback" not in log_path.read_text()
+
+
+# ----------------------------------------------------------------------------- settings
+def test_settings_from_env_validate_and_hide_secrets():
+    from ranking_scheduler.settings import SchedulerSettings
+
+    env = {
+        "LABEL_STUDIO_API_KEY": "k" * 40,
+        "SCHEDULER_WEBHOOK_SECRET": "a-long-shared-secret",
+        "SCHEDULER_OPEN_PER_RATER": "3",
+        "SCHEDULER_STRATEGY": "paper",
+    }
+    settings = SchedulerSettings.from_env(env)
+    settings.require_secrets()
+    assert settings.open_per_rater == 3 and settings.strategy == "paper"
+    assert "a-long-shared-secret" not in repr(settings) and "k" * 40 not in repr(settings)
+    with pytest.raises(ValueError, match="SCHEDULER_OPEN_PER_RATER='two' is not an integer"):
+        SchedulerSettings.from_env({**env, "SCHEDULER_OPEN_PER_RATER": "two"})
+    with pytest.raises(ValueError, match="SCHEDULER_STRATEGY='best'"):
+        SchedulerSettings.from_env({**env, "SCHEDULER_STRATEGY": "best"})
+    with pytest.raises(ValueError, match="set LABEL_STUDIO_API_KEY and SCHEDULER_WEBHOOK_SECRET"):
+        SchedulerSettings.from_env({}).require_secrets()
