@@ -53,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_worker)
 
     p = subparsers.add_parser("train", help="enqueue a training job (optionally wait for it)")
-    src = p.add_mutually_exclusive_group(required=True)
+    src = p.add_mutually_exclusive_group()
     src.add_argument("--project", type=int, help="Label Studio Classify project id")
     src.add_argument("--labels", help="a Label Studio JSON export of the Classify project")
     p.add_argument("--label-source", choices=("classify", "ranking"), default="classify")

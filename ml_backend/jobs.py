@@ -367,36 +367,71 @@ def _train(request: TrainRequest, settings, progress: _Progress) -> dict[str, An
         extra={"project_id": request.project_id, "job_id": progress.job.id if progress.job else None},
     )  # fmt: skip
     progress.update(stage="registered", model_version=version.name)
-    n_predicted = 0
+    n_predicted, predictions_error = 0, None
     if request.write_predictions and request.project_id is not None and tasks is not None:
         progress.update(stage="predicting")
-        n_predicted = write_predictions(
-            _ls_client(ls_url, settings.label_studio_api_key), request.project_id, version, tasks,
-            Path(media_root), device,
-        )  # fmt: skip
-    progress.update(stage="done", predictions_written=n_predicted)
+        try:
+            n_predicted = write_predictions(
+                _ls_client(ls_url, settings.label_studio_api_key), request.project_id, version,
+                tasks, Path(media_root), device, label_studio_url=ls_url,
+                api_key=settings.label_studio_api_key,
+            )  # fmt: skip
+        except Exception as exc:
+            # The version is trained and registered; pre-annotations are a follow-up that
+            # /predict (LS's "Retrieve predictions") can still provide, so report, don't fail.
+            predictions_error = f"{type(exc).__name__}: {exc}"
+            log.warning(
+                "model %s registered but predictions not written: %s",
+                version.name,
+                predictions_error,
+            )
+    progress.update(
+        stage="done", predictions_written=n_predicted, predictions_error=predictions_error
+    )
     return {
         "model_version": version.name,
         "metrics": result.summary(),
         "predictions_written": n_predicted,
+        "predictions_error": predictions_error,
     }
 
 
-def write_predictions(client, project_id: int, version, tasks, media_root: Path, device) -> int:
+def write_predictions(
+    client, project_id: int, version, tasks, media_root: Path, device, *,
+    label_studio_url: str | None = None, api_key: str | None = None,
+) -> int:  # fmt: skip
     """Predict every task of the project with ``version`` and store the predictions in Label
-    Studio (pre-annotations); returns how many were written."""
+    Studio as pre-annotations (one bulk import per batch); returns how many were written."""
+    from label_studio_sdk import PredictionRequest
+
+    from ml_backend.data import read_manifest_paths
     from ml_backend.predictor import Predictor
 
     predictor = Predictor.from_version(version, device=device)
+    manifest = read_manifest_paths(media_root)
     written = 0
     batch = 64
     for start in range(0, len(tasks), batch):
         chunk = tasks[start : start + batch]
-        images = [predictor.load_task_image(t, media_root=media_root) for t in chunk]
-        for task, pred in zip(chunk, predictor.predict_images(images), strict=True):
-            client.predictions.create(
-                task=task["id"], result=pred["result"], score=pred["score"],
+        images = [
+            predictor.load_task_image(
+                t,
+                media_root=media_root,
+                manifest=manifest,
+                label_studio_url=label_studio_url,
+                api_key=api_key,
+            )  # fmt: skip
+            for t in chunk
+        ]
+        requests = [
+            PredictionRequest(
+                task=task["id"],
+                result=pred["result"],
+                score=pred["score"],
                 model_version=pred["model_version"],
             )  # fmt: skip
-            written += 1
+            for task, pred in zip(chunk, predictor.predict_images(images), strict=True)
+        ]
+        client.projects.import_predictions(project_id, request=requests)
+        written += len(requests)
     return written

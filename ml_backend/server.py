@@ -12,6 +12,7 @@ runs inside a request: ``fit`` enqueues an RQ job and answers at once.
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 from pathlib import Path
@@ -47,6 +48,7 @@ def parse_project_id(project: Any) -> int | None:
         raise ValueError(f"project {project!r} is not a Label Studio project id") from None
 
 
+@functools.lru_cache(maxsize=32)
 def check_label_config(schema: str) -> tuple[str, str, str]:
     """Find the class choice in a labelling config: (control name, image name, image value key).
 

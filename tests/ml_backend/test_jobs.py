@@ -190,3 +190,27 @@ def test_cuda_out_of_memory_becomes_a_clear_error(setup, monkeypatch):
     with pytest.raises(RuntimeError, match="CUDA out of memory on cpu training preset 'cpu-small'"):
         train_job(request(setup).to_dict())
     assert ModelRegistry(setup["models"]).versions() == []
+
+
+def test_ranking_consensus_with_soft_targets_trains_and_registers(setup):
+    # The job function called directly (outside a worker): ranking labels from consensus.json.
+    s = setup
+    images = []
+    for i, r in enumerate(s["rows"]):
+        p = {"too_basal": [0.8, 0.2, 0.0], "lv": [0.1, 0.8, 0.1], "too_apical": [0.0, 0.3, 0.7]}[
+            r["true_class"]
+        ]
+        images.append({"image_id": r["image_id"], "rank": i + 1, "score_mean": 0.0, "score_sd": 0.1,
+                       "views": 3, "class": r["true_class"], "p_too_basal": p[0], "p_lv": p[1],
+                       "p_too_apical": p[2]})  # fmt: skip
+    consensus = s["tmp"] / "consensus.json"
+    consensus.write_text(
+        json.dumps({"model_version": "ranking-consensus", "thresholds": {}, "images": images})
+    )
+    req = request(s, label_source="ranking", labels_path=None, consensus_path=str(consensus),
+                  soft_targets=True, epochs=1)  # fmt: skip
+    out = train_job(req.to_dict())
+    version = ModelRegistry(s["models"]).get(out["model_version"])
+    assert version.name == "v0001-ranking"
+    assert version.read_json("config")["soft_targets"] is True
+    assert version.read_json("label_source")["consensus_path"] == str(consensus)
