@@ -169,19 +169,32 @@ def prepare_out_dir(cfg: DemoConfig) -> Layout:
 # --------------------------------------------------------------------------------------------
 
 
-def stage_cohort(out_dir: Path, n_scans: int, seed: int) -> dict[str, Any]:
-    """Generate a synthetic cohort into ``out_dir``, or reuse one made with the same settings."""
+def stage_cohort(
+    out_dir: Path, n_scans: int, seed: int, *, labelled: bool = False
+) -> dict[str, Any]:
+    """Generate a synthetic cohort into ``out_dir``, or reuse one made with the same settings.
+
+    ``labelled``: Label Studio already holds tasks for the cohort in ``out_dir``, so a cohort
+    with other settings would orphan them; that is an error asking for ``--fresh``.
+    """
     from cmr_ingest.manifest import read_manifest
     from cmr_ingest.synth import generate_cohort
 
     stamp = out_dir / ".demo-cohort.json"
     wanted = {"scans": n_scans, "seed": seed}
     manifest = out_dir / "manifest.csv"
-    reused = stamp.exists() and manifest.exists() and json.loads(stamp.read_text()) == wanted
+    have = json.loads(stamp.read_text()) if stamp.exists() else None
+    reused = have == wanted and manifest.exists()
     if not reused:
+        if labelled and have is not None:
+            raise ValueError(
+                f"{out_dir} holds a labelled cohort of {have['scans']} scans (seed "
+                f"{have['seed']}), not {n_scans} (seed {seed}): add --fresh to start over, "
+                "or choose another --out"
+            )
         if out_dir.exists():
             shutil.rmtree(out_dir)
-        generate_cohort(n_scans, out_dir, seed=seed)
+        generate_cohort(n_scans, out_dir, seed=seed, progress=True)
         stamp.write_text(json.dumps(wanted))
     rows = read_manifest(manifest)
     classes: dict[str, int] = {}
@@ -594,8 +607,9 @@ def labelling_budget(n_images: int, hours: float | None) -> dict[str, float]:
     return {
         "seconds": seconds,
         "hours": seconds / 3600,
-        "single_labels": int(seconds // SECONDS_PER_LABEL),
-        "ranked_batches": int(seconds // SECONDS_PER_BATCH),
+        # The epsilon keeps n labels' worth of seconds from flooring to n - 1.
+        "single_labels": int(seconds / SECONDS_PER_LABEL + 1e-9),
+        "ranked_batches": int(seconds / SECONDS_PER_BATCH + 1e-9),
         "seconds_per_label": SECONDS_PER_LABEL,
         "seconds_per_batch": SECONDS_PER_BATCH,
     }
@@ -746,6 +760,8 @@ def stage_train(
     ``ranking`` on the scheduler's consensus classes published there. The job writes the new
     model's predictions back onto the Classify tasks.
     """
+    from rq.exceptions import NoSuchJobError
+
     from ml_backend.jobs import TrainRequest, enqueue_training, job_summary
 
     request = TrainRequest(
@@ -769,7 +785,13 @@ def stage_train(
     try:
         while True:
             check_alive()
-            summary = job_summary(conn, queued.job_id)
+            try:
+                summary = job_summary(conn, queued.job_id)
+            except NoSuchJobError:
+                raise RuntimeError(
+                    f"training job {queued.job_id} vanished from Redis (was the database "
+                    "flushed by someone else?); run the demo again"
+                ) from None
             meta = summary.get("meta") or {}
             epochs_total = int(meta.get("epochs") or 0) * max(1, len(meta.get("seeds") or [1]))
             if epochs_total and bar.total != epochs_total:
@@ -995,8 +1017,14 @@ def _bearer(secret: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {secret}"}
 
 
-def run_demo(cfg: DemoConfig, *, out=print) -> dict[str, Any]:
-    """Run every stage; returns the outputs of each (what ``--json`` writes)."""
+def run_demo(
+    cfg: DemoConfig, *, out=print, on_ready: Callable[[dict], None] = lambda result: None
+) -> dict[str, Any]:
+    """Run every stage; returns the outputs of each (what ``--json`` writes).
+
+    ``on_ready`` gets the results once everything is set up and (unless ``--no-simulate``)
+    labelled, trained and reported: before waiting for Ctrl-C when the services stay up.
+    """
     import httpx
     import redis
 
@@ -1008,7 +1036,7 @@ def run_demo(cfg: DemoConfig, *, out=print) -> dict[str, Any]:
     timings: dict[str, float] = {}
     result["timings_s"] = timings
     t0 = time.monotonic()
-    n_stages = 9 if cfg.simulate else 4
+    n_stages = 8 if cfg.simulate else 3
     stages = _bar(n_stages, "demo", unit="stage")
 
     def mark(name: str, since: float) -> None:
@@ -1018,7 +1046,9 @@ def run_demo(cfg: DemoConfig, *, out=print) -> dict[str, Any]:
 
     with ProcessSet() as procs, httpx.Client(timeout=60.0) as http:
         t = time.monotonic()
-        result["cohort"] = stage_cohort(layout.media, cfg.scans, cfg.seed)
+        result["cohort"] = stage_cohort(
+            layout.media, cfg.scans, cfg.seed, labelled=layout.label_studio.exists()
+        )
         result["testset"] = stage_cohort(layout.testset, cfg.test_scans, cfg.seed + 1000)
         mark("cohorts", t)
 
@@ -1057,6 +1087,7 @@ def run_demo(cfg: DemoConfig, *, out=print) -> dict[str, Any]:
         result["urls"] = urls
         if not cfg.simulate:
             stages.close()
+            on_ready(result)
             print_access(out, urls, creds, layout, simulated=False)
             wait_until_interrupted(procs)
             return result
@@ -1127,6 +1158,7 @@ def run_demo(cfg: DemoConfig, *, out=print) -> dict[str, Any]:
         result["wall_s"] = round(time.monotonic() - t0, 1)
         stages.close()
 
+        on_ready(result)
         print_headline(out, result["report"]["headline"])
         print_access(out, urls, creds, layout, simulated=True)
         if cfg.keep_running:
@@ -1295,7 +1327,15 @@ def _demo(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    result = run_demo(cfg)
-    if args.json:
-        write_json(args.json, result)
+
+    def save(result: dict) -> None:
+        if args.json:
+            write_json(args.json, result)
+
+    try:
+        save(run_demo(cfg, on_ready=save))
+    except (RuntimeError, TimeoutError, ValueError) as exc:
+        # A stage failed: the child processes are already stopped; say which and why.
+        print(f"slicerank demo: error: {exc}", file=sys.stderr)
+        return 1
     return 0

@@ -1,0 +1,313 @@
+"""``slicerank demo`` end to end at a tiny size, and its pure helpers.
+
+The end-to-end test runs the real command (real Label Studio, Redis, scheduler, ML backend,
+RQ worker, training, analysis) with ``--keep-running``, checks every stage's output against
+the live services while they are up, then presses Ctrl-C and checks nothing is left running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from slicerank import demo
+from slicerank.procs import free_port
+
+# ---------------------------------------------------------------------------------- helpers
+
+
+def test_config_rejects_bad_sizes_naming_the_option(tmp_path):
+    with pytest.raises(ValueError, match="--scans 1: need at least 2 scans"):
+        demo.DemoConfig(out=tmp_path, scans=1)
+    with pytest.raises(ValueError, match="--raters 4"):
+        demo.DemoConfig(out=tmp_path, raters=4)
+    with pytest.raises(ValueError, match="--hours -1"):
+        demo.DemoConfig(out=tmp_path, hours=-1)
+    assert demo.DemoConfig(out=tmp_path).train_preset == "cpu-small"
+    assert demo.DemoConfig(out=tmp_path, gpu=True).train_preset == "gpu"
+
+
+def test_budget_is_equal_time_at_the_study_exchange_rate():
+    from ranking_scheduler.raters import SECONDS_PER_LABEL
+
+    budget = demo.labelling_budget(3323, None)
+    # The study: 5 hours bought 3,323 single labels or about 1,575 ranked batches.
+    assert budget["hours"] == pytest.approx(5.0)
+    assert budget["single_labels"] == 3323
+    assert budget["ranked_batches"] == 1575
+    for n in (1, 7, 49, 50, 501):
+        assert demo.labelling_budget(n, None)["single_labels"] == n
+    assert budget["seconds"] == pytest.approx(3323 * SECONDS_PER_LABEL)
+    # One hour buys 3600 / (18000 / 1575) = 315 batches exactly.
+    assert demo.labelling_budget(10, 1.0)["ranked_batches"] == 315
+
+
+def test_credentials_are_private_and_stable(tmp_path):
+    path = tmp_path / "credentials.json"
+    first = demo.load_credentials(path)
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    assert len(first["api_key"]) == 40 and len(first["webhook_secret"]) >= 12
+    assert demo.load_credentials(path) == first
+
+
+def test_fresh_refuses_to_delete_a_folder_that_is_not_a_demo_run(tmp_path):
+    (tmp_path / "precious.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="refusing to delete"):
+        demo.prepare_out_dir(demo.DemoConfig(out=tmp_path, fresh=True))
+    assert (tmp_path / "precious.txt").exists()
+
+
+def test_ports_are_remembered_between_runs(tmp_path):
+    cfg = demo.DemoConfig(out=tmp_path)
+    state = tmp_path / "state.json"
+    first = demo.choose_ports(cfg, state)
+    assert len(set(first.values())) == 3
+    assert demo.choose_ports(cfg, state) == first
+
+
+def test_cohort_is_reused_and_never_silently_replaced_under_labels(tmp_path):
+    first = demo.stage_cohort(tmp_path / "media", 2, 0)
+    assert not first["reused"] and first["images"] > 0
+    assert sum(first["classes"].values()) == first["images"]
+    again = demo.stage_cohort(tmp_path / "media", 2, 0, labelled=True)
+    assert again["reused"] and again["images"] == first["images"]
+    with pytest.raises(ValueError, match="labelled cohort of 2 scans.*--fresh"):
+        demo.stage_cohort(tmp_path / "media", 3, 0, labelled=True)
+    assert demo.stage_cohort(tmp_path / "media", 3, 0)["images"] > first["images"]
+
+
+def test_redis_url_password_is_redacted():
+    assert demo._redact("redis://:s3cret@host:6379/0") == "redis://:***@host:6379/0"
+    assert demo._redact("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
+def test_annotation_results_have_label_studio_shape():
+    (choice,) = demo.choice_result("lv")
+    assert choice["from_name"] == "slice_class" and choice["value"] == {"choices": ["lv"]}
+    (ranker,) = demo.ranker_result(["a", "b"])
+    assert ranker["type"] == "ranker" and ranker["value"] == {"ranker": {"order": ["a", "b"]}}
+
+
+# ------------------------------------------------------------------------------ end to end
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (from /proc), grandchildren included."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.add(child)
+            todo.append(child)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+class _Output:
+    """Collects a child's output lines on a thread (select() on a buffered pipe can miss lines
+    already read into Python's buffer)."""
+
+    def __init__(self, stream) -> None:
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._pump, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _pump(self, stream) -> None:
+        for line in stream:
+            with self._cond:
+                self.lines.append(line)
+                self._cond.notify_all()
+
+    def text(self) -> str:
+        with self._cond:
+            return "".join(self.lines)
+
+    def wait_for(self, proc: subprocess.Popen, marker: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not any(marker in line for line in self.lines):
+                if proc.poll() is not None and not self._thread.is_alive():
+                    break
+                if time.monotonic() > deadline:
+                    break
+                self._cond.wait(1.0)
+            text = "".join(self.lines)
+        if marker not in text:
+            raise AssertionError(
+                f"demo never printed {marker!r} (exit {proc.poll()}):\n{text[-6000:]}"
+            )
+        return text
+
+
+def _tasks(http, url: str, project: int) -> list[dict]:
+    resp = http.get(
+        f"{url}/api/tasks", params={"project": project, "page_size": 1000, "fields": "all"}
+    )
+    resp.raise_for_status()
+    return resp.json()["tasks"]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_demo_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    summary_path = tmp_path / "demo.json"
+    # Nothing answers at REDIS_URL, so the demo starts its own redis-server (a private one
+    # also keeps other tests' flushes of the shared Redis away from its jobs).
+    env = dict(os.environ, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "slicerank", "demo", "--out", str(out), "--scans", "4",
+         "--test-scans", "2", "--epochs", "1", "--keep-running", "--json", str(summary_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )  # fmt: skip
+    try:
+        output = _Output(proc.stdout)
+        printed = output.wait_for(proc, "services are running", timeout=780)
+        result = json.loads(summary_path.read_text())
+        assert result["redis"]["started"] is True
+        creds = json.loads((out / "credentials.json").read_text())
+        ls_url = result["label_studio"]["url"]
+        projects = result["provision"]["projects"]
+        n_images = result["cohort"]["images"]
+        # What a person needs is printed: where to go and who to log in as.
+        assert ls_url in printed and creds["username"] in printed
+        assert result["urls"]["dashboard"] in printed
+        # No secret is printed or written into the summary.
+        for key in ("password", "api_key", "webhook_secret", "backend_pass"):
+            assert creds[key] not in printed
+            assert creds[key] not in summary_path.read_text()
+
+        with httpx.Client(
+            headers={"Authorization": f"Token {creds['api_key']}"}, timeout=60
+        ) as http:
+            # Projects exist, with tasks and annotations from the simulated clinicians.
+            titles = {
+                p["title"]: p["id"]
+                for p in http.get(f"{ls_url}/api/projects", params={"page_size": 100}).json()[
+                    "results"
+                ]
+            }
+            assert {titles[f"slicerank {k}"] for k in ("Rank", "Classify", "Boundary")} == set(
+                projects.values()
+            )
+            classify = _tasks(http, ls_url, projects["Classify"])
+            rank = _tasks(http, ls_url, projects["Rank"])
+            boundary = _tasks(http, ls_url, projects["Boundary"])
+            assert len(classify) == n_images
+            assert sum(t["total_annotations"] for t in classify) == result["classify"]["labels"]
+            assert result["classify"]["labels"] >= n_images  # one label per image's time
+            assert sum(t["total_annotations"] for t in rank) == result["ranking"]["ranked_batches"]
+            assert result["ranking"]["ranked_batches"] > 0
+            assert (
+                sum(t["total_annotations"] for t in boundary)
+                == result["ranking"]["boundary_labels"]
+            )
+            # Three different clinicians did the ranking.
+            raters = {a["completed_by"] for t in rank for a in t["annotations"]}
+            assert len(raters) == 3
+
+            # The scheduler's submission log matches Label Studio, annotation for annotation.
+            from ranking_scheduler.store import SubmissionStore
+
+            store = SubmissionStore(f"sqlite:///{out / 'scheduler' / 'scheduler.sqlite3'}")
+            try:
+                logged = {
+                    kind: {s.annotation_id for s in store.effective_submissions(kind)}
+                    for kind in ("rank", "boundary")
+                }
+            finally:
+                store.close()
+            assert logged["rank"] == {a["id"] for t in rank for a in t["annotations"]}
+            assert logged["boundary"] == {a["id"] for t in boundary for a in t["annotations"]}
+            for task in rank:
+                for ann in task["annotations"]:
+                    order = ann["result"][0]["value"]["ranker"]["order"]
+                    assert sorted(order) == sorted(i["id"] for i in task["data"]["images"])
+
+            # Both models are registered, each with its label source.
+            from ml_backend.registry import ModelRegistry
+
+            versions = {v.name: v for v in ModelRegistry(out / "models").versions()}
+            for name, source in (("one-at-a-time", "classify"), ("ranking", "ranking")):
+                model = result["models"][name]
+                assert model["model_version"] in versions
+                label_source = versions[model["model_version"]].read_json("label_source")
+                assert label_source["source"] == source
+
+            # The new model's predictions are pre-annotations on every Classify task.
+            classify_version = result["models"]["one-at-a-time"]["model_version"]
+            with_prediction = [
+                t
+                for t in classify
+                if any(p["model_version"] == classify_version for p in t.get("predictions", []))
+            ]
+            assert len(with_prediction) == n_images
+
+            # The dashboard answers with the secret and refuses without it.
+            stats_url = f"{result['services']['scheduler_url']}/api/stats"
+            assert httpx.get(stats_url).status_code == 401
+            stats = httpx.get(
+                stats_url, headers={"Authorization": f"Bearer {creds['webhook_secret']}"}
+            )
+            assert stats.status_code == 200
+
+        # The report is written, with the held-out comparison and McNemar's test.
+        report = result["report"]
+        text = Path(report["markdown"]).read_text()
+        assert "McNemar" in text
+        assert Path(report["html"]).stat().st_size > 1000
+        assert all(Path(f).stat().st_size > 1000 for f in report["figures"])
+        head = report["headline"]
+        assert head["n_images"] == result["testset"]["images"]
+        assert set(head["models"]) == {"one-at-a-time", "ranking"}
+        (comparison,) = head["comparisons"]
+        assert 0.0 <= comparison["mcnemar_binary_p"] <= 1.0
+        assert Path(result["label_report"]["markdown"]).exists()
+
+        # Ctrl-C stops every child process, grandchildren included.
+        before = _descendants(proc.pid)
+        assert len(before) >= 4  # Label Studio, scheduler, backend, worker (+ their children)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(90)
+        assert proc.returncode == 0, output.text()[-3000:]
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(_alive(p) for p in before):
+            time.sleep(0.2)
+        assert not [p for p in before if _alive(p)], "child processes outlived the demo"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+        for pid in _descendants(proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
