@@ -61,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--consensus", help="scheduler consensus.json (ranking source; env SLICERANK_CONSENSUS)"
     )
     p.add_argument("--soft", action="store_true", help="train on the consensus class probabilities")
-    p.add_argument("--preset", help="study, gpu or cpu-small (env SLICERANK_TRAIN_PRESET)")
+    p.add_argument("--preset", help="auto, study, gpu or cpu-small (env SLICERANK_TRAIN_PRESET)")
     p.add_argument("--epochs", type=int, help="override the preset's epochs")
     p.add_argument("--seeds", type=int, help="number of seeds (0..N-1), overriding the preset")
     p.add_argument("--no-predictions", action="store_true", help="do not write predictions to LS")
@@ -109,6 +109,7 @@ def _worker(args: argparse.Namespace) -> int:
     settings = _settings(args)
     # The job reads its own settings from this environment; pass the overrides on.
     os.environ["MODEL_DIR"] = str(settings.model_dir)
+    os.environ["SLICERANK_DEVICE"] = settings.device
     if settings.media_root:
         os.environ["SLICERANK_MEDIA_ROOT"] = str(settings.media_root)
     run_worker(
@@ -140,7 +141,7 @@ def _train(args: argparse.Namespace) -> int:
             preset=settings.preset,
             media_root=str(Path(settings.media_root).resolve()) if settings.media_root else None,
             model_dir=str(Path(settings.model_dir).resolve()),
-            device=settings.device,
+            device=args.device or "auto",
             epochs=args.epochs,
             seeds=tuple(range(args.seeds)) if args.seeds else None,
             write_predictions=not args.no_predictions,

@@ -55,9 +55,11 @@ class TrainRequest:
     labels_path: str | None = None
     consensus_path: str | None = None
     soft_targets: bool = False
-    preset: str = "study"
+    #: A preset name, or "auto" ("gpu" when the worker trains on CUDA, else "study").
+    preset: str = "auto"
     media_root: str | None = None
     model_dir: str = "runs/models"
+    #: "auto" = the worker's own SLICERANK_DEVICE (itself "auto": CUDA when present).
     device: str = "auto"
     epochs: int | None = None
     seeds: tuple[int, ...] | None = None
@@ -287,14 +289,19 @@ def _train(request: TrainRequest, settings, progress: _Progress) -> dict[str, An
     from ml_backend.settings import resolve_device
     from ml_backend.train import run_protocol
 
-    config = get_preset(request.preset)
+    # The worker, not the enqueuer, knows its hardware: "auto" defers to its environment.
+    device_name = request.device if request.device != "auto" else settings.device
+    device = torch.device(resolve_device(device_name))
+    preset = request.preset
+    if preset == "auto":
+        preset = "gpu" if device.type == "cuda" else "study"
+    config = get_preset(preset)
     changes: dict[str, Any] = {"soft_targets": request.soft_targets}
     if request.epochs:
         changes["epochs"] = request.epochs
     if request.seeds:
         changes["seeds"] = tuple(request.seeds)
     config = config.replace(**changes)
-    device = torch.device(resolve_device(request.device))
     if device.type != "cuda" and (config.amp or config.data_on_device):
         log.warning("preset %s asks for CUDA features but runs on %s", config.name, device)
     ls_url = request.label_studio_url or settings.label_studio_url

@@ -160,7 +160,8 @@ class SliceClassifier:
             preset=self.settings.preset,
             media_root=str(self.settings.media_root) if self.settings.media_root else None,
             model_dir=str(self.settings.model_dir),
-            device=self.settings.device,
+            # The backend's own device is for inference; the worker picks the training one.
+            device="auto",
             label_studio_url=self.settings.label_studio_url,
         )
         result = enqueue_training(

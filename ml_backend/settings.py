@@ -35,8 +35,9 @@ class BackendSettings:
     basic_auth_pass: str = field(default="", repr=False)
     #: "auto" picks CUDA when available, else CPU.
     device: str = "auto"
-    #: Training preset name (see ``ml_backend.config.PRESETS``).
-    preset: str = "study"
+    #: Training preset name (see ``ml_backend.config.PRESETS``); "auto" lets the worker pick
+    #: "gpu" on CUDA and "study" otherwise.
+    preset: str = "auto"
     #: Serve this registry version instead of the newest one.
     model_version: str = ""
     #: Default label source for training started from Label Studio.
@@ -77,7 +78,7 @@ class BackendSettings:
             basic_auth_user=environ.get("BASIC_AUTH_USER", ""),
             basic_auth_pass=environ.get("BASIC_AUTH_PASS", ""),
             device=environ.get("SLICERANK_DEVICE", "auto"),
-            preset=environ.get("SLICERANK_TRAIN_PRESET", "study"),
+            preset=environ.get("SLICERANK_TRAIN_PRESET", "auto"),
             model_version=environ.get("SLICERANK_MODEL_VERSION", ""),
             label_source=label_source,
             consensus_path=opt_path("SLICERANK_CONSENSUS"),

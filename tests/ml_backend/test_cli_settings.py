@@ -18,7 +18,7 @@ def test_settings_from_env_with_defaults_and_clear_errors():
         Path("runs/models"),
         "slicerank-train",
         None,
-        "study",
+        "auto",
     )
     s = BackendSettings.from_env({
         "LABEL_STUDIO_URL": "http://ls:8080/", "LABEL_STUDIO_API_KEY": "tok", "MODEL_DIR": "/m",

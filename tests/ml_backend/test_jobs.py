@@ -214,3 +214,20 @@ def test_ranking_consensus_with_soft_targets_trains_and_registers(setup):
     assert version.name == "v0001-ranking"
     assert version.read_json("config")["soft_targets"] is True
     assert version.read_json("label_source")["consensus_path"] == str(consensus)
+
+
+def test_auto_preset_and_device_are_decided_by_the_worker(setup, monkeypatch):
+    import ml_backend.train as train_mod
+
+    seen = {}
+
+    def capture(config, train, val, test, device, **kwargs):
+        seen.update(preset=config.name, device=str(device), crop=train.images.shape[-1])
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(train_mod, "run_protocol", capture)
+    monkeypatch.setenv("SLICERANK_DEVICE", "cpu")  # the worker's own setting
+    with pytest.raises(RuntimeError, match="stop here"):
+        train_job(request(setup, preset="auto", device="auto").to_dict())
+    # No CUDA here: the study recipe on the CPU, images framed at the study's 256 px.
+    assert seen == {"preset": "study", "device": "cpu", "crop": 256}
