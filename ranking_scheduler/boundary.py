@@ -4,11 +4,12 @@ The study "probed" the finished ranking for the inflection points between ``too_
 ``lv`` and between ``lv`` and ``too_apical``. We do it with as few absolute labels as we can:
 each cut is a position ``k`` on the ordinal list of *seen* images (``k`` images lie on the
 basal side of it), with a posterior over the ``m + 1`` possible positions. Asking an expert to
-classify the image at rank ``r`` tells which side of each cut it lies on; the answer is trusted
-with probability ``1 - error_rate``, so one wrong answer bends the posterior instead of
-breaking it (Horstein's scheme, analysed by Waeber, Frazier & Henderson 2013, "Bisection
-search with noisy responses"). The next question goes to the image at the posterior median of
-the less settled cut.
+classify the image at rank ``r`` tells which side of each cut it lies on, but only noisily:
+near a cut experts disagree, and any answer can be a lapse. The response model (see
+``cut_posterior``) is a lapse plus a probit whose width is itself uncertain, so one wrong
+answer bends the posterior instead of breaking it (probabilistic bisection: Horstein's scheme,
+analysed by Waeber, Frazier & Henderson 2013, "Bisection search with noisy responses"). The
+next question goes to the image at the posterior median of the less settled cut.
 
 Labels are stored per image, not per rank: the ranking keeps changing while batches arrive,
 so the posteriors are recomputed on the current list whenever they are needed (O(m + labels)
@@ -26,13 +27,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import logsumexp, ndtr
 
 CUTS = ("basal_lv", "lv_apical")
 """Names of the two cuts: between too_basal|lv and between lv|too_apical."""
 STUDY_CLASS_MIX = (665 / 3323, 2413 / 3323, 245 / 3323)
 """The study's one-image-at-a-time class mix (too_basal, lv, too_apical)."""
-ERROR_RATE = 0.15
-"""Assumed chance that an absolute answer falls on the wrong side of a cut."""
+ERROR_RATE = 0.03
+"""Assumed chance that an absolute answer has nothing to do with the image (a lapse)."""
+WIDTHS = (0.0, 0.005, 0.01, 0.02, 0.04)
+"""Candidate widths (fractions of the list) of the zone where experts disagree about a cut."""
 PRIOR_WEIGHT = 0.5
 """Share of the cut prior in the normal bump at the class-mix quantile (rest uniform)."""
 PRIOR_SD = 0.08
@@ -80,10 +84,18 @@ def cut_posterior(
     *,
     prior_center: float,
     error_rate: float = ERROR_RATE,
+    widths: Sequence[float] = WIDTHS,
     prior_weight: float = PRIOR_WEIGHT,
     prior_sd: float = PRIOR_SD,
 ) -> CutPosterior:
     """Posterior over a cut's position on a list of ``m`` images.
+
+    The chance that an expert puts the image at rank ``r`` on the basal side of a cut at
+    position ``k`` is ``e + (1 - 2e) Phi((k - r - 1/2) / (w m))``: a lapse ``e`` plus a probit
+    of the distance in list fractions with width ``w``. ``w = 0`` is the classic step
+    (Horstein); the posterior averages over ``widths`` with equal weight, so consistent
+    answers pin the cut exactly while answers that disagree near the cut (experts do, there:
+    inter-rater kappa 0.77) widen it instead of sending it astray.
 
     Parameters
     ----------
@@ -100,18 +112,18 @@ def cut_posterior(
     frac = pos / max(m, 1)
     bump = np.exp(-0.5 * ((frac - prior_center) / prior_sd) ** 2)
     prior = (1 - prior_weight) / (m + 1) + prior_weight * bump / bump.sum()
-    log_post = np.log(prior)
-    # Difference array: each answer adds log(1-e) on the consistent side, log(e) elsewhere.
-    diff = np.zeros(m + 2)
-    good, bad = np.log(1 - error_rate), np.log(error_rate)
-    for r, basal in zip(labelled_ranks, basal_side, strict=True):
-        if basal:  # image before the cut: consistent positions are k >= r + 1
-            diff[0] += bad
-            diff[r + 1] += good - bad
-        else:  # image after the cut: consistent positions are k <= r
-            diff[0] += good
-            diff[r + 1] += bad - good
-    log_post += np.cumsum(diff)[: m + 1]
+    logs = []
+    for w in widths:
+        loglik = np.zeros(m + 1)
+        for r, basal in zip(labelled_ranks, basal_side, strict=True):
+            if w <= 0:
+                p_basal = np.where(pos >= r + 1, 1.0, 0.0)
+            else:
+                p_basal = ndtr((pos - r - 0.5) / (w * max(m, 1)))
+            p = error_rate + (1 - 2 * error_rate) * (p_basal if basal else 1.0 - p_basal)
+            loglik += np.log(p)
+        logs.append(loglik)
+    log_post = np.log(prior) + logsumexp(np.vstack(logs), axis=0)
     log_post -= log_post.max()
     p = np.exp(log_post)
     return CutPosterior(p / p.sum())

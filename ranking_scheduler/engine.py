@@ -38,6 +38,10 @@ N_ANCHORS = 2
 """Settled images placed next to the cuts in each ``bayes`` batch."""
 CANDIDATES = 256
 """Seen and unseen images each scored per ``bayes`` batch (the rest are ranked out by risk)."""
+OWN_VIEW_WEIGHT = 0.6
+"""Value of a view by a rater who has already ranked the image, relative to a fresh rater."""
+QUERY_WINDOW = 0.005
+"""Boundary questions go to the best-known image within this fraction of the list of the cut."""
 MAX_PENDING = 4
 """Boundary questions left unanswered beyond this many are forgotten (the oldest first)."""
 
@@ -46,7 +50,7 @@ _GH_W = _GH_W / _GH_W.sum()
 
 _OPTIONS = {
     "paper": {"tau", "view_slack"},
-    "bayes": {"target_misclassified", "n_anchors", "default_beta", "dynamics"},
+    "bayes": {"target_misclassified", "n_anchors", "default_beta", "dynamics", "coverage_first"},
     "random": {"default_beta", "dynamics"},
 }
 _COMMON_OPTIONS = {"class_mix", "boundary_budget", "boundary_error_rate"}
@@ -69,7 +73,7 @@ class RankingEngine:
         Seeds the tie-breaking and random choices.
     **options
         ``class_mix`` (3 fractions, prior for where the cuts lie; default the study's mix),
-        ``boundary_budget`` (absolute labels, default 40), ``boundary_error_rate`` (0.15);
+        ``boundary_budget`` (absolute labels, default 40), ``boundary_error_rate`` (lapse, 0.03);
         ``paper``: ``tau``, ``view_slack``; ``bayes``: ``target_misclassified`` (0.01),
         ``n_anchors`` (2), ``default_beta``, ``dynamics``; ``random``: ``default_beta``,
         ``dynamics``.
@@ -139,10 +143,12 @@ class RankingEngine:
         self._err = err
         self._target_mis = target_mis
         self._n_anchors = n_anchors
+        self._coverage_first = bool(options.get("coverage_first", False))
         self._labels: list[tuple[int, str]] = []
         self._pending: dict[int, str] = {}
         self._queries = dict.fromkeys(bnd.CUTS, 0)
         self._discord: dict[str, list[int]] = {}
+        self._rater_seen: dict[str, np.ndarray] = {}
         self._cut_cache: dict[bool, tuple[tuple[int, int], Any]] = {}
         if strategy == "paper":
             self._paper = PaperModel(
@@ -284,7 +290,7 @@ class RankingEngine:
             take = min(k, cand.size)
             chosen = list(self._rng.choice(cand, size=take, replace=False)) if take else []
         else:
-            chosen = self._bayes_select(available, jitter)
+            chosen = self._bayes_select(rater, available, jitter)
         if len(chosen) < k:
             # Pool exhausted by open batches: reuse images that are open least often.
             rest = np.ones(self._n, dtype=bool)
@@ -299,7 +305,7 @@ class RankingEngine:
         self._in_open[chosen] += 1
         return [self._ids[i] for i in chosen]
 
-    def _bayes_select(self, available: np.ndarray, jitter: np.ndarray) -> list[int]:
+    def _bayes_select(self, rater: str, available: np.ndarray, jitter: np.ndarray) -> list[int]:
         cuts = self._cuts(fresh=False)
         seen = self._views > 0
         n_seen = int(seen.sum())
@@ -320,9 +326,17 @@ class RankingEngine:
             unseen_c = unseen_c[np.argpartition(jitter[unseen_c], pool - 1)[:pool]]
         cand = np.concatenate([seen_c, unseen_c])
         value = self._view_value(cand, cuts) + jitter[cand] * 1e-9
+        mine = self._rater_seen.get(rater)
+        if mine is not None:
+            # A rater's errors are partly persistent: another rater's view is worth more.
+            value = np.where(mine[cand], value * OWN_VIEW_WEIGHT, value)
+        if self._coverage_first:
+            # Unseen images first: a first view is worth far more than the preposterior says
+            # for a seen image (which ignores the raters' persistent errors), and an image
+            # nobody has seen can only be guessed from the class mix.
+            value = value + (~seen[cand]) * 1.0
         take = min(n_new, cand.size)
-        picked = cand[np.argsort(-value, kind="stable")[:take]]
-        chosen = [int(x) for x in picked]
+        chosen = self._group_pick(cand, value, seen, cuts, take)
         if n_anchor:
             chosen += self._anchors(chosen, n_anchor, available & seen, cuts)
         if len(chosen) < self.batch_size:
@@ -332,6 +346,30 @@ class RankingEngine:
             extra = rest[np.argsort(-mis[rest], kind="stable")[: self.batch_size - len(chosen)]]
             chosen += [int(x) for x in extra]
         return chosen
+
+    def _group_pick(
+        self, cand: np.ndarray, value: np.ndarray, seen: np.ndarray, cuts: dict[str, Any], take: int
+    ) -> list[int]:
+        """The ``take`` most valuable candidates, drawn from one group where possible.
+
+        Groups: unseen images, and seen images by the cut they are most uncertain about. A
+        batch of images near the same cut is a local sort there: every one of its 28 pairs is
+        informative, where a mixed batch spends most pairs on comparisons whose outcome is
+        already known.
+        """
+        mean, sd = self._score_arrays()
+        z = np.vstack([np.abs(mean[cand] - cuts[c]["score"]) / sd[cand] for c in bnd.CUTS])
+        group = np.where(seen[cand], np.argmin(z, axis=0), 2)
+        order = np.argsort(-value, kind="stable")
+        best_group, best_sum = None, -1.0
+        for g in (0, 1, 2):
+            top = order[group[order] == g][:take]
+            total = float(value[top].sum())
+            if top.size and total > best_sum:
+                best_group, best_sum = g, total
+        first = order[group[order] == best_group][:take]
+        rest = order[group[order] != best_group][: take - first.size]
+        return [int(cand[k]) for k in np.concatenate([first, rest])]
 
     def _view_value(self, cand: np.ndarray, cuts: dict[str, Any]) -> np.ndarray:
         """Expected drop in misclassification probability from one more view of each image.
@@ -419,6 +457,8 @@ class RankingEngine:
         else:
             self._bayes.update(idx, rater)
         self._views[idx] += 1
+        if self.strategy == "bayes":
+            self._rater_seen.setdefault(rater, np.zeros(self._n, dtype=bool))[idx] = True
         self._batches += 1
         if batch_id is not None:
             self._close(batch_id)
@@ -543,7 +583,24 @@ class RankingEngine:
         seen_order = cuts["seen_order"]
         asked = {i for i, _ in self._labels} | set(self._pending)
         pos = cuts[best]["position"]
-        # The image just after / just before the cut, moving outwards past asked ones.
+        # Among the unasked images within a small window of the cut, the one whose score is
+        # best known: an answer about an image whose place in the list is itself uncertain
+        # says less about where the cut lies.
+        _, sd = self._score_arrays()
+        half = max(1, int(QUERY_WINDOW * m))
+        window = [
+            int(seen_order[r])
+            for r in range(max(0, pos - half), min(m, pos + half))
+            if int(seen_order[r]) not in asked
+        ]
+        if window:
+            image = min(window, key=lambda i: (float(sd[i]), i))
+            if len(self._pending) >= MAX_PENDING:
+                self._pending.pop(next(iter(self._pending)))
+            self._pending[image] = best
+            self._queries[best] += 1
+            return self._ids[image]
+        # Otherwise the image just after / just before the cut, moving outwards.
         for step in range(m):
             for r in (pos + step, pos - 1 - step):
                 if 0 <= r < m and int(seen_order[r]) not in asked:
