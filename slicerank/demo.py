@@ -25,6 +25,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -501,6 +502,10 @@ def ensure_ml_backend(client, project_id: int, url: str, auth: tuple[str, str]) 
 # --------------------------------------------------------------------------------------------
 
 
+class TaskGone(LookupError):
+    """The task was deleted before the simulated rater answered it."""
+
+
 class LabelStudioREST:
     """The few REST calls the labelling UI makes, with the API token (httpx client passed in)."""
 
@@ -555,12 +560,23 @@ class LabelStudioREST:
         return out
 
     def annotate(self, task_id: int, result: list[dict], user_id: int, lead_time: float) -> dict:
-        """Post one annotation as ``user_id`` (the submit button's call)."""
-        return self._call(
-            "POST",
-            f"/api/tasks/{task_id}/annotations/",
+        """Post one annotation as ``user_id`` (the submit button's call).
+
+        Raises :class:`TaskGone` when the task no longer exists (the scheduler retired it).
+        """
+        resp = self.http.post(
+            f"{self.url}/api/tasks/{task_id}/annotations/",
+            headers=self.headers,
             json={"result": result, "completed_by": user_id, "lead_time": lead_time},
         )
+        if resp.status_code == 404:
+            raise TaskGone(task_id)
+        if resp.status_code >= 400:
+            raise RuntimeError(
+                f"Label Studio refused an annotation on task {task_id}: "
+                f"{resp.status_code} {resp.text[:300]}"
+            )
+        return resp.json()
 
 
 def choice_result(label: str) -> list[dict]:
@@ -635,23 +651,23 @@ def simulate_classify(
         raise RuntimeError(f"Classify project {project_id} has no tasks: provisioning failed")
     existing = sum(int(t.get("total_annotations") or 0) for t in tasks)
     progress(min(existing, n_labels))
-    done = existing
     by_count = sorted(tasks, key=lambda t: (int(t.get("total_annotations") or 0), t["id"]))
     raters = panel.raters
-    i = 0
-    while done < n_labels:
-        task = by_count[i % len(by_count)]
-        rater = raters[done % len(raters)]
-        image_id = task["data"]["image_id"]
-        rest.annotate(
-            task["id"],
-            choice_result(rater.classify(image_id)),
-            user_ids[rater.name],
-            SECONDS_PER_LABEL,
-        )
-        done += 1
-        i += 1
-        progress(1)
+    # Who labels what is fixed up front; each rater then works through its own share on its
+    # own thread, as clinicians would in parallel (each rater's draws stay deterministic).
+    plan: dict[str, list[dict]] = {r.name: [] for r in raters}
+    for k in range(max(0, n_labels - existing)):
+        plan[raters[(existing + k) % len(raters)].name].append(by_count[k % len(by_count)])
+
+    def work(rater) -> int:
+        for task in plan[rater.name]:
+            label = rater.classify(task["data"]["image_id"])
+            rest.annotate(task["id"], choice_result(label), user_ids[rater.name], SECONDS_PER_LABEL)
+            progress(1)
+        return len(plan[rater.name])
+
+    with ThreadPoolExecutor(max_workers=len(raters)) as pool:
+        done = existing + sum(pool.map(work, raters))
     return {"labels": done, "labels_before": existing, "tasks": len(tasks)}
 
 
@@ -669,58 +685,60 @@ def simulate_ranking(
     """Multiple-image ranking: raters take turns on the scheduler's open Rank tasks.
 
     Each ranked batch costs ``SECONDS_PER_BATCH`` of the budget and each boundary answer
-    ``SECONDS_PER_LABEL``; annotations already in Label Studio count. Stops when the budget is
-    spent, or when the scheduler has published its classes and no question is left open.
+    ``SECONDS_PER_LABEL``; annotations already in Label Studio count. Boundary questions are
+    answered first. Stops when the budget is spent, or when the scheduler has published its
+    classes (its stopping rule held and every boundary question was answered).
     """
     from ranking_scheduler.raters import SECONDS_PER_BATCH, SECONDS_PER_LABEL
 
     rank_pid, boundary_pid = projects["Rank"], projects["Boundary"]
-
-    def spent_so_far() -> tuple[int, int]:
-        ranked = sum(int(t.get("total_annotations") or 0) for t in rest.tasks(rank_pid))
-        answered = sum(int(t.get("total_annotations") or 0) for t in rest.tasks(boundary_pid))
-        return ranked, answered
-
-    batches, boundary = spent_so_far()
+    batches = sum(int(t.get("total_annotations") or 0) for t in rest.tasks(rank_pid))
+    boundary = sum(int(t.get("total_annotations") or 0) for t in rest.tasks(boundary_pid))
     spent = batches * SECONDS_PER_BATCH + boundary * SECONDS_PER_LABEL
     progress(min(spent, budget_seconds))
     turn = batches + boundary
     idle_since = time.monotonic()
     stop_reason = "budget spent"
+    # Open Rank tasks from the last listing: listing the growing project after every
+    # submission would cost more than the submission itself. A task the scheduler retired
+    # meanwhile answers 404 and is skipped.
+    queue: list[dict] = []
+    gone = 0
     while spent < budget_seconds:
         check_alive()
         rater = panel.raters[turn % len(panel.raters)]
         open_boundary = [t for t in rest.tasks(boundary_pid) if is_open(t)]
-        open_rank = [] if open_boundary else [t for t in rest.tasks(rank_pid) if is_open(t)]
         if open_boundary:
             task = open_boundary[0]
             label = rater.classify(task["data"]["image_id"])
-            rest.annotate(task["id"], choice_result(label), user_ids[rater.name], SECONDS_PER_LABEL)
-            boundary += 1
-            cost = SECONDS_PER_LABEL
-        elif open_rank:
-            task = open_rank[0]
-            ids = [item["id"] for item in task["data"]["images"]]
-            order = rater.rank(ids)
-            rest.annotate(task["id"], ranker_result(order), user_ids[rater.name], SECONDS_PER_BATCH)
-            batches += 1
-            cost = SECONDS_PER_BATCH
+            kind, result, cost = "boundary", choice_result(label), SECONDS_PER_LABEL
         else:
-            stats = scheduler_stats()
-            if (
-                stats.get("published")
-                or stats.get("progress", {}).get("done")
-                and not stats.get("boundary_pending", True)
-            ):
-                stop_reason = "scheduler finished"
-                break
-            if time.monotonic() - idle_since > wait_s:
-                raise TimeoutError(
-                    f"no open Rank or Boundary task for {wait_s:.0f} s and the scheduler has not "
-                    f"published its classes; scheduler stats: {json.dumps(stats)[:500]}"
-                )
-            time.sleep(0.2)
+            if not queue:
+                queue = [t for t in rest.tasks(rank_pid) if is_open(t)]
+            if not queue:
+                stats = scheduler_stats()
+                if (stats.get("service") or {}).get("published"):
+                    stop_reason = "scheduler finished and published its classes"
+                    break
+                if time.monotonic() - idle_since > wait_s:
+                    raise TimeoutError(
+                        f"no open Rank or Boundary task for {wait_s:.0f} s and the scheduler "
+                        f"has not published its classes; its stats: {json.dumps(stats)[:500]}"
+                    )
+                time.sleep(0.2)
+                continue
+            task = queue.pop(0)
+            order = rater.rank([item["id"] for item in task["data"]["images"]])
+            kind, result, cost = "rank", ranker_result(order), SECONDS_PER_BATCH
+        try:
+            rest.annotate(task["id"], result, user_ids[rater.name], cost)
+        except TaskGone:
+            gone += 1
             continue
+        if kind == "rank":
+            batches += 1
+        else:
+            boundary += 1
         idle_since = time.monotonic()
         spent += cost
         turn += 1
@@ -731,6 +749,7 @@ def simulate_ranking(
         "seconds": spent,
         "hours": spent / 3600,
         "stop_reason": stop_reason,
+        "retired_before_answer": gone,
     }
 
 
@@ -982,6 +1001,20 @@ def stage_label_report(
 # --------------------------------------------------------------------------------------------
 
 
+def whole_seconds(update: Callable[[int], object]) -> Callable[[float], None]:
+    """Feed fractional seconds to a progress bar that counts whole ones."""
+    state = {"exact": 0.0, "shown": 0}
+
+    def add(seconds: float) -> None:
+        state["exact"] += seconds
+        step = int(state["exact"]) - state["shown"]
+        if step > 0:
+            state["shown"] += step
+            update(step)
+
+    return add
+
+
 def _bar(total: float, desc: str, unit: str = "it"):
     from tqdm import tqdm
 
@@ -1113,7 +1146,7 @@ def run_demo(
         result["ranking"] = simulate_ranking(
             rest, projects, panel, user_ids, budget["seconds"],
             scheduler_stats_fn(http, services["scheduler_url"], creds["webhook_secret"]),
-            procs.check_alive, lambda s: bar.update(round(s, 3)),
+            procs.check_alive, whole_seconds(bar.update),
         )  # fmt: skip
         bar.close()
         result["consensus"] = stage_consensus(
