@@ -37,17 +37,17 @@ DEFAULT_BETA = 0.15
 DYNAMICS = 0.005
 """Variance added before each update: a floor that keeps the posterior from over-committing
 when raters' errors are partly persistent (the model assumes fresh noise per view)."""
-EP_SWEEPS = 8
+EP_SWEEPS = 6
 """Maximum forward/backward sweeps of the chain schedule per ranking."""
-EP_TOL = 1e-7
+EP_TOL = 1e-4
 """Sweeps stop once no message mean moves by more than this."""
-RATER_WINDOW = 4000
+RATER_WINDOW = 1500
 """Pairs per rater kept for the noise estimate."""
 REFIT_EVERY = 32
 """Submissions between refits of the per-rater noise."""
 MIN_PAIRS = 500
 """Pairs a rater needs before their own noise estimate replaces the default."""
-BETA_GRID = np.geomspace(0.02, 2.0, 48)
+BETA_GRID = np.geomspace(0.02, 2.0, 32)
 """Candidate noise levels for the per-rater fit."""
 BETA_PRIOR_SD = 0.7
 """Sd of the log-normal prior (around the default) that keeps early fits from running off: while

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import logsumexp, ndtr
+from scipy.special import ndtr
 
 CUTS = ("basal_lv", "lv_apical")
 """Names of the two cuts: between too_basal|lv and between lv|too_apical."""
@@ -112,6 +112,8 @@ def cut_posterior(
     frac = pos / max(m, 1)
     bump = np.exp(-0.5 * ((frac - prior_center) / prior_sd) ** 2)
     prior = (1 - prior_weight) / (m + 1) + prior_weight * bump / bump.sum()
+    if not len(labelled_ranks):
+        return CutPosterior(prior / prior.sum())
     logs = []
     for w in widths:
         loglik = np.zeros(m + 1)
@@ -123,7 +125,10 @@ def cut_posterior(
             p = error_rate + (1 - 2 * error_rate) * (p_basal if basal else 1.0 - p_basal)
             loglik += np.log(p)
         logs.append(loglik)
-    log_post = np.log(prior) + logsumexp(np.vstack(logs), axis=0)
+    stacked = np.vstack(logs)
+    top = stacked.max(axis=0)
+    # log-sum-exp over the widths (equal prior weight), without scipy's per-call overhead.
+    log_post = np.log(prior) + top + np.log(np.exp(stacked - top).sum(axis=0))
     log_post -= log_post.max()
     p = np.exp(log_post)
     return CutPosterior(p / p.sum())
