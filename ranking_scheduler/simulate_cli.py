@@ -65,6 +65,12 @@ def register_bench(bench_subparsers: argparse._SubParsersAction) -> None:
         default=3,
         help="seeds per value of the absolute-vs-comparison difficulty sweep (0: skip)",
     )
+    p.add_argument(
+        "--holdout-seeds",
+        type=int,
+        default=10,
+        help="further seeds (1000..) not looked at while tuning the engine (0: skip)",
+    )
     p.add_argument("--skip-study", action="store_true", help="speed numbers only")
     p.add_argument("--out", default="runs/bench/engine", help="folder for tables and plots")
     p.add_argument("--json", help="write all numbers here")
@@ -292,6 +298,7 @@ def _bench(args: argparse.Namespace) -> int:
         result["study_curves"] = {
             name: [r["curve"] for r in runs] for name, runs in st["runs"].items()
         }
+        write_json(out / "engine.json", result)  # keep what is done if a later phase fails
         if args.holdout_seeds > 0:
             # The engine's defaults were tuned while looking at seeds 0..9; these were not.
             held = list(range(1000, 1000 + args.holdout_seeds))
@@ -303,6 +310,7 @@ def _bench(args: argparse.Namespace) -> int:
             (out / "study_holdout.md").write_text(study_table(ho))
             print(study_table(ho))
             result["study_holdout"] = {k: v for k, v in ho.items() if k != "runs"}
+            write_json(out / "engine.json", result)
         sweep = []
         for h in (1.0, 1.5, 2.0, 3.0) if args.sweep_seeds > 0 else ():
             params = RaterParams(abs_difficulty=h, cuts=cohort.cuts)

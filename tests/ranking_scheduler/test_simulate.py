@@ -93,3 +93,11 @@ def test_compare_writes_table_plot_and_json(tmp_path):
     cap = result["checks"][0]
     assert cap["cap_batches"] == int(0.4 * cap["paper_batches"])
     assert cap["bayes_capped_batches"] <= cap["cap_batches"]
+
+
+def test_bench_engine_target_and_its_options():
+    from slicerank.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "engine", "--seeds", "12", "--holdout-seeds", "0"])
+    assert (args.seeds, args.holdout_seeds, args.sweep_seeds) == (12, 0, 3)
+    assert callable(args.func)
