@@ -317,6 +317,8 @@ def port_is_free(host: str, port: int) -> bool:
     import socket
 
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As the servers themselves do: connections of the last run in TIME_WAIT do not count.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
@@ -448,15 +450,26 @@ def remove_stale_endpoints(
 ) -> list[str]:
     """Delete webhooks and ML backends an earlier run registered on other ports.
 
-    Label Studio would otherwise keep calling a dead address on every annotation.
+    Label Studio would otherwise keep calling a dead address on every annotation. Only
+    endpoints on the demo's own host are considered; the webhook Label Studio itself keeps
+    for a registered ML backend (to its ``/webhook``) is current when the backend is.
     """
+    from urllib.parse import urlsplit
+
+    host = urlsplit(scheduler_url).hostname
+    current = (scheduler_url.rstrip("/") + "/", backend_url.rstrip("/") + "/")
     removed = []
     for pid in projects.values():
         for hook in client.webhooks.list(project=str(pid)):
-            if hook.project == pid and not hook.url.startswith(scheduler_url.rstrip("/") + "/"):
+            url = hook.url.rstrip("/") + "/"
+            if hook.project != pid or urlsplit(url).hostname != host:
+                continue
+            if not url.startswith(current):
                 client.webhooks.delete(hook.id)
                 removed.append(f"webhook {hook.url} on project {pid}")
         for backend in client.ml.list(project=pid):
+            if urlsplit(backend.url).hostname != host:
+                continue
             if backend.url.rstrip("/") != backend_url.rstrip("/"):
                 client.ml.delete(backend.id)
                 removed.append(f"ML backend {backend.url} on project {pid}")

@@ -175,7 +175,7 @@ def _tasks(http, url: str, project: int) -> list[dict]:
 
 @pytest.mark.integration
 @pytest.mark.slow
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1200)
 def test_demo_end_to_end(tmp_path):
     out = tmp_path / "demo"
     summary_path = tmp_path / "demo.json"
@@ -297,6 +297,40 @@ def test_demo_end_to_end(tmp_path):
         # Ctrl-C stops every child process, grandchildren included.
         before = _descendants(proc.pid)
         assert len(before) >= 4  # Label Studio, scheduler, backend, worker (+ their children)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(90)
+        assert proc.returncode == 0, output.text()[-3000:]
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(_alive(p) for p in before):
+            time.sleep(0.2)
+        assert not [p for p in before if _alive(p)], "child processes outlived the demo"
+
+        # Again on the same folder with --no-simulate: everything is reused (same URLs, no
+        # new tasks or labels) and the projects wait for real people until Ctrl-C.
+        again_path = tmp_path / "again.json"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "slicerank", "demo", "--out", str(out), "--scans", "4",
+             "--test-scans", "2", "--no-simulate", "--json", str(again_path)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        )  # fmt: skip
+        output = _Output(proc.stdout)
+        output.wait_for(proc, "services are running", timeout=400)
+        again = json.loads(again_path.read_text())
+        assert again["cohort"]["reused"] and again["testset"]["reused"]
+        assert again["urls"] == result["urls"]
+        assert again["provision"]["projects"] == projects
+        assert again["provision"]["classify_tasks_imported"] == 0
+        assert (
+            again["provision"]["removed"] == [] and not again["provision"]["ml_backend"]["created"]
+        )
+        assert "classify" not in again and "models" not in again
+        with httpx.Client(
+            headers={"Authorization": f"Token {creds['api_key']}"}, timeout=60
+        ) as http:
+            assert http.get(f"{ls_url}/health").status_code == 200
+            labels = sum(t["total_annotations"] for t in _tasks(http, ls_url, projects["Classify"]))
+            assert labels == result["classify"]["labels"]
+        before = _descendants(proc.pid)
         proc.send_signal(signal.SIGINT)
         proc.wait(90)
         assert proc.returncode == 0, output.text()[-3000:]
