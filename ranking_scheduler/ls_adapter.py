@@ -73,6 +73,12 @@ class LabelStudioAdapter:
                 return kind
         return None
 
+    def unlabelled_tasks(self, kind: str) -> int:
+        """How many tasks of a project have no annotation yet (one cheap project request)."""
+        with self._timed():
+            project = self.client.projects.get(self.projects[kind])
+        return int(project.task_number or 0) - int(project.num_tasks_with_annotations or 0)
+
     def pool(self) -> list[PoolImage]:
         """Every image of the Classify project (the pool the engine ranks), in task order."""
         out = []
@@ -83,8 +89,9 @@ class LabelStudioAdapter:
                     out.append(PoolImage(str(data["image_id"]), data["image"], task.id))
         return out
 
-    def create_rank_task(self, batch_id: str, images: list[PoolImage]) -> int:
-        """Create one Rank task showing ``images`` in the given (shuffled) order; its id."""
+    @staticmethod
+    def rank_task(batch_id: str, images: list[PoolImage]) -> dict:
+        """The task (data + meta) showing ``images`` in the given (shuffled) order."""
         items = [
             {
                 "id": img.image_id,
@@ -93,13 +100,26 @@ class LabelStudioAdapter:
             }
             for i, img in enumerate(images)
         ]
+        return {
+            "data": {"images": items, "batch_id": batch_id},
+            "meta": {"created_by": "slicerank-scheduler", "batch_id": batch_id},
+        }
+
+    def create_rank_task(self, batch_id: str, images: list[PoolImage]) -> int:
+        """Create one Rank task; its id."""
+        return self.create_rank_tasks([(batch_id, images)])[0]
+
+    def create_rank_tasks(self, batches: list[tuple[str, list[PoolImage]]]) -> list[int]:
+        """Create several Rank tasks in one request; their ids, in the same order."""
+        tasks = [self.rank_task(batch_id, images) for batch_id, images in batches]
         with self._timed():
-            task = self.client.tasks.create(
-                project=self.projects[RANK],
-                data={"images": items, "batch_id": batch_id},
-                meta={"created_by": "slicerank-scheduler", "batch_id": batch_id},
+            resp = self.client.projects.import_tasks(
+                self.projects[RANK], request=tasks, return_task_ids=True
             )
-        return task.id
+        ids = list(resp.task_ids or [])
+        if len(ids) != len(tasks):
+            raise RuntimeError(f"Label Studio created {len(ids)} of {len(tasks)} Rank tasks")
+        return ids
 
     def create_boundary_task(self, image: PoolImage, boundary: str) -> int:
         """Create one Boundary question for ``image`` near the cut ``boundary``; its id."""
@@ -124,12 +144,20 @@ class LabelStudioAdapter:
                 raise
         return True
 
-    def tasks_with_annotations(self, kind: str) -> list[dict]:
-        """Every task of a project with its annotations (plain dicts), for reconciliation."""
+    def tasks_with_annotations(self, kind: str, task_ids: list[int] | None = None) -> list[dict]:
+        """Tasks of a project with their annotations (plain dicts), for reconciliation: all of
+        them, or only ``task_ids`` (one small request instead of a scan of the project)."""
+        import json
+
+        query = None
+        if task_ids is not None:
+            if not task_ids:
+                return []
+            query = json.dumps({"selectedItems": {"all": False, "included": list(task_ids)}})
         out = []
         with self._timed():
             for task in self.client.tasks.list(
-                project=self.projects[kind], fields="all", page_size=500
+                project=self.projects[kind], fields="all", page_size=500, query=query
             ):
                 out.append(_data(task))
         return out

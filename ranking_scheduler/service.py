@@ -49,6 +49,9 @@ POOL_RATER = "label-studio"
 CREATED_BY = "slicerank-scheduler"
 """``meta.created_by`` of every task the scheduler creates (lets reconciliation adopt orphans)."""
 
+MAX_DEFERRED_TOP_UPS = 8
+"""At most this many queued submissions are applied before the open tasks are topped up."""
+
 PROCESSING_SAMPLES = 20000
 """How many recent per-submission processing times are kept for the percentiles."""
 
@@ -178,6 +181,8 @@ class SchedulerService:
             "tasks_retired": 0,
             "errors": 0,
         }
+        self._deferred = 0
+        self._watch_short: list = []
         self._stop = threading.Event()
         self._idle = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -212,7 +217,7 @@ class SchedulerService:
             worker = threading.Thread(target=self._work, name="scheduler-worker", daemon=True)
             worker.start()
             self._threads.append(worker)
-            if self.settings.reconcile_interval_s > 0:
+            if self.settings.reconcile_interval_s > 0 or self.settings.watch_interval_s > 0:
                 timer = threading.Thread(target=self._tick, name="scheduler-tick", daemon=True)
                 timer.start()
                 self._threads.append(timer)
@@ -258,10 +263,10 @@ class SchedulerService:
         self._idle.clear()
         self._queue.put(("webhook", action, payload, time.perf_counter()))
 
-    def request_reconcile(self) -> None:
-        """Queue a reconciliation with Label Studio."""
+    def request_reconcile(self, *, full: bool = True) -> None:
+        """Queue a reconciliation with Label Studio (``full=False``: the open tasks only)."""
         self._idle.clear()
-        self._queue.put(("reconcile",))
+        self._queue.put(("reconcile", full))
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
         """Block until the queue is drained (tests and the benchmark use it)."""
@@ -279,9 +284,16 @@ class SchedulerService:
                 if item is None:
                     return
                 if item[0] == "webhook":
-                    self.handle_webhook(item[1], item[2])
+                    # Under a burst, apply the queued submissions first and top up once
+                    # (one Label Studio request for all new tasks) rather than after each.
+                    defer = self._queue.qsize() > 0 and self._deferred < MAX_DEFERRED_TOP_UPS
+                    self._deferred = self._deferred + 1 if defer else 0
+                    self.handle_webhook(item[1], item[2], top_up=not defer)
+                elif item[0] == "watch":
+                    self.watch()
                 elif item[0] == "reconcile":
-                    self.reconcile()
+                    self.top_up()  # the stream first: a full pass may take a while
+                    self.reconcile(full=item[1])
                     self.retire_stale()
                     self.top_up()
             except Exception:  # noqa: BLE001 - one bad event must not stop the stream
@@ -291,11 +303,43 @@ class SchedulerService:
                 self._queue.task_done()
 
     def _tick(self) -> None:
-        while not self._stop.wait(self.settings.reconcile_interval_s):
-            self.request_reconcile()
+        s = self.settings
+        step = min(x for x in (s.reconcile_interval_s, s.watch_interval_s) if x > 0)
+        last_light = last_full = time.monotonic()
+        while not self._stop.wait(step):
+            now = time.monotonic()
+            if s.full_reconcile_interval_s > 0 and now - last_full >= s.full_reconcile_interval_s:
+                last_full = last_light = now
+                self.request_reconcile()
+            elif s.reconcile_interval_s > 0 and now - last_light >= s.reconcile_interval_s:
+                last_light = now
+                self.request_reconcile(full=False)
+            elif s.watch_interval_s > 0 and self._queue.qsize() == 0:
+                self._idle.clear()
+                self._queue.put(("watch",))
 
-    def handle_webhook(self, action: str, payload: dict) -> None:
-        """Apply one Label Studio webhook event, then make the Label Studio calls it needs."""
+    def watch(self) -> bool:
+        """Cheap check for a missed webhook: if Label Studio has fewer unanswered tasks than the
+        scheduler thinks are open, reconcile now (instead of at the next full interval)."""
+        short = []
+        for kind, store_kind in ((RANK, "rank"), (BOUNDARY, "boundary")):
+            ours = {t.task_id for t in self._open.values() if t.kind == store_kind}
+            if self.ls.unlabelled_tasks(kind) < len(ours):
+                short.append(frozenset(ours))
+        # A submission whose webhook is still on its way looks the same for a moment: only the
+        # same shortfall seen twice in a row (nothing arrived in between) means a lost webhook.
+        missed = bool(short) and short == self._watch_short
+        self._watch_short = [] if missed else short
+        if missed:
+            self._counts["watch_reconciles"] = self._counts.get("watch_reconciles", 0) + 1
+            self.reconcile(full=False)
+            self.top_up()
+        return missed
+
+    def handle_webhook(self, action: str, payload: dict, *, top_up: bool = True) -> None:
+        """Apply one Label Studio webhook event, then (with ``top_up``) make the Label Studio
+        calls it needs. The service's own time for it (everything but waiting for Label
+        Studio) is recorded for ``own_ms_p95``."""
         t0 = time.perf_counter()
         wait0 = self.ls.wait_s
         if action in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED"):
@@ -313,8 +357,9 @@ class SchedulerService:
         else:
             self._counts["ignored"] += 1
             return
+        if top_up:
+            self.top_up()
         own_ms = (time.perf_counter() - t0 - (self.ls.wait_s - wait0)) * 1000.0
-        self.top_up()
         if status in ("created", "updated", "deleted", "rejected", "skipped"):
             self._own_ms.append(own_ms)
 
@@ -456,23 +501,29 @@ class SchedulerService:
             for record in open_rank:
                 self._close_task(record, "retired", delete=True)
         else:
-            for _ in range(self.wanted_open_tasks() - len(open_rank)):
-                with self.lock:
+            batches = []
+            with self.lock:
+                for _ in range(self.wanted_open_tasks() - len(open_rank)):
                     batch = self.engine.next_batch(POOL_RATER)
-                if not batch:
-                    break
-                batch_id = uuid.uuid4().hex[:12]
+                    if not batch:
+                        break
+                    batches.append((uuid.uuid4().hex[:12], batch))
+            if batches:
                 try:
-                    task_id = self.ls.create_rank_task(batch_id, [self.pool[i] for i in batch])
+                    task_ids = self.ls.create_rank_tasks(
+                        [(bid, [self.pool[i] for i in batch]) for bid, batch in batches]
+                    )
                 except Exception:
                     with self.lock:
-                        self.engine.release(batch)
+                        for _, batch in batches:
+                            self.engine.release(batch)
                     raise
-                rec = self.store.add_task(
-                    task_id, "rank", batch, batch_id=batch_id, meta={"created_by": CREATED_BY}
-                )
-                self._open[task_id] = rec
-                self._counts["tasks_created"] += 1
+                for task_id, (batch_id, batch) in zip(task_ids, batches, strict=True):
+                    rec = self.store.add_task(
+                        task_id, "rank", batch, batch_id=batch_id, meta={"created_by": CREATED_BY}
+                    )
+                    self._open[task_id] = rec
+                    self._counts["tasks_created"] += 1
         self._ask_boundary()
         if done:
             self.maybe_publish()
@@ -510,9 +561,15 @@ class SchedulerService:
         return len(stale)
 
     # ------------------------------------------------------------------ reconciliation
-    def reconcile(self) -> dict[str, int]:
+    def reconcile(self, *, full: bool = True) -> dict[str, int]:
         """Bring the log in line with Label Studio: apply annotations the webhooks missed, drop
-        ones deleted meanwhile, adopt tasks created just before a crash, forget vanished tasks."""
+        ones deleted meanwhile, adopt tasks created just before a crash, forget vanished tasks.
+
+        ``full=False`` looks only at the tasks the scheduler holds open (one small request per
+        project): it finds missed submissions on them without scanning every annotation, so it
+        can run often without holding up the stream; edits and deletions need a full pass."""
+        if not full:
+            return self._reconcile_open()
         self._counts["reconciles"] += 1
         seen_annotations: set[int] = set()
         seen_tasks: set[int] = set()
@@ -553,6 +610,24 @@ class SchedulerService:
             if record.task_id not in seen_tasks:
                 self._close_task(record, "retired", delete=False)
         return {"applied": applied, "deleted": len(vanished)}
+
+    def _reconcile_open(self) -> dict[str, int]:
+        self._counts["light_reconciles"] = self._counts.get("light_reconciles", 0) + 1
+        applied = 0
+        for kind, store_kind in ((RANK, "rank"), (BOUNDARY, "boundary")):
+            ids = [t.task_id for t in self._open.values() if t.kind == store_kind]
+            found = self.ls.tasks_with_annotations(kind, ids)
+            for task in found:
+                for ann in task.get("annotations") or []:
+                    ann = ann if isinstance(ann, dict) else ann.dict()
+                    ann.setdefault("task", task["id"])
+                    status = self.apply_annotation(self.ls.projects[kind], task["id"], ann)
+                    applied += status in ("created", "updated")
+            gone = set(ids) - {t["id"] for t in found}
+            for task_id in gone:
+                if task_id in self._open:
+                    self._close_task(self._open[task_id], "retired", delete=False)
+        return {"applied": applied, "deleted": 0}
 
     def _adopt(self, kind: str, task: dict) -> None:
         meta = task.get("meta") or {}

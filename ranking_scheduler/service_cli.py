@@ -32,6 +32,13 @@ def register_bench(bench_subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batches", type=int, default=1000, help="batches submitted in all")
     p.add_argument("--images", type=int, default=3323, help="images in the pool")
     p.add_argument("--strategy", default="bayes", help="engine strategy")
+    p.add_argument(
+        "--think-s",
+        type=float,
+        default=3.0,
+        help="seconds a simulated clinician looks at a task before submitting (the study: "
+        "~11 s per batch; 0 = back-to-back, which saturates Label Studio itself)",
+    )
     p.add_argument("--out", default="runs/bench-service", help="working folder")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     p.set_defaults(func=_bench)
@@ -114,6 +121,7 @@ def run_bench(
     batches: int = 1000,
     images: int = 3323,
     strategy: str = "bayes",
+    think_s: float = 3.0,
     out: str = "runs/bench-service",
     progress: bool = True,
 ) -> dict:
@@ -127,21 +135,17 @@ def run_bench(
     import random
     import secrets
     import shutil
+    import signal
     import threading
     import time
     import uuid
     from pathlib import Path
 
-    import uvicorn
     from tqdm import tqdm
 
     from ls_config.provision import provision
     from ls_config.server import LabelStudioServer, free_port
     from ls_config.webclient import LabelStudioWebUser, ranker_result
-    from ranking_scheduler.ls_adapter import LabelStudioAdapter
-    from ranking_scheduler.service import SchedulerService, create_app
-    from ranking_scheduler.settings import SchedulerSettings
-    from ranking_scheduler.store import SubmissionStore
 
     if raters < 1 or batches < 1:
         raise ValueError(f"need at least one rater and one batch, got {raters} and {batches}")
@@ -152,7 +156,13 @@ def run_bench(
     positions = {r["image_id"]: float(r["position"]) for r in rows}
     port = free_port()
     secret = secrets.token_urlsafe(18)
-    result: dict = {"raters": raters, "batches": batches, "images": images, "strategy": strategy}
+    result: dict = {
+        "raters": raters,
+        "batches": batches,
+        "images": images,
+        "strategy": strategy,
+        "think_s": think_s,
+    }
     with LabelStudioServer(media, data_dir=work / "ls-data") as ls:
         client = ls.client()
         t0 = time.perf_counter()
@@ -164,27 +174,51 @@ def run_bench(
             secret=secret,
         )
         result["provision_s"] = time.perf_counter() - t0
-        settings = SchedulerSettings(
-            label_studio_url=ls.url,
-            api_key=ls.api_key,
-            secret=secret,
-            db_url=f"sqlite:///{work / 'scheduler.db'}",
-            out_dir=str(work / "out"),
-            strategy=strategy,
+        import os
+        import subprocess
+        import sys
+
+        import httpx
+
+        db_url = f"sqlite:///{work / 'scheduler.db'}"
+        env = {
+            **os.environ,
+            "LABEL_STUDIO_URL": ls.url,
+            "LABEL_STUDIO_API_KEY": ls.api_key,
+            "SCHEDULER_WEBHOOK_SECRET": secret,
+            "SCHEDULER_DB_URL": db_url,
+            "SCHEDULER_OUT_DIR": str(work / "out"),
+            "SCHEDULER_STRATEGY": strategy,
+        }
+        # Its own process, as deployed: the simulated raters must not share its interpreter.
+        log_file = open(work / "scheduler.log", "ab")  # noqa: SIM115 - closed below
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "slicerank.cli", "scheduler", "--port", str(port)],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
-        store = SubmissionStore(settings.db_url)
-        service = SchedulerService(settings, store, LabelStudioAdapter(client))
+        api = httpx.Client(
+            base_url=f"http://127.0.0.1:{port}",
+            headers={"Authorization": f"Bearer {secret}"},
+            timeout=60,
+        )
+
+        def service_stats() -> dict:
+            return api.get("/api/stats").json()["service"]
+
         t0 = time.perf_counter()
-        service.start()
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the scheduler exited; see {work / 'scheduler.log'}")
+            try:
+                if api.get("/health").status_code == 200 and service_stats()["queue"] == 0:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
         result["scheduler_start_s"] = time.perf_counter() - t0
-        server = uvicorn.Server(
-            uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning")
-        )
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        while not server.started:
-            time.sleep(0.05)
-        service.wait_idle(120)
         users = [
             LabelStudioWebUser(ls.url, f"r{i}-{uuid.uuid4().hex[:6]}@bench.test", "pw-bench-12345")
             for i in range(raters)
@@ -193,7 +227,14 @@ def run_bench(
             user.signup()
         rank_pid = report.projects["Rank"]
         lock = threading.Lock()
-        state = {"left": batches, "ready": 0, "waited": 0, "wait_s": 0.0, "errors": []}
+        state = {
+            "left": batches,
+            "ready": 0,
+            "waited": 0,
+            "wait_s": 0.0,
+            "errors": [],
+            "unanswered_when_missed": [],
+        }
         bar = tqdm(total=batches, desc="submissions", disable=not progress)
 
         def rater_loop(user: LabelStudioWebUser, seed: int) -> None:
@@ -211,11 +252,20 @@ def run_bench(
                         if task is None:
                             time.sleep(0.05)
                     waited = time.perf_counter() - t_wait
+                    if think_s > 0:
+                        time.sleep(rng.uniform(0.5, 1.5) * think_s)
                     ids = [item["id"] for item in task["data"]["images"]]
                     # A slightly noisy clinician: true position plus a small error.
                     order = sorted(ids, key=lambda i: positions[i] + rng.gauss(0, 0.05))
                     user.submit(task["id"], rank_pid, ranker_result(order))
                     task = user.next_task(rank_pid)  # what the UI loads right after Submit
+                    if task is None:
+                        # Was the scheduler behind, or did Label Studio's /next refuse a task
+                        # that was there? Count the unanswered tasks right now.
+                        project = client.projects.get(rank_pid)
+                        unanswered = project.task_number - project.num_tasks_with_annotations
+                        with lock:
+                            state["unanswered_when_missed"].append(unanswered)
                     with lock:
                         state["ready"] += task is not None
                         state["wait_s"] += waited
@@ -237,19 +287,28 @@ def run_bench(
             t.join()
         wall = time.perf_counter() - t0
         bar.close()
-        service.wait_idle(300)
-        stats = service.service_stats()
-        # Audit: a final reconciliation must find nothing new; the log equals Label Studio.
-        service.request_reconcile()
-        service.wait_idle(300)
-        after = service.service_stats()["counts"]
+        stats = service_stats()
+        deadline = time.monotonic() + 300
+        while stats["queue"] and time.monotonic() < deadline:
+            time.sleep(0.5)
+            stats = service_stats()
+        engine_batches = api.get("/api/stats").json()["headline"]["batches_done"]
+        api.close()
+        # Audit after a clean stop (SIGTERM): the log must equal Label Studio's annotations.
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(60)
+        log_file.close()
         ls_annotations = {}
         for task in client.tasks.list(project=rank_pid, fields="all", page_size=500):
             for ann in task.annotations or []:
                 ann = ann if isinstance(ann, dict) else ann.dict()
                 if not ann.get("was_cancelled"):
                     ls_annotations[ann["id"]] = ann["result"][0]["value"]["ranker"]["order"]
-        subs = {s.annotation_id: list(s.ordered) for s in store.effective_submissions("rank")}
+        from ranking_scheduler.store import SubmissionStore
+
+        with SubmissionStore(db_url) as store:
+            subs = {s.annotation_id: list(s.ordered) for s in store.effective_submissions("rank")}
+            log_events = store.event_count()
         done_ok = batches - len(state["errors"])
         result.update(
             {
@@ -263,6 +322,10 @@ def run_bench(
                 "timed_submissions": stats["submissions_timed"],
                 "next_task_ready_share": state["ready"] / done_ok if done_ok else None,
                 "mean_wait_before_task_s": state["wait_s"] / done_ok if done_ok else None,
+                "next_task_missed": len(state["unanswered_when_missed"]),
+                "missed_with_unanswered_tasks_waiting": sum(
+                    1 for n in state["unanswered_when_missed"] if n > raters
+                ),
                 "label_studio_annotations": len(ls_annotations),
                 "log_submissions": len(subs),
                 "lost": len(set(ls_annotations) - set(subs)),
@@ -270,21 +333,18 @@ def run_bench(
                 "order_mismatches": sum(
                     1 for a, o in subs.items() if a in ls_annotations and ls_annotations[a] != o
                 ),
-                "log_events": store.event_count(),
-                "engine_batches": service.engine.progress()["batches"],
-                "applied_by_final_reconcile": after["created"] - stats["counts"]["created"],
-                "counts": after,
+                "log_events": log_events,
+                "applied_by_watch_or_reconcile": stats["submissions_timed"] < done_ok,
+                "counts": stats["counts"],
             }
         )
+        result["engine_batches"] = engine_batches
+        # An event beyond one per annotation, or an engine count above the log, is a double count.
         result["double_counted"] = (
             result["log_events"]
             - result["log_submissions"]
-            + max(0, result["engine_batches"] - result["log_submissions"])
+            + max(0, engine_batches - result["log_submissions"])
         )
-        server.should_exit = True
-        thread.join(10)
-        service.stop()
-        store.close()
     return result
 
 
@@ -301,6 +361,7 @@ def _bench(args: argparse.Namespace) -> int:
         batches=args.batches,
         images=args.images,
         strategy=args.strategy,
+        think_s=args.think_s,
         out=args.out,
     )
     print(json.dumps({k: v for k, v in result.items() if k != "counts"}, indent=2))

@@ -52,7 +52,12 @@ class SchedulerSettings:
     unanswered Rank task older than this is retired and replaced from current state;
     ``boundary_open`` (SCHEDULER_BOUNDARY_OPEN) open boundary questions at most,
     ``boundary_budget`` (SCHEDULER_BOUNDARY_BUDGET) boundary labels in all (-1: the engine's);
-    ``reconcile_interval_s`` (SCHEDULER_RECONCILE_INTERVAL_S, 0 = only at start).
+    ``reconcile_interval_s`` (SCHEDULER_RECONCILE_INTERVAL_S, 0 = off): how often the open
+    tasks are checked against Label Studio; ``full_reconcile_interval_s``
+    (SCHEDULER_FULL_RECONCILE_INTERVAL_S, 0 = only at start): how often every annotation is
+    (edits and deletions made while a webhook was lost);
+    ``watch_interval_s`` (SCHEDULER_WATCH_INTERVAL_S, 0 = off): how often the open-task count is
+    compared with Label Studio's, which triggers a reconciliation when a webhook went missing.
     """
 
     label_studio_url: str = "http://127.0.0.1:8080"
@@ -65,14 +70,16 @@ class SchedulerSettings:
     target_views: int = 3
     batch_size: int = 8
     seed: int = 0
-    open_per_rater: int = 2
-    min_open_tasks: int = 4
+    open_per_rater: int = 3
+    min_open_tasks: int = 8
     max_open_tasks: int = 64
     active_window_s: float = 900.0
     stale_after_s: float = 7200.0
     boundary_open: int = 2
     boundary_budget: int = -1
     reconcile_interval_s: float = 60.0
+    full_reconcile_interval_s: float = 900.0
+    watch_interval_s: float = 5.0
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -112,6 +119,10 @@ class SchedulerSettings:
             reconcile_interval_s=_float(
                 environ, "SCHEDULER_RECONCILE_INTERVAL_S", d.reconcile_interval_s
             ),
+            full_reconcile_interval_s=_float(
+                environ, "SCHEDULER_FULL_RECONCILE_INTERVAL_S", d.full_reconcile_interval_s
+            ),
+            watch_interval_s=_float(environ, "SCHEDULER_WATCH_INTERVAL_S", d.watch_interval_s),
         )
 
     def with_(self, **changes) -> SchedulerSettings:

@@ -71,6 +71,7 @@ def provision_setup(label_studio, tmp_path: Path, *, n_scans=4, n_slices=8, **en
         "SCHEDULER_OUT_DIR": str(tmp_path / "out"),
         "SCHEDULER_PROJECT_PREFIX": prefix,
         "SCHEDULER_RECONCILE_INTERVAL_S": "0",
+        "SCHEDULER_WATCH_INTERVAL_S": "0",
         **{k: str(v) for k, v in env.items()},
     }
     return Setup(
