@@ -80,6 +80,12 @@ def _provision(args: argparse.Namespace) -> int:
             scheduler_url=args.scheduler_url,
             secret=secret,
             backend_url=args.backend_url,
+            # The same variables the backend reads: Label Studio must send what it expects.
+            backend_auth=(
+                (os.environ.get("BASIC_AUTH_USER", ""), os.environ["BASIC_AUTH_PASS"])
+                if os.environ.get("BASIC_AUTH_PASS")
+                else None
+            ),
             document_root=args.document_root,
             prefix=args.prefix,
             seed=args.seed,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path, PurePosixPath
@@ -203,28 +204,58 @@ def _ensure_webhook(client, project_id: int, url: str, secret: str, report: Prov
     report.actions.append(f"created webhook {url} on project {project_id}")
 
 
-def _ensure_ml_backend(client, project_id: int, url: str, report: ProvisionReport):
-    for backend in client.ml.list(project=project_id):
-        if backend.url.rstrip("/") == url.rstrip("/"):
-            return
+def ensure_ml_backend(
+    client,
+    project_id: int,
+    url: str,
+    *,
+    auth: tuple[str, str] | None = None,
+    attempts: int = 4,
+    report: ProvisionReport | None = None,
+) -> dict:
+    """Register the ML backend at ``url`` on a project once; returns ``{"id", "url", "created"}``.
+
+    ``auth`` is the backend's HTTP basic-auth (user, password), which Label Studio then sends
+    with every call. Label Studio calls the backend's ``/health`` and ``/setup`` while
+    registering it and gives ``/setup`` about 3 s; a backend's first ``/setup`` loads its newest
+    model and can take longer on a busy machine, later calls hit its cache: hence the retries.
+    """
     from label_studio_sdk.core.api_error import ApiError
 
-    try:
-        client.ml.create(
-            project=project_id,
-            url=url,
-            title="slicerank CNN",
-            is_interactive=False,
-            auto_update=True,
-        )
-    except ApiError as exc:
-        # Label Studio checks the backend's /health before registering it.
-        detail = (exc.body or {}).get("validation_errors") if isinstance(exc.body, dict) else None
-        raise ValueError(
-            f"Label Studio could not register the ML backend {url}: {detail or exc.body}; "
-            "start the backend first (slicerank backend) or leave out --backend-url"
-        ) from None
-    report.actions.append(f"registered ML backend {url} on project {project_id}")
+    for backend in client.ml.list(project=project_id):
+        if backend.url.rstrip("/") == url.rstrip("/"):
+            return {"id": backend.id, "url": url, "created": False}
+    kwargs = {}
+    if auth:
+        kwargs = {
+            "auth_method": "BASIC_AUTH",
+            "basic_auth_user": auth[0],
+            "basic_auth_pass": auth[1],
+        }
+    for attempt in range(1, attempts + 1):
+        try:
+            created = client.ml.create(
+                project=project_id,
+                url=url,
+                title="slicerank CNN",
+                is_interactive=False,
+                auto_update=True,
+                **kwargs,
+            )
+            break
+        except ApiError as exc:
+            if attempt == attempts:
+                body = exc.body
+                detail = body.get("validation_errors") if isinstance(body, dict) else None
+                raise ValueError(
+                    f"Label Studio could not register the ML backend {url}: {detail or body}; "
+                    "start the backend first (slicerank backend), check BASIC_AUTH_USER/"
+                    "BASIC_AUTH_PASS match the backend's, or leave out --backend-url"
+                ) from None
+            time.sleep(2.0)
+    if report is not None:
+        report.actions.append(f"registered ML backend {url} on project {project_id}")
+    return {"id": created.id, "url": url, "created": True, "attempts": attempt}
 
 
 def existing_task_image_ids(client, project_id: int) -> set[str]:
@@ -254,6 +285,7 @@ def provision(
     scheduler_url: str | None,
     secret: str | None,
     backend_url: str | None = None,
+    backend_auth: tuple[str, str] | None = None,
     document_root: str | os.PathLike | None = None,
     prefix: str = "",
     seed: int = 0,
@@ -261,7 +293,8 @@ def provision(
     """Create or update everything in Label Studio for one media root; returns what changed.
 
     ``manifest_rows`` are the rows of the media root's ``manifest.csv`` (``image_id``, ``scan_id``,
-    ``path`` at least). Classify tasks are imported in an order shuffled with ``seed`` so raters
+    ``path`` at least). ``backend_auth`` is the ML backend's basic-auth (user, password), if it
+    has one. Classify tasks are imported in an order shuffled with ``seed`` so raters
     never see a scan's stack in order; images already present (by ``image_id``) are skipped.
     """
     media_root = Path(media_root).resolve()
@@ -282,7 +315,9 @@ def provision(
             url = scheduler_url.rstrip("/") + WEBHOOK_PATH
             _ensure_webhook(client, pid, url, secret, report)
     if backend_url:
-        _ensure_ml_backend(client, report.projects[CLASSIFY], backend_url, report)
+        ensure_ml_backend(
+            client, report.projects[CLASSIFY], backend_url, auth=backend_auth, report=report
+        )
 
     present = existing_task_image_ids(client, report.projects[CLASSIFY])
     todo = [row for row in manifest_rows if str(row["image_id"]) not in present]

@@ -421,7 +421,7 @@ def stage_provision(
 ) -> dict[str, Any]:
     """Create or update the three projects, their storage, webhooks and the ML backend."""
     from cmr_ingest.manifest import read_manifest
-    from ls_config.provision import provision
+    from ls_config.provision import ensure_ml_backend, provision
 
     rows = read_manifest(layout.media / "manifest.csv")
     report = provision(
@@ -430,7 +430,7 @@ def stage_provision(
         manifest_rows=[{k: str(v) for k, v in row.items()} for row in rows],
         scheduler_url=scheduler_url,
         secret=secret,
-        # Registered below with basic auth, which provision() does not send.
+        # Registered below, once stale endpoints of an earlier run are gone.
         backend_url=None,
         document_root=layout.document_root,
         seed=seed,
@@ -440,7 +440,7 @@ def stage_provision(
         client, summary["projects"], scheduler_url, backend_url
     )
     summary["ml_backend"] = ensure_ml_backend(
-        client, summary["projects"]["Classify"], backend_url, backend_auth
+        client, summary["projects"]["Classify"], backend_url, auth=backend_auth
     )
     return summary
 
@@ -474,40 +474,6 @@ def remove_stale_endpoints(
                 client.ml.delete(backend.id)
                 removed.append(f"ML backend {backend.url} on project {pid}")
     return removed
-
-
-def ensure_ml_backend(client, project_id: int, url: str, auth: tuple[str, str]) -> dict:
-    """Register the ML backend (with basic auth) on the Classify project, once.
-
-    Label Studio calls its ``/health`` and ``/setup`` on registration, so it must be running.
-    """
-    from label_studio_sdk.core.api_error import ApiError
-
-    for backend in client.ml.list(project=project_id):
-        if backend.url.rstrip("/") == url.rstrip("/"):
-            return {"id": backend.id, "url": url, "created": False}
-    # Label Studio gives /setup 3 s; the backend's first call loads the newest model, which can
-    # take longer on a busy machine. Later calls hit its cache, so a retry succeeds.
-    for attempt in range(4):
-        try:
-            created = client.ml.create(
-                project=project_id,
-                url=url,
-                title="slicerank CNN",
-                auth_method="BASIC_AUTH",
-                basic_auth_user=auth[0],
-                basic_auth_pass=auth[1],
-                is_interactive=False,
-                auto_update=True,
-            )
-            return {"id": created.id, "url": url, "created": True, "attempts": attempt + 1}
-        except ApiError as exc:
-            if attempt == 3:
-                raise RuntimeError(
-                    f"Label Studio could not register the ML backend {url}: {exc.body}"
-                ) from None
-            time.sleep(2.0)
-    raise AssertionError("unreachable")
 
 
 # --------------------------------------------------------------------------------------------
