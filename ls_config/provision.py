@@ -166,41 +166,32 @@ def _ensure_storage(client, project_id: int, path: Path, title: str, report: Pro
 
 
 def _ensure_webhook(client, project_id: int, url: str, secret: str, report: ProvisionReport):
-    wanted_actions = sorted(WEBHOOK_ACTIONS)
-    headers = {SECRET_HEADER: secret}
+    # Label Studio clears a webhook's actions on an update without them: always send them all.
+    fields = {
+        "url": url,
+        "actions": sorted(WEBHOOK_ACTIONS),
+        "headers": {SECRET_HEADER: secret},
+        "is_active": True,
+        "send_payload": True,
+        "send_for_all_actions": False,
+    }
     for hook in client.webhooks.list(project=project_id):
         if hook.project != project_id or not hook.url.startswith(url.rsplit(WEBHOOK_PATH, 1)[0]):
             continue
         same = (
             hook.url == url
-            and sorted(hook.actions or []) == wanted_actions
-            and (hook.headers or {}) == headers
+            and sorted(hook.actions or []) == fields["actions"]
+            and (hook.headers or {}) == fields["headers"]
             and hook.is_active
             and hook.send_payload
             and not hook.send_for_all_actions
         )
         if not same:
-            client.webhooks.update(
-                hook.id,
-                url=url,
-                actions=wanted_actions,
-                headers=headers,
-                is_active=True,
-                send_payload=True,
-                send_for_all_actions=False,
-            )
+            client.webhooks.update(hook.id, **fields)
             # The secret itself never goes into logs or the report.
             report.actions.append(f"updated webhook {url} on project {project_id}")
         return
-    client.webhooks.create(
-        project=project_id,
-        url=url,
-        actions=wanted_actions,
-        headers=headers,
-        is_active=True,
-        send_payload=True,
-        send_for_all_actions=False,
-    )
+    client.webhooks.create(project=project_id, **fields)
     report.actions.append(f"created webhook {url} on project {project_id}")
 
 

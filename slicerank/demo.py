@@ -369,19 +369,9 @@ def _port(url: str) -> str:
 def stage_backend(layout: Layout, env: dict[str, str], urls: dict[str, str], procs) -> None:
     """Start the ML backend and one RQ worker (before provisioning: Label Studio checks the
     backend's ``/health`` and ``/setup`` when it is registered)."""
-    from slicerank.procs import ChildProcess, http_ok
+    from slicerank.procs import ChildProcess
 
-    host = urls["backend_url"].split("//")[1].rsplit(":", 1)[0]
-    procs.start(
-        ChildProcess(
-            "backend",
-            slicerank_command("backend", "--host", host, "--port", _port(urls["backend_url"])),
-            env=env,
-            log_path=layout.logs / "backend.log",
-            health=http_ok(f"{urls['backend_url']}/health"),
-        ),
-        timeout=180,
-    )
+    start_http_service(procs, "backend", urls["backend_url"], env, layout)
     procs.start(
         ChildProcess(
             "worker",
@@ -395,16 +385,21 @@ def stage_backend(layout: Layout, env: dict[str, str], urls: dict[str, str], pro
 
 def stage_scheduler(layout: Layout, env: dict[str, str], urls: dict[str, str], procs) -> None:
     """Start the scheduler (after provisioning: it finds the projects by title on start)."""
+    start_http_service(procs, "scheduler", urls["scheduler_url"], env, layout)
+
+
+def start_http_service(procs, command: str, url: str, env: dict[str, str], layout: Layout) -> None:
+    """Start ``slicerank COMMAND --host --port`` listening at ``url``; wait for its /health."""
     from slicerank.procs import ChildProcess, http_ok
 
-    host = urls["scheduler_url"].split("//")[1].rsplit(":", 1)[0]
+    host = url.split("//")[1].rsplit(":", 1)[0]
     procs.start(
         ChildProcess(
-            "scheduler",
-            slicerank_command("scheduler", "--host", host, "--port", _port(urls["scheduler_url"])),
+            command,
+            slicerank_command(command, "--host", host, "--port", _port(url)),
             env=env,
-            log_path=layout.logs / "scheduler.log",
-            health=http_ok(f"{urls['scheduler_url']}/health"),
+            log_path=layout.logs / f"{command}.log",
+            health=http_ok(f"{url}/health"),
         ),
         timeout=180,
     )
