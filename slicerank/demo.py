@@ -25,10 +25,17 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from slicerank.demo_raters import (
+    LabelStudioREST,
+    labelling_budget,
+    make_panel,
+    simulate_classify,
+    simulate_ranking,
+)
 
 log = logging.getLogger(__name__)
 
@@ -472,262 +479,6 @@ def remove_stale_endpoints(
 
 
 # --------------------------------------------------------------------------------------------
-# Label Studio REST helpers for the simulated clinicians
-# --------------------------------------------------------------------------------------------
-
-
-class TaskGone(LookupError):
-    """The task was deleted before the simulated rater answered it."""
-
-
-class LabelStudioREST:
-    """The few REST calls the labelling UI makes, with the API token (httpx client passed in)."""
-
-    def __init__(self, http, url: str, api_key: str) -> None:
-        self.http = http
-        self.url = url.rstrip("/")
-        self.headers = {"Authorization": f"Token {api_key}"}
-
-    def _call(self, method: str, path: str, **kw) -> Any:
-        resp = self.http.request(method, self.url + path, headers=self.headers, **kw)
-        if resp.status_code >= 400:
-            raise RuntimeError(
-                f"Label Studio {method} {path} -> {resp.status_code}: {resp.text[:300]}"
-            )
-        return resp.json() if resp.content else None
-
-    def ensure_user(self, email: str, first_name: str) -> int:
-        """The id of the user with ``email``, created (in the lead's organisation) if missing."""
-        for user in self._call("GET", "/api/users/"):
-            if user.get("email") == email:
-                return int(user["id"])
-        created = self._call(
-            "POST",
-            "/api/users/",
-            json={"email": email, "username": email, "first_name": first_name},
-        )
-        return int(created["id"])
-
-    def tasks(self, project_id: int) -> list[dict]:
-        """Every task of a project with its annotation counts (paged)."""
-        out: list[dict] = []
-        page = 1
-        while True:
-            resp = self.http.get(
-                f"{self.url}/api/tasks",
-                params={"project": project_id, "page": page, "page_size": 500, "fields": "all"},
-                headers=self.headers,
-            )
-            if resp.status_code == 404:  # past the last page
-                break
-            if resp.status_code >= 400:
-                raise RuntimeError(
-                    f"Label Studio task list -> {resp.status_code}: {resp.text[:300]}"
-                )
-            body = resp.json()
-            batch = body["tasks"] if isinstance(body, dict) else body
-            out.extend(batch)
-            total = body.get("total", len(out)) if isinstance(body, dict) else len(out)
-            if not batch or len(out) >= total:
-                break
-            page += 1
-        return out
-
-    def annotate(self, task_id: int, result: list[dict], user_id: int, lead_time: float) -> dict:
-        """Post one annotation as ``user_id`` (the submit button's call).
-
-        Raises :class:`TaskGone` when the task no longer exists (the scheduler retired it).
-        """
-        resp = self.http.post(
-            f"{self.url}/api/tasks/{task_id}/annotations/",
-            headers=self.headers,
-            json={"result": result, "completed_by": user_id, "lead_time": lead_time},
-        )
-        if resp.status_code == 404:
-            raise TaskGone(task_id)
-        if resp.status_code >= 400:
-            raise RuntimeError(
-                f"Label Studio refused an annotation on task {task_id}: "
-                f"{resp.status_code} {resp.text[:300]}"
-            )
-        return resp.json()
-
-
-def choice_result(label: str) -> list[dict]:
-    """The annotation result of a Classify/Boundary choice."""
-    return [
-        {
-            "from_name": "slice_class",
-            "to_name": "image",
-            "type": "choices",
-            "origin": "manual",
-            "value": {"choices": [label]},
-        }
-    ]
-
-
-def ranker_result(order: list[str]) -> list[dict]:
-    """The annotation result of a Rank task: item ids most basal first."""
-    return [
-        {
-            "from_name": "order",
-            "to_name": "slices",
-            "type": "ranker",
-            "origin": "manual",
-            "value": {"ranker": {"order": list(order)}},
-        }
-    ]
-
-
-def is_open(task: dict) -> bool:
-    """A task nobody has annotated (or skipped) yet."""
-    return not task.get("total_annotations") and not task.get("cancelled_annotations")
-
-
-# --------------------------------------------------------------------------------------------
-# Stage: simulated clinicians
-# --------------------------------------------------------------------------------------------
-
-
-def labelling_budget(n_images: int, hours: float | None) -> dict[str, float]:
-    """Seconds of labelling per strategy, and what they buy at the study's time parity."""
-    from ranking_scheduler.raters import SECONDS_PER_BATCH, SECONDS_PER_LABEL
-
-    seconds = hours * 3600 if hours is not None else n_images * SECONDS_PER_LABEL
-    return {
-        "seconds": seconds,
-        "hours": seconds / 3600,
-        # The epsilon keeps n labels' worth of seconds from flooring to n - 1.
-        "single_labels": int(seconds / SECONDS_PER_LABEL + 1e-9),
-        "ranked_batches": int(seconds / SECONDS_PER_BATCH + 1e-9),
-        "seconds_per_label": SECONDS_PER_LABEL,
-        "seconds_per_batch": SECONDS_PER_BATCH,
-    }
-
-
-def simulate_classify(
-    rest: LabelStudioREST,
-    project_id: int,
-    panel,
-    user_ids: dict[str, int],
-    n_labels: int,
-    progress: Callable[[int], None] = lambda n: None,
-) -> dict[str, Any]:
-    """One-at-a-time: the raters label Classify tasks in turn until ``n_labels`` exist.
-
-    Labels already in Label Studio (a re-run) count toward the budget. Tasks are visited in
-    import order (shuffled by provisioning); a second pass gives an image a second rater.
-    """
-    from ranking_scheduler.raters import SECONDS_PER_LABEL
-
-    tasks = rest.tasks(project_id)
-    if not tasks:
-        raise RuntimeError(f"Classify project {project_id} has no tasks: provisioning failed")
-    existing = sum(int(t.get("total_annotations") or 0) for t in tasks)
-    progress(min(existing, n_labels))
-    by_count = sorted(tasks, key=lambda t: (int(t.get("total_annotations") or 0), t["id"]))
-    raters = panel.raters
-    # Who labels what is fixed up front; each rater then works through its own share on its
-    # own thread, as clinicians would in parallel (each rater's draws stay deterministic).
-    plan: dict[str, list[dict]] = {r.name: [] for r in raters}
-    for k in range(max(0, n_labels - existing)):
-        plan[raters[(existing + k) % len(raters)].name].append(by_count[k % len(by_count)])
-
-    def work(rater) -> int:
-        for task in plan[rater.name]:
-            label = rater.classify(task["data"]["image_id"])
-            rest.annotate(task["id"], choice_result(label), user_ids[rater.name], SECONDS_PER_LABEL)
-            progress(1)
-        return len(plan[rater.name])
-
-    with ThreadPoolExecutor(max_workers=len(raters)) as pool:
-        done = existing + sum(pool.map(work, raters))
-    return {"labels": done, "labels_before": existing, "tasks": len(tasks)}
-
-
-def simulate_ranking(
-    rest: LabelStudioREST,
-    projects: dict[str, int],
-    panel,
-    user_ids: dict[str, int],
-    budget_seconds: float,
-    scheduler_stats: Callable[[], dict],
-    check_alive: Callable[[], None],
-    progress: Callable[[float], None] = lambda s: None,
-    wait_s: float = 60.0,
-) -> dict[str, Any]:
-    """Multiple-image ranking: raters take turns on the scheduler's open Rank tasks.
-
-    Each ranked batch costs ``SECONDS_PER_BATCH`` of the budget and each boundary answer
-    ``SECONDS_PER_LABEL``; annotations already in Label Studio count. Boundary questions are
-    answered first. Stops when the budget is spent, or when the scheduler has published its
-    classes (its stopping rule held and every boundary question was answered).
-    """
-    from ranking_scheduler.raters import SECONDS_PER_BATCH, SECONDS_PER_LABEL
-
-    rank_pid, boundary_pid = projects["Rank"], projects["Boundary"]
-    batches = sum(int(t.get("total_annotations") or 0) for t in rest.tasks(rank_pid))
-    boundary = sum(int(t.get("total_annotations") or 0) for t in rest.tasks(boundary_pid))
-    spent = batches * SECONDS_PER_BATCH + boundary * SECONDS_PER_LABEL
-    progress(min(spent, budget_seconds))
-    turn = batches + boundary
-    idle_since = time.monotonic()
-    stop_reason = "budget spent"
-    # Open Rank tasks from the last listing: listing the growing project after every
-    # submission would cost more than the submission itself. A task the scheduler retired
-    # meanwhile answers 404 and is skipped.
-    queue: list[dict] = []
-    gone = 0
-    while spent < budget_seconds:
-        check_alive()
-        rater = panel.raters[turn % len(panel.raters)]
-        open_boundary = [t for t in rest.tasks(boundary_pid) if is_open(t)]
-        if open_boundary:
-            task = open_boundary[0]
-            label = rater.classify(task["data"]["image_id"])
-            kind, result, cost = "boundary", choice_result(label), SECONDS_PER_LABEL
-        else:
-            if not queue:
-                queue = [t for t in rest.tasks(rank_pid) if is_open(t)]
-            if not queue:
-                stats = scheduler_stats()
-                if (stats.get("service") or {}).get("published"):
-                    stop_reason = "scheduler finished and published its classes"
-                    break
-                if time.monotonic() - idle_since > wait_s:
-                    raise TimeoutError(
-                        f"no open Rank or Boundary task for {wait_s:.0f} s and the scheduler "
-                        f"has not published its classes; its stats: {json.dumps(stats)[:500]}"
-                    )
-                time.sleep(0.2)
-                continue
-            task = queue.pop(0)
-            order = rater.rank([item["id"] for item in task["data"]["images"]])
-            kind, result, cost = "rank", ranker_result(order), SECONDS_PER_BATCH
-        try:
-            rest.annotate(task["id"], result, user_ids[rater.name], cost)
-        except TaskGone:
-            gone += 1
-            continue
-        if kind == "rank":
-            batches += 1
-        else:
-            boundary += 1
-        idle_since = time.monotonic()
-        spent += cost
-        turn += 1
-        progress(cost)
-    return {
-        "ranked_batches": batches,
-        "boundary_labels": boundary,
-        "seconds": spent,
-        "hours": spent / 3600,
-        "stop_reason": stop_reason,
-        "retired_before_answer": gone,
-    }
-
-
-# --------------------------------------------------------------------------------------------
 # Stage: training through RQ
 # --------------------------------------------------------------------------------------------
 
@@ -993,20 +744,6 @@ def _bar(total: float, desc: str, unit: str = "it"):
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=True)
-
-
-def make_panel(manifest: Path, n_raters: int, seed: int):
-    """Simulated clinicians for a cohort, their class cuts fitted to its ground truth."""
-    from dataclasses import replace
-
-    from cmr_ingest.manifest import read_manifest
-    from ranking_scheduler.raters import DEFAULT_PARAMS, RaterPanel, cuts_from_classes
-
-    rows = read_manifest(manifest)
-    positions = {str(r["image_id"]): float(r["position"]) for r in rows}
-    classes = {str(r["image_id"]): str(r["true_class"]) for r in rows}
-    params = replace(DEFAULT_PARAMS, cuts=cuts_from_classes(positions, classes))
-    return RaterPanel.from_positions(positions, n_raters=n_raters, seed=seed, params=params)
 
 
 def scheduler_stats_fn(http, scheduler_url: str, secret: str) -> Callable[[], dict]:

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from slicerank import demo
+from slicerank import demo, demo_raters
 from slicerank.procs import free_port
 
 # ---------------------------------------------------------------------------------- helpers
@@ -40,16 +40,16 @@ def test_config_rejects_bad_sizes_naming_the_option(tmp_path):
 def test_budget_is_equal_time_at_the_study_exchange_rate():
     from ranking_scheduler.raters import SECONDS_PER_LABEL
 
-    budget = demo.labelling_budget(3323, None)
+    budget = demo_raters.labelling_budget(3323, None)
     # The study: 5 hours bought 3,323 single labels or about 1,575 ranked batches.
     assert budget["hours"] == pytest.approx(5.0)
     assert budget["single_labels"] == 3323
     assert budget["ranked_batches"] == 1575
     for n in (1, 7, 49, 50, 501):
-        assert demo.labelling_budget(n, None)["single_labels"] == n
+        assert demo_raters.labelling_budget(n, None)["single_labels"] == n
     assert budget["seconds"] == pytest.approx(3323 * SECONDS_PER_LABEL)
     # One hour buys 3600 / (18000 / 1575) = 315 batches exactly.
-    assert demo.labelling_budget(10, 1.0)["ranked_batches"] == 315
+    assert demo_raters.labelling_budget(10, 1.0)["ranked_batches"] == 315
 
 
 def test_credentials_are_private_and_stable(tmp_path):
@@ -92,9 +92,9 @@ def test_redis_url_password_is_redacted():
 
 
 def test_annotation_results_have_label_studio_shape():
-    (choice,) = demo.choice_result("lv")
+    (choice,) = demo_raters.choice_result("lv")
     assert choice["from_name"] == "slice_class" and choice["value"] == {"choices": ["lv"]}
-    (ranker,) = demo.ranker_result(["a", "b"])
+    (ranker,) = demo_raters.ranker_result(["a", "b"])
     assert ranker["type"] == "ranker" and ranker["value"] == {"ranker": {"order": ["a", "b"]}}
 
 
