@@ -12,7 +12,9 @@ from slicerank.demo_bench import tree_rss_bytes
 
 def test_tree_rss_counts_children():
     # A child that holds ~200 MB must raise the tree's total by about that much.
-    code = "import time; b = bytearray(200 * 2**20); b[::4096] = b'x' * len(b[::4096]); time.sleep(30)"
+    code = (
+        "import time; b = bytearray(200 * 2**20); b[::4096] = b'x' * len(b[::4096]); time.sleep(30)"
+    )
     alone = tree_rss_bytes(os.getpid())
     child = subprocess.Popen([sys.executable, "-c", code])
     try:
