@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.chromium import CHROMIUM, CHROMIUM_FLAGS
 from tests.ranking_scheduler.test_service_harness import (
     InProcessScheduler,
     make_raters,
@@ -19,13 +19,12 @@ from tests.ranking_scheduler.test_service_harness import (
     rank_next,
 )
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(os.environ.get("SLICERANK_TEST_ARTIFACTS", "test-artifacts"))
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.integration,
     pytest.mark.slow,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="apt-get install chromium"),
+    pytest.mark.skipif(CHROMIUM is None, reason="apt-get install chromium"),
 ]
 
 
@@ -36,15 +35,7 @@ def browser():
     with sync_playwright() as pw:
         chromium = pw.chromium.launch(
             executable_path=CHROMIUM,
-            args=[
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
+            args=list(CHROMIUM_FLAGS),
         )
         yield chromium
         chromium.close()

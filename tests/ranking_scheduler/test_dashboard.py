@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
@@ -14,6 +13,7 @@ import pytest
 from ranking_scheduler.dashboard import render_dashboard
 from ranking_scheduler.stats import compute_stats
 from ranking_scheduler.store import SubmissionStore
+from tests.chromium import CHROMIUM, CHROMIUM_FLAGS
 
 NOW = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
 EVIL = '</script><script>document.documentElement.setAttribute("data-pwned", "1")</script><!--'
@@ -154,9 +154,6 @@ def test_page_without_stats_and_bad_arguments():
         render_dashboard(None, api_url='/x"><script>')
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
 @pytest.mark.browser
 @pytest.mark.skipif(
     CHROMIUM is None, reason="Debian chromium is not installed (apt-get install chromium)"
@@ -167,13 +164,7 @@ def test_chromium_draws_the_figures_from_the_stats(stats, tmp_path):
     dom = subprocess.run(
         [
             CHROMIUM,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
+            *CHROMIUM_FLAGS,
             f"--user-data-dir={tmp_path / 'profile'}",
             "--virtual-time-budget=3000",
             "--dump-dom",
