@@ -1,8 +1,9 @@
 """The scheduler's thin edge to Label Studio: every SDK call the service makes goes through here.
 
 ``LabelStudioAdapter(client, prefix)`` takes a ``label_studio_sdk.LabelStudio`` client (passed
-in, never global). It also counts the time spent waiting for Label Studio so the service can
-report its *own* processing time separately.
+in, never global). It also counts the time spent waiting for Label Studio (per thread, so the
+service can report its *own* processing time separately) and keeps recent latencies per kind of
+call (``call_stats``: how slow Label Studio is, e.g. at creating tasks).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import html
 import threading
 import time
+from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +20,9 @@ from ls_config.provision import BOUNDARY, CLASSIFY, RANK, find_projects
 
 MODEL_VERSION = "ranking-consensus"
 """Model version of the consensus classes written as predictions on Classify tasks."""
+
+CALL_SAMPLES = 2000
+"""Recent latencies kept per kind of Label Studio call (for ``call_stats``)."""
 
 IMAGE_STYLE = "width:200px;height:200px;object-fit:contain;background:#000"
 """Inline size of each slice in the Rank list (big enough to judge anatomy)."""
@@ -43,26 +48,52 @@ class LabelStudioAdapter:
         self.client = client
         self.prefix = prefix
         self.projects: dict[str, int] = {}
-        self._wait_s = 0.0
-        self._wait_lock = threading.Lock()
+        self._local = threading.local()
+        self._calls: dict[str, deque[float]] = {}
+        self._call_counts: dict[str, int] = {}
+        self._calls_lock = threading.Lock()
 
     @contextmanager
-    def _timed(self):
+    def _timed(self, op: str):
         t0 = time.perf_counter()
         try:
             yield
         finally:
-            with self._wait_lock:
-                self._wait_s += time.perf_counter() - t0
+            dt = time.perf_counter() - t0
+            # Per thread: a read on the reader thread must not be subtracted from the worker's
+            # own time.
+            self._local.wait_s = getattr(self._local, "wait_s", 0.0) + dt
+            with self._calls_lock:
+                self._calls.setdefault(op, deque(maxlen=CALL_SAMPLES)).append(dt)
+                self._call_counts[op] = self._call_counts.get(op, 0) + 1
 
     @property
     def wait_s(self) -> float:
-        """Total seconds spent in Label Studio calls so far."""
-        return self._wait_s
+        """Seconds the calling thread has spent in Label Studio calls so far."""
+        return getattr(self._local, "wait_s", 0.0)
+
+    def recent_latencies(self, op: str) -> list[float]:
+        """The recent latencies (seconds) of one kind of call, oldest first."""
+        with self._calls_lock:
+            return list(self._calls.get(op, ()))
+
+    def call_stats(self) -> dict[str, dict[str, float | int | None]]:
+        """Per kind of call: how many so far and the recent latency p50/p95/max in ms."""
+        with self._calls_lock:
+            snapshot = {op: (self._call_counts[op], sorted(v)) for op, v in self._calls.items()}
+        out = {}
+        for op, (n, values) in sorted(snapshot.items()):
+            out[op] = {
+                "calls": n,
+                "p50_ms": 1000.0 * values[(len(values) - 1) // 2],
+                "p95_ms": 1000.0 * values[int(0.95 * (len(values) - 1))],
+                "max_ms": 1000.0 * values[-1],
+            }
+        return out
 
     def connect(self) -> dict[str, int]:
         """Find the three provisioned projects (raises ``LookupError`` naming a missing one)."""
-        with self._timed():
+        with self._timed("connect"):
             self.projects = find_projects(self.client, self.prefix)
         return self.projects
 
@@ -75,14 +106,14 @@ class LabelStudioAdapter:
 
     def unlabelled_tasks(self, kind: str) -> int:
         """How many tasks of a project have no annotation yet (one cheap project request)."""
-        with self._timed():
+        with self._timed("project_counts"):
             project = self.client.projects.get(self.projects[kind])
         return int(project.task_number or 0) - int(project.num_tasks_with_annotations or 0)
 
     def pool(self) -> list[PoolImage]:
         """Every image of the Classify project (the pool the engine ranks), in task order."""
         out = []
-        with self._timed():
+        with self._timed("pool"):
             for task in self.client.tasks.list(project=self.projects[CLASSIFY], page_size=1000):
                 data = task.data or {}
                 if data.get("image_id") and data.get("image"):
@@ -112,7 +143,7 @@ class LabelStudioAdapter:
     def create_rank_tasks(self, batches: list[tuple[str, list[PoolImage]]]) -> list[int]:
         """Create several Rank tasks in one request; their ids, in the same order."""
         tasks = [self.rank_task(batch_id, images) for batch_id, images in batches]
-        with self._timed():
+        with self._timed("create_rank_tasks"):
             resp = self.client.projects.import_tasks(
                 self.projects[RANK], request=tasks, return_task_ids=True
             )
@@ -123,7 +154,7 @@ class LabelStudioAdapter:
 
     def create_boundary_task(self, image: PoolImage, boundary: str) -> int:
         """Create one Boundary question for ``image`` near the cut ``boundary``; its id."""
-        with self._timed():
+        with self._timed("create_boundary_task"):
             task = self.client.tasks.create(
                 project=self.projects[BOUNDARY],
                 data={"image": image.url, "image_id": image.image_id, "boundary": boundary},
@@ -135,7 +166,7 @@ class LabelStudioAdapter:
         """Delete a task; ``False`` if it was already gone."""
         from label_studio_sdk.core.api_error import ApiError
 
-        with self._timed():
+        with self._timed("delete_task"):
             try:
                 self.client.tasks.delete(task_id)
             except ApiError as exc:
@@ -155,7 +186,7 @@ class LabelStudioAdapter:
                 return []
             query = json.dumps({"selectedItems": {"all": False, "included": list(task_ids)}})
         out = []
-        with self._timed():
+        with self._timed("list_open_tasks" if query else "list_all_tasks"):
             for task in self.client.tasks.list(
                 project=self.projects[kind], fields="all", page_size=500, query=query
             ):
@@ -186,7 +217,7 @@ class LabelStudioAdapter:
                     ],
                 }
             )
-        with self._timed():
+        with self._timed("publish_predictions"):
             for start in range(0, len(requests), 500):
                 self.client.projects.import_predictions(
                     self.projects[CLASSIFY], request=requests[start : start + 500]
@@ -196,7 +227,7 @@ class LabelStudioAdapter:
     def consensus_predictions(self) -> int:
         """How many Classify tasks already carry a ``ranking-consensus`` prediction."""
         n = 0
-        with self._timed():
+        with self._timed("list_classify"):
             for task in self.client.tasks.list(
                 project=self.projects[CLASSIFY], fields="all", page_size=1000
             ):

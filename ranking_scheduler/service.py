@@ -6,9 +6,23 @@ and a :class:`~ranking_scheduler.ls_adapter.LabelStudioAdapter` (the SDK edge).
 
 Concurrency: the webhook endpoint only checks the secret and queues the event, answering within
 Label Studio's ~1 s webhook timeout. A single worker thread does everything that changes state,
-in order: parse, append to the log, update the engine, then the Label Studio calls (new Rank
-tasks, boundary questions, retiring tasks, publishing). Periodic reconciliation is queued on
-the same thread, so there is exactly one writer. Readers (``/api/stats``) take the engine lock.
+in order: parse, append to the log, update the engine, then the Label Studio calls (boundary
+questions, retiring tasks, publishing). Periodic reconciliation is queued on the same thread, so
+there is exactly one writer. Readers (``/api/stats``) take the engine lock.
+
+New Rank tasks are the exception to "the worker calls Label Studio": the worker draws the
+batches from the engine, and a small pool of creator threads imports them, so that one slow
+import cannot hold up the stream (Label Studio's SQLite server answers a write conflict on task
+import by sleeping 3 s, then 6 s, before it retries). The creator hands the new task ids back to
+the worker, which records them ahead of any webhook; a webhook about a task that is not recorded
+yet while creations are in flight waits for them instead of being rejected. The queue is ordered
+by priority: recorded creations, then webhooks, then watch and reconciliation passes.
+
+How many Rank tasks are kept open (``wanted_open_tasks``) follows the observed demand: one per
+active rater plus enough spare tasks to cover the submissions that arrive while replacements are
+being created (submission rate x recent worst replacement lag x a safety factor), never fewer
+than ``open_per_rater`` per active rater or ``min_open_tasks``, never more than
+``max_open_tasks``.
 
 Idempotence: every annotation is appended by id, so a duplicate webhook or a reconciliation
 that sees an annotation again is a no-op; an edited or deleted annotation rebuilds the engine
@@ -20,13 +34,16 @@ from __future__ import annotations
 
 import csv
 import hmac
+import itertools
 import json
 import logging
+import math
 import queue
 import threading
 import time
 import uuid
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,6 +68,18 @@ CREATED_BY = "slicerank-scheduler"
 
 MAX_DEFERRED_TOP_UPS = 8
 """At most this many queued submissions are applied before the open tasks are topped up."""
+
+SLOW_EVENT_S = 0.5
+"""A worker event taking longer than this is logged (what held the stream up)."""
+
+PRIO_CREATED, PRIO_WEBHOOK, PRIO_PERIODIC, PRIO_STOP = range(4)
+"""Worker queue priorities: recorded creations first, then webhooks, then periodic passes."""
+
+RATE_WINDOW_S = 60.0
+"""Submissions within this many seconds give the observed submission rate."""
+
+LAG_SAMPLES = 200
+"""The worst of this many recent replacement lags sizes the spare tasks."""
 
 PROCESSING_SAMPLES = 20000
 """How many recent per-submission processing times are kept for the percentiles."""
@@ -136,6 +165,94 @@ def _percentile(values: list[float], q: float) -> float | None:
     return values[lo] + (values[hi] - values[lo]) * (pos - lo)
 
 
+def spare_tasks(rate_per_s: float, lag_s: float, safety: float) -> int:
+    """Spare open Rank tasks needed so that ``rate_per_s`` submissions, each replaced after up
+    to ``lag_s`` seconds, never drain the pool (Little's law, times ``safety``)."""
+    for name, value in (("rate_per_s", rate_per_s), ("lag_s", lag_s), ("safety", safety)):
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return math.ceil(rate_per_s * lag_s * safety - 1e-9)
+
+
+def wanted_open(
+    active: int, *, spare: int, open_per_rater: int, min_open: int, max_open: int
+) -> int:
+    """Open Rank tasks to keep: one on each active rater's screen plus ``spare``, at least
+    ``open_per_rater`` per active rater and ``min_open``, at most ``max_open``."""
+    if active < 0 or spare < 0:
+        raise ValueError(f"active and spare must be >= 0, got {active} and {spare}")
+    if max_open < min_open:
+        raise ValueError(f"max_open={max_open} is below min_open={min_open}")
+    return min(max_open, max(min_open, open_per_rater * active, active + spare))
+
+
+def submission_rate(times: deque[float], now: float, window_s: float = RATE_WINDOW_S) -> float:
+    """Submissions per second over the last ``window_s`` seconds; drops older ``times`` (a
+    deque of timestamps in ascending order) as it goes."""
+    if window_s <= 0:
+        raise ValueError(f"window_s must be > 0, got {window_s}")
+    while times and times[0] < now - window_s:
+        times.popleft()
+    return len(times) / window_s
+
+
+class WorkerStats:
+    """What the worker thread spends its time on (thread-safe snapshots for ``/api/stats``):
+    per kind of event its count, total and worst duration; the deepest queue seen; the lowest
+    number of spare Rank tasks seen before a top-up; the replacement lag (a submission's webhook
+    queued until the top-up after it has created the new tasks in Label Studio)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.events: dict[str, list[float]] = {}
+        self.queue_max = 0
+        self.spare_low: int | None = None
+        self.lags: deque[float] = deque(maxlen=PROCESSING_SAMPLES)
+
+    def record(self, kind: str, seconds: float) -> None:
+        """One worker event of ``kind`` took ``seconds``."""
+        with self._lock:
+            n, total, worst = self.events.get(kind, (0, 0.0, 0.0))
+            self.events[kind] = [n + 1, total + seconds, max(worst, seconds)]
+
+    def saw_depth(self, depth: int) -> None:
+        """The queue held ``depth`` events."""
+        self.queue_max = max(self.queue_max, depth)
+
+    def saw_spare(self, spare: int) -> None:
+        """A top-up found ``spare`` open Rank tasks beyond one per active rater."""
+        with self._lock:
+            self.spare_low = spare if self.spare_low is None else min(self.spare_low, spare)
+
+    def recent_lags(self, n: int) -> list[float]:
+        """The last ``n`` replacement lags (seconds)."""
+        with self._lock:
+            return list(self.lags)[-n:]
+
+    def replaced(self, lag_s: float) -> None:
+        """A top-up finished ``lag_s`` after the oldest submission it replaces was queued."""
+        with self._lock:
+            self.lags.append(lag_s)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The figures as plain JSON values (ms for times)."""
+        with self._lock:
+            lags = list(self.lags)
+            events = {
+                kind: {"n": n, "total_s": round(total, 3), "max_ms": round(worst * 1000, 1)}
+                for kind, (n, total, worst) in sorted(self.events.items())
+            }
+        p95 = _percentile(lags, 0.95)
+        return {
+            "events": events,
+            "queue_max": self.queue_max,
+            "spare_low": self.spare_low,
+            "replacement_lag_ms_p50": None if not lags else 1000 * _percentile(lags, 0.5),
+            "replacement_lag_ms_p95": None if p95 is None else 1000 * p95,
+            "replacement_lag_ms_max": None if not lags else 1000 * max(lags),
+        }
+
+
 class SchedulerService:
     """The running scheduler: call :meth:`start`, feed :meth:`enqueue`, :meth:`stop` at the end.
 
@@ -160,7 +277,14 @@ class SchedulerService:
         self.engine: RankingEngine | None = None
         self.pool: dict[str, PoolImage] = {}
         self.lock = threading.RLock()
-        self._queue: queue.Queue = queue.Queue()
+        self._queue: queue.PriorityQueue = queue.PriorityQueue()
+        self._seq = itertools.count()
+        self._creator: ThreadPoolExecutor | None = None
+        self._creating = 0  # Rank tasks being created by the creator threads
+        self._create_jobs = 0  # import requests in flight
+        self._parked: list[tuple] = []  # webhooks about tasks not recorded yet
+        self._rank_times: deque[float] = deque()  # clock() of recent Rank submissions
+        self._rate_lock = threading.Lock()  # /api/stats reads the rate from another thread
         self._open: dict[int, Any] = {}
         self._rejected: set[int] = set()
         self._last_seen: dict[str, float] = {}
@@ -182,6 +306,8 @@ class SchedulerService:
             "errors": 0,
         }
         self._deferred = 0
+        self._worker = WorkerStats()
+        self._pending_since: float | None = None
         self._watch_short: list = []
         self._stop = threading.Event()
         self._idle = threading.Event()
@@ -214,6 +340,9 @@ class SchedulerService:
             self.reconcile()
             self.top_up()
         if background:
+            self._creator = ThreadPoolExecutor(
+                max_workers=self.settings.create_concurrency, thread_name_prefix="scheduler-create"
+            )
             worker = threading.Thread(target=self._work, name="scheduler-worker", daemon=True)
             worker.start()
             self._threads.append(worker)
@@ -224,9 +353,11 @@ class SchedulerService:
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop the threads after the events already queued."""
+        """Stop the threads after the events already queued (and the creations in flight)."""
         self._stop.set()
-        self._queue.put(None)
+        if self._creator is not None:
+            self._creator.shutdown(wait=True)  # their results are queued before the stop
+        self._put(None, PRIO_STOP)
         for thread in self._threads:
             thread.join(timeout)
         self._threads.clear()
@@ -260,26 +391,35 @@ class SchedulerService:
     def enqueue(self, action: str, payload: dict) -> None:
         """Queue one webhook event for the worker (returns at once)."""
         self._counts["webhooks"] += 1
-        self._idle.clear()
-        self._queue.put(("webhook", action, payload, time.perf_counter()))
+        self._put(("webhook", action, payload, time.perf_counter()), PRIO_WEBHOOK)
+        self._worker.saw_depth(self._queue.qsize())
 
     def request_reconcile(self, *, full: bool = True) -> None:
         """Queue a reconciliation with Label Studio (``full=False``: the open tasks only)."""
+        self._put(("reconcile", full), PRIO_PERIODIC)
+
+    def _put(self, item: tuple | None, priority: int) -> None:
         self._idle.clear()
-        self._queue.put(("reconcile", full))
+        self._queue.put((priority, next(self._seq), item))
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
         """Block until the queue is drained (tests and the benchmark use it)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self._queue.unfinished_tasks == 0:
+            if self._queue.unfinished_tasks == 0 and self._create_jobs == 0:
                 return True
             time.sleep(0.02)
         return False
 
     def _work(self) -> None:
-        while not self._stop.is_set():
-            item = self._queue.get()
+        while True:
+            entry = self._queue.get()
+            item = entry[2]
+            t0 = time.perf_counter()
+            kind = "stop" if item is None else item[0]
+            if kind == "reconcile":
+                kind = "reconcile_full" if item[1] else "reconcile_open"
+            depth = self._queue.qsize()
             try:
                 if item is None:
                     return
@@ -288,7 +428,13 @@ class SchedulerService:
                     # (one Label Studio request for all new tasks) rather than after each.
                     defer = self._queue.qsize() > 0 and self._deferred < MAX_DEFERRED_TOP_UPS
                     self._deferred = self._deferred + 1 if defer else 0
-                    self.handle_webhook(item[1], item[2], top_up=not defer)
+                    if self._pending_since is None:
+                        self._pending_since = item[3]
+                    status = self.handle_webhook(item[1], item[2], top_up=not defer)
+                    if status == "parked":
+                        self._parked.append(entry)
+                elif item[0] in ("created", "create_failed"):
+                    self._creation_done(*item)
                 elif item[0] == "watch":
                     self.watch()
                 elif item[0] == "reconcile":
@@ -300,6 +446,10 @@ class SchedulerService:
                 self._counts["errors"] += 1
                 log.exception("scheduler: event failed; the next reconciliation retries it")
             finally:
+                dt = time.perf_counter() - t0
+                self._worker.record(kind, dt)
+                if dt > SLOW_EVENT_S:
+                    log.info("slow %s: %.0f ms (queue %d behind it)", kind, dt * 1000, depth)
                 self._queue.task_done()
 
     def _tick(self) -> None:
@@ -315,8 +465,7 @@ class SchedulerService:
                 last_light = now
                 self.request_reconcile(full=False)
             elif s.watch_interval_s > 0 and self._queue.qsize() == 0:
-                self._idle.clear()
-                self._queue.put(("watch",))
+                self._put(("watch",), PRIO_PERIODIC)
 
     def watch(self) -> bool:
         """Cheap check for a missed webhook: if Label Studio has fewer unanswered tasks than the
@@ -336,10 +485,10 @@ class SchedulerService:
             self.top_up()
         return missed
 
-    def handle_webhook(self, action: str, payload: dict, *, top_up: bool = True) -> None:
+    def handle_webhook(self, action: str, payload: dict, *, top_up: bool = True) -> str:
         """Apply one Label Studio webhook event, then (with ``top_up``) make the Label Studio
-        calls it needs. The service's own time for it (everything but waiting for Label
-        Studio) is recorded for ``own_ms_p95``."""
+        calls it needs; returns what happened (see :meth:`apply_annotation`). The service's own
+        time for it (everything but waiting for Label Studio) is recorded for ``own_ms_p95``."""
         t0 = time.perf_counter()
         wait0 = self.ls.wait_s
         if action in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED"):
@@ -356,12 +505,15 @@ class SchedulerService:
                 status = self.delete_annotation(ann.get("id"), ann.get("task"))
         else:
             self._counts["ignored"] += 1
-            return
+            return "ignored"
+        if status == "parked":
+            return status
         if top_up:
             self.top_up()
         own_ms = (time.perf_counter() - t0 - (self.ls.wait_s - wait0)) * 1000.0
         if status in ("created", "updated", "deleted", "rejected", "skipped"):
             self._own_ms.append(own_ms)
+        return status
 
     def _reject(self, reason: str, *, kind, ann: dict, task_id, rater=None) -> str:
         ann_id = ann.get("id")
@@ -381,7 +533,9 @@ class SchedulerService:
 
     def apply_annotation(self, project_id: Any, task_id: Any, ann: dict) -> str:
         """Apply one annotation (from a webhook or reconciliation); returns what happened:
-        ``created``/``updated``/``duplicate``/``stale``/``skipped``/``rejected``/``ignored``."""
+        ``created``/``updated``/``duplicate``/``stale``/``skipped``/``rejected``/``ignored``, or
+        ``parked`` (an unknown task while Rank tasks are being created: retried once they are
+        recorded)."""
         kind = self.ls.kind_of_project(project_id)
         if kind not in (RANK, BOUNDARY):
             self._counts["ignored"] += 1
@@ -399,6 +553,9 @@ class SchedulerService:
         except ValueError as exc:
             return self._reject(str(exc), kind=store_kind, ann=ann, task_id=task_id)
         record = self.store.get_task(task_id)
+        if record is None and self._creating > 0:
+            # Possibly one of the tasks being created, answered before its id came back.
+            return "parked"
         if record is None:
             return self._reject(
                 f"task {task_id} in the {kind} project was not created by the scheduler",
@@ -433,6 +590,9 @@ class SchedulerService:
                 else:
                     self.engine.submit_boundary(record.image_ids[0], label)
             self._last_seen[rater] = self.clock()
+            if kind == RANK:
+                with self._rate_lock:
+                    self._rank_times.append(self.clock())
         elif res.needs_rebuild:
             self.rebuild()
         if record.status == "open" or record.task_id in self._open:
@@ -486,10 +646,28 @@ class SchedulerService:
         since = self.clock() - self.settings.active_window_s
         return sum(1 for t in self._last_seen.values() if t >= since)
 
+    def submission_rate(self) -> float:
+        """Rank submissions per second over the last ``RATE_WINDOW_S`` seconds."""
+        with self._rate_lock:
+            return submission_rate(self._rank_times, self.clock())
+
+    def spare_wanted(self) -> int:
+        """Spare Rank tasks (beyond one per active rater) the observed demand needs: recent
+        submission rate x worst recent replacement lag x ``spare_safety``."""
+        rate = self.submission_rate()
+        lags = self._worker.recent_lags(LAG_SAMPLES)
+        return spare_tasks(rate, max(lags, default=0.0), self.settings.spare_safety)
+
     def wanted_open_tasks(self) -> int:
-        """How many Rank tasks should be open now."""
+        """How many Rank tasks should be open now (see the module docstring)."""
         s = self.settings
-        return min(s.max_open_tasks, max(s.min_open_tasks, s.open_per_rater * self.active_raters()))
+        return wanted_open(
+            self.active_raters(),
+            spare=self.spare_wanted(),
+            open_per_rater=s.open_per_rater,
+            min_open=s.min_open_tasks,
+            max_open=s.max_open_tasks,
+        )
 
     def top_up(self) -> None:
         """Create Rank tasks until enough are open (none once the engine is done) and boundary
@@ -501,32 +679,94 @@ class SchedulerService:
             for record in open_rank:
                 self._close_task(record, "retired", delete=True)
         else:
-            batches = []
-            with self.lock:
-                for _ in range(self.wanted_open_tasks() - len(open_rank)):
-                    batch = self.engine.next_batch(POOL_RATER)
-                    if not batch:
-                        break
-                    batches.append((uuid.uuid4().hex[:12], batch))
-            if batches:
-                try:
-                    task_ids = self.ls.create_rank_tasks(
-                        [(bid, [self.pool[i] for i in batch]) for bid, batch in batches]
-                    )
-                except Exception:
-                    with self.lock:
-                        for _, batch in batches:
-                            self.engine.release(batch)
-                    raise
-                for task_id, (batch_id, batch) in zip(task_ids, batches, strict=True):
-                    rec = self.store.add_task(
-                        task_id, "rank", batch, batch_id=batch_id, meta={"created_by": CREATED_BY}
-                    )
-                    self._open[task_id] = rec
-                    self._counts["tasks_created"] += 1
+            self._top_up_rank(len(open_rank))
         self._ask_boundary()
         if done:
             self.maybe_publish()
+
+    def _top_up_rank(self, n_open: int) -> None:
+        wanted = self.wanted_open_tasks()
+        # Spare = open tasks beyond one per active rater (the one each has on screen).
+        self._worker.saw_spare(n_open + self._creating - self.active_raters())
+        need = wanted - n_open - self._creating
+        if need <= 0:
+            self._pending_since = None  # nothing to replace: no lag to measure
+            return
+        if self._stop.is_set():
+            return
+        if self._creator is not None and self._create_jobs >= self.settings.create_concurrency:
+            return  # every creator is busy; the first to finish tops up again
+        batches = []
+        with self.lock:
+            for _ in range(need):
+                batch = self.engine.next_batch(POOL_RATER)
+                if not batch:
+                    break
+                batches.append((uuid.uuid4().hex[:12], batch))
+        if not batches:
+            return
+        since, self._pending_since = self._pending_since, None
+        if self._creator is None:  # no background threads (tests, one-shot start)
+            try:
+                task_ids = self._create(batches)
+            except Exception:
+                self._release(batches)
+                raise
+            self._record_created(batches, task_ids, since)
+            return
+        self._creating += len(batches)
+        self._create_jobs += 1
+        self._creator.submit(self._create_job, batches, since)
+
+    def _create(self, batches: list[tuple[str, list[str]]]) -> list[int]:
+        return self.ls.create_rank_tasks(
+            [(bid, [self.pool[i] for i in batch]) for bid, batch in batches]
+        )
+
+    def _create_job(self, batches: list[tuple[str, list[str]]], since: float | None) -> None:
+        """On a creator thread: import the tasks, hand the ids (or the failure) to the worker."""
+        try:
+            task_ids = self._create(batches)
+        except Exception as exc:  # noqa: BLE001 - the worker releases the batches
+            self._put(("create_failed", batches, exc, since), PRIO_CREATED)
+        else:
+            self._put(("created", batches, task_ids, since), PRIO_CREATED)
+
+    def _creation_done(self, what: str, batches, result, since: float | None) -> None:
+        """On the worker: record created tasks (or release the batches of a failed import),
+        retry the webhooks that waited for them, top up again."""
+        self._creating -= len(batches)
+        self._create_jobs -= 1
+        if what == "created":
+            self._record_created(batches, result, since)
+        else:
+            self._release(batches)
+            self._counts["errors"] += 1
+            log.warning("creating %d Rank tasks failed (%r); retried", len(batches), result)
+            if self._pending_since is None:
+                self._pending_since = since
+        for entry in self._parked:  # back in their original place in the queue
+            self._queue.put(entry)
+        self._parked.clear()
+        if what == "created":
+            self.top_up()
+
+    def _release(self, batches: list[tuple[str, list[str]]]) -> None:
+        with self.lock:
+            for _, batch in batches:
+                self.engine.release(batch)
+
+    def _record_created(self, batches, task_ids: list[int], since: float | None) -> None:
+        for task_id, (batch_id, batch) in zip(task_ids, batches, strict=True):
+            rec = self.store.add_task(
+                task_id, "rank", batch, batch_id=batch_id, meta={"created_by": CREATED_BY}
+            )
+            if rec.status == "open":  # (a reconciliation may have adopted it already)
+                self._open[task_id] = rec
+            self._counts["tasks_created"] += 1
+        if since is not None:
+            # From the oldest submission not yet replaced to its replacement being in Label Studio.
+            self._worker.replaced(time.perf_counter() - since)
 
     def _ask_boundary(self) -> None:
         open_b = sum(1 for t in self._open.values() if t.kind == "boundary")
@@ -725,7 +965,12 @@ class SchedulerService:
             "own_ms_p95": _percentile(own, 0.95),
             "own_ms_max": max(own) if own else None,
             "submissions_timed": len(own),
-            "queue": self._queue.qsize(),
+            "queue": self._queue.qsize() + self._create_jobs,
+            "creating_rank_tasks": self._creating,
+            "spare_wanted": self.spare_wanted(),
+            "submission_rate_per_s": self.submission_rate(),
+            "worker": self._worker.as_dict(),
+            "label_studio_calls": self.ls.call_stats(),
             "open_tasks": {
                 "rank": sum(1 for t in self._open.values() if t.kind == "rank"),
                 "boundary": sum(1 for t in self._open.values() if t.kind == "boundary"),

@@ -234,6 +234,7 @@ def run_bench(
             "wait_s": 0.0,
             "errors": [],
             "unanswered_when_missed": [],
+            "missed_at": [],
         }
         bar = tqdm(total=batches, desc="submissions", disable=not progress)
 
@@ -266,6 +267,7 @@ def run_bench(
                         unanswered = project.task_number - project.num_tasks_with_annotations
                         with lock:
                             state["unanswered_when_missed"].append(unanswered)
+                            state["missed_at"].append(round(time.perf_counter() - t0, 2))
                     with lock:
                         state["ready"] += task is not None
                         state["wait_s"] += waited
@@ -281,6 +283,7 @@ def run_bench(
             for i, u in enumerate(users)
         ]
         t0 = time.perf_counter()
+        result["raters_started_at"] = time.time()  # missed_at_s counts from here
         for t in threads:
             t.start()
         for t in threads:
@@ -335,6 +338,9 @@ def run_bench(
                 ),
                 "log_events": log_events,
                 "applied_by_watch_or_reconcile": stats["submissions_timed"] < done_ok,
+                "missed_at_s": state["missed_at"],
+                "worker": stats.get("worker"),
+                "label_studio_calls": stats.get("label_studio_calls"),
                 "counts": stats["counts"],
             }
         )
@@ -364,7 +370,8 @@ def _bench(args: argparse.Namespace) -> int:
         think_s=args.think_s,
         out=args.out,
     )
-    print(json.dumps({k: v for k, v in result.items() if k != "counts"}, indent=2))
+    hidden = ("counts", "label_studio_calls", "missed_at_s")
+    print(json.dumps({k: v for k, v in result.items() if k not in hidden}, indent=2))
     if args.json:
         write_json(args.json, result)
     ok = result["lost"] == 0 and result["double_counted"] == 0 and not result["errors"]

@@ -57,7 +57,11 @@ class SchedulerSettings:
     (SCHEDULER_FULL_RECONCILE_INTERVAL_S, 0 = only at start): how often every annotation is
     (edits and deletions made while a webhook was lost);
     ``watch_interval_s`` (SCHEDULER_WATCH_INTERVAL_S, 0 = off): how often the open-task count is
-    compared with Label Studio's, which triggers a reconciliation when a webhook went missing.
+    compared with Label Studio's, which triggers a reconciliation when a webhook went missing;
+    ``spare_safety`` (SCHEDULER_SPARE_SAFETY, >= 0; 0 = only the fixed per-rater count): spare Rank
+    tasks beyond one per active rater = submission rate x worst recent replacement lag x this;
+    ``create_concurrency`` (SCHEDULER_CREATE_CONCURRENCY, >= 1): Rank-task imports in flight at
+    once (a slow import then does not hold up the replacements after it).
     """
 
     label_studio_url: str = "http://127.0.0.1:8080"
@@ -80,6 +84,8 @@ class SchedulerSettings:
     reconcile_interval_s: float = 60.0
     full_reconcile_interval_s: float = 900.0
     watch_interval_s: float = 5.0
+    spare_safety: float = 1.5
+    create_concurrency: int = 3
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -90,6 +96,12 @@ class SchedulerSettings:
             raise ValueError(
                 f"SCHEDULER_MAX_OPEN_TASKS={self.max_open_tasks} is below "
                 f"SCHEDULER_MIN_OPEN_TASKS={self.min_open_tasks}"
+            )
+        if not 0 <= self.spare_safety <= 100:
+            raise ValueError(f"SCHEDULER_SPARE_SAFETY={self.spare_safety} must be within 0..100")
+        if self.create_concurrency < 1:
+            raise ValueError(
+                f"SCHEDULER_CREATE_CONCURRENCY={self.create_concurrency} must be at least 1"
             )
         if self.batch_size < 2:
             raise ValueError(f"SCHEDULER_BATCH_SIZE={self.batch_size} must be at least 2")
@@ -123,6 +135,10 @@ class SchedulerSettings:
                 environ, "SCHEDULER_FULL_RECONCILE_INTERVAL_S", d.full_reconcile_interval_s
             ),
             watch_interval_s=_float(environ, "SCHEDULER_WATCH_INTERVAL_S", d.watch_interval_s),
+            spare_safety=_float(environ, "SCHEDULER_SPARE_SAFETY", d.spare_safety),
+            create_concurrency=_int(
+                environ, "SCHEDULER_CREATE_CONCURRENCY", d.create_concurrency, 1
+            ),
         )
 
     def with_(self, **changes) -> SchedulerSettings:

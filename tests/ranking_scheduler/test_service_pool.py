@@ -1,0 +1,303 @@
+"""Keeping the next Rank task ready: spare-pool sizing (pure) and task creation off the worker.
+
+The service tests here use a fake Label Studio edge (same methods as ``LabelStudioAdapter``)
+whose task import can be held, the way Label Studio's SQLite server holds an import for 3-9 s
+on a write conflict; the log is a real SQLite ``SubmissionStore``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+
+import pytest
+
+from ls_config.provision import BOUNDARY, CLASSIFY, RANK
+from ls_config.webclient import ranker_result
+from ranking_scheduler.ls_adapter import PoolImage
+from ranking_scheduler.service import (
+    SchedulerService,
+    WorkerStats,
+    spare_tasks,
+    submission_rate,
+    wanted_open,
+)
+from ranking_scheduler.settings import SchedulerSettings
+from ranking_scheduler.store import SubmissionStore
+
+
+# ----------------------------------------------------------------------------- pure sizing
+def test_spare_tasks_is_rate_times_lag_times_safety_rounded_up():
+    assert spare_tasks(2.8, 9.2, 1.5) == 39  # 38.64: the bench's worst stall
+    assert spare_tasks(2.0, 3.0, 1.0) == 6  # exact products are not rounded up
+    assert spare_tasks(0.0, 9.0, 1.5) == 0  # nobody submitting: no spare needed
+    assert spare_tasks(3.0, 0.0, 1.5) == 0
+    assert spare_tasks(0.1, 0.1, 1.0) == 1
+
+
+@pytest.mark.parametrize(("name", "args"), [("rate_per_s", (-1, 1, 1)), ("lag_s", (1, -1, 1))])
+def test_spare_tasks_refuses_negative_inputs(name, args):
+    with pytest.raises(ValueError, match=name):
+        spare_tasks(*args)
+
+
+def test_spare_tasks_refuses_nan():
+    with pytest.raises(ValueError, match="safety"):
+        spare_tasks(1.0, 1.0, float("nan"))
+
+
+def test_wanted_open_takes_the_largest_rule_then_caps():
+    kw = {"open_per_rater": 3, "min_open": 8, "max_open": 64}
+    assert wanted_open(0, spare=0, **kw) == 8  # nobody seen yet: the floor
+    assert wanted_open(10, spare=0, **kw) == 30  # the per-rater floor
+    assert wanted_open(10, spare=39, **kw) == 49  # one on each screen plus the spare
+    assert wanted_open(10, spare=200, **kw) == 64  # capped
+    with pytest.raises(ValueError, match="max_open=4 is below min_open=8"):
+        wanted_open(1, spare=0, open_per_rater=3, min_open=8, max_open=4)
+    with pytest.raises(ValueError, match="active and spare"):
+        wanted_open(-1, spare=0, **kw)
+
+
+def test_submission_rate_counts_the_window_and_forgets_older():
+    times = deque([0.0, 10.0, 50.0, 55.0, 59.0])
+    assert submission_rate(times, 60.0, 60.0) == pytest.approx(5 / 60)
+    assert submission_rate(times, 100.0, 60.0) == pytest.approx(3 / 60)
+    assert list(times) == [50.0, 55.0, 59.0]
+    with pytest.raises(ValueError, match="window_s"):
+        submission_rate(times, 1.0, 0)
+
+
+def test_worker_stats_keep_the_worst_and_the_low_water_mark():
+    w = WorkerStats()
+    w.record("webhook", 0.002)
+    w.record("webhook", 3.1)
+    w.saw_spare(20)
+    w.saw_spare(4)
+    w.saw_spare(12)
+    for lag in (0.1, 0.2, 9.2):
+        w.replaced(lag)
+    d = w.as_dict()
+    assert d["events"]["webhook"] == {"n": 2, "total_s": 3.102, "max_ms": 3100.0}
+    assert d["spare_low"] == 4
+    assert d["replacement_lag_ms_max"] == pytest.approx(9200.0)
+    assert w.recent_lags(2) == [0.2, 9.2]
+
+
+def test_settings_for_the_pool_validate():
+    s = SchedulerSettings.from_env(
+        {"SCHEDULER_SPARE_SAFETY": "2.5", "SCHEDULER_CREATE_CONCURRENCY": "4"}
+    )
+    assert (s.spare_safety, s.create_concurrency) == (2.5, 4)
+    with pytest.raises(ValueError, match="SCHEDULER_CREATE_CONCURRENCY=0 must be at least 1"):
+        SchedulerSettings.from_env({"SCHEDULER_CREATE_CONCURRENCY": "0"})
+    with pytest.raises(ValueError, match="SCHEDULER_SPARE_SAFETY='x' is not a number"):
+        SchedulerSettings.from_env({"SCHEDULER_SPARE_SAFETY": "x"})
+    with pytest.raises(ValueError, match="SCHEDULER_SPARE_SAFETY=-1.0 must be at least 0"):
+        SchedulerSettings.from_env({"SCHEDULER_SPARE_SAFETY": "-1"})
+
+
+# ----------------------------------------------------------------------------- fake edge
+class FakeLabelStudio:
+    """The adapter's methods over in-memory tasks; ``hold()`` makes the next import wait."""
+
+    def __init__(self, n_images: int = 64) -> None:
+        self.projects = {RANK: 1, CLASSIFY: 2, BOUNDARY: 3}
+        self.images = [
+            PoolImage(f"img{i:03d}", f"/data/{i}.png", 1000 + i) for i in range(n_images)
+        ]
+        self.tasks: dict[int, dict] = {}
+        self.next_id = 1
+        self.lock = threading.Lock()
+        self.imports = 0
+        self._hold: threading.Event | None = None
+        self.held: list[tuple[list[int], list]] = []  # (ids it will get, batches) while held
+
+    wait_s = 0.0
+
+    def connect(self):
+        return self.projects
+
+    def pool(self):
+        return list(self.images)
+
+    def kind_of_project(self, project_id):
+        return next((k for k, p in self.projects.items() if p == project_id), None)
+
+    def call_stats(self):
+        return {}
+
+    def hold(self) -> threading.Event:
+        """The next import blocks until the returned event is set."""
+        self._hold = threading.Event()
+        return self._hold
+
+    def create_rank_tasks(self, batches):
+        with self.lock:
+            ids = list(range(self.next_id, self.next_id + len(batches)))
+            self.next_id += len(batches)
+            self.imports += 1
+            hold, self._hold = self._hold, None
+        if hold is not None:
+            self.held.append((ids, batches))
+            assert hold.wait(10), "the test never released the held import"
+        with self.lock:
+            for task_id, (batch_id, images) in zip(ids, batches, strict=True):
+                self.tasks.setdefault(
+                    task_id,
+                    {
+                        "id": task_id,
+                        "images": [img.image_id for img in images],
+                        "batch_id": batch_id,
+                        "annotations": [],
+                    },
+                )
+        return ids
+
+    def delete_task(self, task_id):
+        with self.lock:
+            return self.tasks.pop(task_id, None) is not None
+
+    def unanswered(self) -> list[int]:
+        with self.lock:
+            return [t for t, d in self.tasks.items() if not d["annotations"]]
+
+    def unlabelled_tasks(self, kind):
+        return len(self.unanswered()) if kind == RANK else 0
+
+    def tasks_with_annotations(self, kind, task_ids=None):
+        if kind != RANK:
+            return []
+        with self.lock:
+            return [
+                {"id": t, "annotations": list(d["annotations"]), "meta": {}, "data": {}}
+                for t, d in self.tasks.items()
+                if task_ids is None or t in task_ids
+            ]
+
+    def create_boundary_task(self, image, boundary):  # pragma: no cover - not reached here
+        raise AssertionError("no boundary questions in these tests")
+
+    def annotate(self, task_id: int, ann_id: int, rater: int, images: list[str]) -> dict:
+        """A rater submits ``task_id`` (in image order); the webhook payload Label Studio sends."""
+        ann = {
+            "id": ann_id,
+            "task": task_id,
+            "completed_by": rater,
+            "result": ranker_result(sorted(images)),
+            "was_cancelled": False,
+        }
+        with self.lock:
+            if task_id in self.tasks:
+                self.tasks[task_id]["annotations"].append(ann)
+        return {
+            "action": "ANNOTATION_CREATED",
+            "project": {"id": self.projects[RANK]},
+            "task": {"id": task_id, "project": self.projects[RANK]},
+            "annotation": ann,
+        }
+
+
+@pytest.fixture
+def service(tmp_path):
+    fake = FakeLabelStudio()
+    store = SubmissionStore(f"sqlite:///{tmp_path / 'log.db'}")
+    settings = SchedulerSettings(
+        strategy="paper",
+        target_views=50,
+        min_open_tasks=4,
+        open_per_rater=2,
+        reconcile_interval_s=0,
+        watch_interval_s=0,
+        full_reconcile_interval_s=0,
+        create_concurrency=2,
+    )
+    svc = SchedulerService(settings, store, fake)
+    svc.start()
+    svc.request_reconcile()
+    assert svc.wait_idle(10)
+    yield svc, fake, store
+    svc.stop()
+    store.close()
+
+
+def _answer(svc, fake, task_id, ann_id, rater=1):
+    svc.enqueue(
+        "ANNOTATION_CREATED", fake.annotate(task_id, ann_id, rater, fake.tasks[task_id]["images"])
+    )
+
+
+def test_a_held_import_does_not_hold_up_the_replacements_after_it(service):
+    svc, fake, store = service
+    assert len(fake.unanswered()) == 4  # min_open_tasks at start
+    release = fake.hold()
+    first = fake.unanswered()
+    _answer(svc, fake, first[0], 101, rater=1)  # its replacement's import is held
+    deadline = time.monotonic() + 5
+    while not fake.held and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert fake.held, "the top-up after the first submission never reached Label Studio"
+    # While that import hangs, the next submissions still get replacements (another creator).
+    _answer(svc, fake, first[1], 102, rater=2)
+    _answer(svc, fake, first[2], 103, rater=3)
+    deadline = time.monotonic() + 5
+    while len(fake.unanswered()) < 3 + 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # 1 left of the first 4, plus replacements that did not wait for the held import.
+    assert len(fake.unanswered()) >= 3 + 2
+    assert fake.imports >= 2
+    release.set()
+    assert svc.wait_idle(10)
+    # Everything recorded once; three raters active -> 2 x 3 open tasks, none lost.
+    assert [s.annotation_id for s in store.effective_submissions("rank")] == [101, 102, 103]
+    assert store.event_count() == 3
+    open_ids = {t.task_id for t in store.tasks(status="open")}
+    assert open_ids == set(fake.unanswered())
+    assert len(open_ids) == 6
+    assert svc.service_stats()["creating_rank_tasks"] == 0
+    assert svc.engine.progress()["batches"] == 3
+
+
+def test_a_webhook_for_a_task_still_being_recorded_waits_instead_of_being_rejected(service):
+    svc, fake, store = service
+    release = fake.hold()
+    _answer(svc, fake, fake.unanswered()[0], 201, rater=1)
+    deadline = time.monotonic() + 5
+    while not fake.held and time.monotonic() < deadline:
+        time.sleep(0.01)
+    ((ids, batches),) = fake.held
+    # Label Studio already shows the task; a quick rater answers it before the import returns.
+    images = [img.image_id for img in batches[0][1]]
+    with fake.lock:
+        fake.tasks[ids[0]] = {"id": ids[0], "images": images, "annotations": []}
+    svc.enqueue("ANNOTATION_CREATED", fake.annotate(ids[0], 202, 2, images))
+    time.sleep(0.2)
+    assert not store.rejections()  # parked, not refused
+    release.set()
+    assert svc.wait_idle(10)
+    assert not store.rejections()
+    assert [s.annotation_id for s in store.effective_submissions("rank")] == [201, 202]
+    assert store.get_task(ids[0]).status == "answered"
+
+
+def test_a_failed_import_releases_its_batches_and_the_next_event_retries(service, monkeypatch):
+    svc, fake, store = service
+    real = fake.create_rank_tasks
+    calls = {"n": 0}
+
+    def flaky(batches):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("Label Studio answered 500")
+        return real(batches)
+
+    monkeypatch.setattr(fake, "create_rank_tasks", flaky)
+    open_before = len(svc.engine.open_batches())
+    _answer(svc, fake, fake.unanswered()[0], 301)
+    assert svc.wait_idle(10)
+    assert svc.service_stats()["counts"]["errors"] == 1
+    assert len(svc.engine.open_batches()) == open_before - 1  # the failed batch was released
+    _answer(svc, fake, fake.unanswered()[0], 302)
+    assert svc.wait_idle(10)
+    assert len(store.tasks(status="open")) == len(fake.unanswered()) == 4
+    assert store.event_count() == 2
