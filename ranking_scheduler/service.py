@@ -436,10 +436,13 @@ class SchedulerService:
                 elif item[0] in ("created", "create_failed"):
                     self._creation_done(*item)
                 elif item[0] == "watch":
-                    self.watch()
+                    self.watch(item[1] if len(item) > 1 else None)
                 elif item[0] == "reconcile":
                     self.top_up()  # the stream first: a full pass may take a while
-                    self.reconcile(full=item[1])
+                    if len(item) > 2:  # the open tasks, already read on the tick thread
+                        self._reconcile_open(item[2])
+                    else:
+                        self.reconcile(full=item[1])
                     self.retire_stale()
                     self.top_up()
             except Exception:  # noqa: BLE001 - one bad event must not stop the stream
@@ -463,18 +466,42 @@ class SchedulerService:
                 self.request_reconcile()
             elif s.reconcile_interval_s > 0 and now - last_light >= s.reconcile_interval_s:
                 last_light = now
-                self.request_reconcile(full=False)
+                self._read_then_queue("reconcile")
             elif s.watch_interval_s > 0 and self._queue.qsize() == 0:
-                self._put(("watch",), PRIO_PERIODIC)
+                self._read_then_queue("watch")
 
-    def watch(self) -> bool:
-        """Cheap check for a missed webhook: if Label Studio has fewer unanswered tasks than the
-        scheduler thinks are open, reconcile now (instead of at the next full interval)."""
-        short = []
+    def _read_then_queue(self, what: str) -> None:
+        # The Label Studio reads of the watch and the light reconciliation run here, on the
+        # tick thread; the worker only applies what they found, so it never waits for them.
+        try:
+            if what == "watch":
+                self._put(("watch", self._read_watch()), PRIO_PERIODIC)
+            else:
+                self._put(("reconcile", False, self._read_open()), PRIO_PERIODIC)
+        except Exception:  # noqa: BLE001 - the next tick tries again
+            self._counts["errors"] += 1
+            log.exception("scheduler: reading Label Studio for the %s failed", what)
+
+    def _open_ids(self, store_kind: str) -> list[int]:
+        # list() of a dict view runs in C under the GIL: a consistent snapshot off the worker.
+        return [t.task_id for t in list(self._open.values()) if t.kind == store_kind]
+
+    def _read_watch(self) -> list[tuple[frozenset, int]]:
+        """Per project: the task ids the scheduler holds open, then Label Studio's count of
+        unanswered tasks (read in that order, so a task created meanwhile cannot look lost)."""
+        out = []
         for kind, store_kind in ((RANK, "rank"), (BOUNDARY, "boundary")):
-            ours = {t.task_id for t in self._open.values() if t.kind == store_kind}
-            if self.ls.unlabelled_tasks(kind) < len(ours):
-                short.append(frozenset(ours))
+            ours = frozenset(self._open_ids(store_kind))
+            out.append((ours, self.ls.unlabelled_tasks(kind)))
+        return out
+
+    def watch(self, counts: list[tuple[frozenset, int]] | None = None) -> bool:
+        """Cheap check for a missed webhook: if Label Studio has fewer unanswered tasks than the
+        scheduler thinks are open, reconcile now (instead of at the next full interval).
+        ``counts`` is a :meth:`_read_watch` made earlier (on the tick thread); read now if
+        ``None``."""
+        counts = self._read_watch() if counts is None else counts
+        short = [ours for ours, unanswered in counts if unanswered < len(ours)]
         # A submission whose webhook is still on its way looks the same for a moment: only the
         # same shortfall seen twice in a row (nothing arrived in between) means a lost webhook.
         missed = bool(short) and short == self._watch_short
@@ -687,7 +714,9 @@ class SchedulerService:
     def _top_up_rank(self, n_open: int) -> None:
         wanted = self.wanted_open_tasks()
         # Spare = open tasks beyond one per active rater (the one each has on screen).
-        self._worker.saw_spare(n_open + self._creating - self.active_raters())
+        active = self.active_raters()
+        if active:
+            self._worker.saw_spare(n_open + self._creating - active)
         need = wanted - n_open - self._creating
         if need <= 0:
             self._pending_since = None  # nothing to replace: no lag to measure
@@ -851,12 +880,21 @@ class SchedulerService:
                 self._close_task(record, "retired", delete=False)
         return {"applied": applied, "deleted": len(vanished)}
 
-    def _reconcile_open(self) -> dict[str, int]:
+    def _read_open(self) -> list[tuple[str, list[int], list[dict]]]:
+        """Per project: the task ids held open and Label Studio's view of those tasks."""
+        out = []
+        for kind, store_kind in ((RANK, "rank"), (BOUNDARY, "boundary")):
+            ids = self._open_ids(store_kind)
+            out.append((kind, ids, self.ls.tasks_with_annotations(kind, ids)))
+        return out
+
+    def _reconcile_open(self, reads=None) -> dict[str, int]:
+        # ``reads`` may be a little old (read on the tick thread): applying an annotation is
+        # idempotent, and a task only counts as gone if it is still open here.
+        reads = self._read_open() if reads is None else reads
         self._counts["light_reconciles"] = self._counts.get("light_reconciles", 0) + 1
         applied = 0
-        for kind, store_kind in ((RANK, "rank"), (BOUNDARY, "boundary")):
-            ids = [t.task_id for t in self._open.values() if t.kind == store_kind]
-            found = self.ls.tasks_with_annotations(kind, ids)
+        for kind, ids, found in reads:
             for task in found:
                 for ann in task.get("annotations") or []:
                     ann = ann if isinstance(ann, dict) else ann.dict()

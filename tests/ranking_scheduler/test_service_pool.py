@@ -112,6 +112,8 @@ class FakeLabelStudio:
         self.imports = 0
         self._hold: threading.Event | None = None
         self.held: list[tuple[list[int], list]] = []  # (ids it will get, batches) while held
+        self.read_delay = 0.0  # seconds each task listing takes
+        self.reading = threading.Event()  # set while a listing is under way
 
     wait_s = 0.0
 
@@ -168,6 +170,9 @@ class FakeLabelStudio:
     def tasks_with_annotations(self, kind, task_ids=None):
         if kind != RANK:
             return []
+        self.reading.set()
+        time.sleep(self.read_delay)
+        self.reading.clear()
         with self.lock:
             return [
                 {"id": t, "annotations": list(d["annotations"]), "meta": {}, "data": {}}
@@ -198,8 +203,7 @@ class FakeLabelStudio:
         }
 
 
-@pytest.fixture
-def service(tmp_path):
+def _start(tmp_path, **changes):
     fake = FakeLabelStudio()
     store = SubmissionStore(f"sqlite:///{tmp_path / 'log.db'}")
     settings = SchedulerSettings(
@@ -211,11 +215,17 @@ def service(tmp_path):
         watch_interval_s=0,
         full_reconcile_interval_s=0,
         create_concurrency=2,
-    )
+    ).with_(**changes)
     svc = SchedulerService(settings, store, fake)
     svc.start()
     svc.request_reconcile()
     assert svc.wait_idle(10)
+    return svc, fake, store
+
+
+@pytest.fixture
+def service(tmp_path):
+    svc, fake, store = _start(tmp_path)
     yield svc, fake, store
     svc.stop()
     store.close()
@@ -301,3 +311,37 @@ def test_a_failed_import_releases_its_batches_and_the_next_event_retries(service
     assert svc.wait_idle(10)
     assert len(store.tasks(status="open")) == len(fake.unanswered()) == 4
     assert store.event_count() == 2
+
+
+def _wait_for(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_the_light_reconciliation_reads_label_studio_off_the_worker(tmp_path):
+    svc, fake, store = _start(tmp_path, reconcile_interval_s=0.3)
+    try:
+        logged = lambda: {s.annotation_id for s in store.effective_submissions("rank")}  # noqa: E731
+        a, b = fake.unanswered()[:2]
+        fake.read_delay = 1.5
+        fake.annotate(a, 401, 1, fake.tasks[a]["images"])  # its webhook is lost
+        assert fake.reading.wait(5), "no light reconciliation started"
+        # While the tick thread waits for Label Studio, the worker applies webhooks at once.
+        _answer(svc, fake, b, 402, rater=2)
+        assert _wait_for(lambda: 402 in logged(), 0.8), "the worker waited for the read"
+        assert fake.reading.is_set()
+        # The read finishes and the lost submission is applied, once.
+        assert _wait_for(lambda: 401 in logged(), 5)
+        fake.read_delay = 0.0
+        time.sleep(0.5)  # more passes over the same annotations: still one event each
+        assert svc.wait_idle(10)
+        assert store.event_count() == 2
+        assert svc.engine.progress()["batches"] == 2
+        assert store.get_task(a).status == "answered"
+    finally:
+        svc.stop()
+        store.close()
