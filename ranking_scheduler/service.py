@@ -200,13 +200,15 @@ class WorkerStats:
     """What the worker thread spends its time on (thread-safe snapshots for ``/api/stats``):
     per kind of event its count, total and worst duration; the deepest queue seen; the lowest
     number of spare Rank tasks seen before a top-up; the replacement lag (a submission's webhook
-    queued until the top-up after it has created the new tasks in Label Studio)."""
+    queued until the top-up after it has created the new tasks in Label Studio); the largest
+    number of open Rank tasks aimed at."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.events: dict[str, list[float]] = {}
         self.queue_max = 0
         self.spare_low: int | None = None
+        self.wanted_high = 0
         self.lags: deque[float] = deque(maxlen=PROCESSING_SAMPLES)
 
     def record(self, kind: str, seconds: float) -> None:
@@ -229,6 +231,10 @@ class WorkerStats:
         with self._lock:
             return list(self.lags)[-n:]
 
+    def saw_wanted(self, wanted: int) -> None:
+        """A top-up aimed at ``wanted`` open Rank tasks."""
+        self.wanted_high = max(self.wanted_high, wanted)
+
     def replaced(self, lag_s: float) -> None:
         """A top-up finished ``lag_s`` after the oldest submission it replaces was queued."""
         with self._lock:
@@ -247,6 +253,7 @@ class WorkerStats:
             "events": events,
             "queue_max": self.queue_max,
             "spare_low": self.spare_low,
+            "wanted_open_high": self.wanted_high,
             "replacement_lag_ms_p50": None if not lags else 1000 * _percentile(lags, 0.5),
             "replacement_lag_ms_p95": None if p95 is None else 1000 * p95,
             "replacement_lag_ms_max": None if not lags else 1000 * max(lags),
@@ -713,6 +720,7 @@ class SchedulerService:
 
     def _top_up_rank(self, n_open: int) -> None:
         wanted = self.wanted_open_tasks()
+        self._worker.saw_wanted(wanted)
         # Spare = open tasks beyond one per active rater (the one each has on screen).
         active = self.active_raters()
         if active:

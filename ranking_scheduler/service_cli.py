@@ -340,6 +340,7 @@ def run_bench(
                 "applied_by_watch_or_reconcile": stats["submissions_timed"] < done_ok,
                 "missed_at_s": state["missed_at"],
                 "worker": stats.get("worker"),
+                "wanted_open_rank_tasks_at_end": stats.get("wanted_open_rank_tasks"),
                 "label_studio_calls": stats.get("label_studio_calls"),
                 "counts": stats["counts"],
             }

@@ -77,7 +77,10 @@ def test_worker_stats_keep_the_worst_and_the_low_water_mark():
     w.saw_spare(12)
     for lag in (0.1, 0.2, 9.2):
         w.replaced(lag)
+    w.saw_wanted(30)
+    w.saw_wanted(12)
     d = w.as_dict()
+    assert d["wanted_open_high"] == 30
     assert d["events"]["webhook"] == {"n": 2, "total_s": 3.102, "max_ms": 3100.0}
     assert d["spare_low"] == 4
     assert d["replacement_lag_ms_max"] == pytest.approx(9200.0)
