@@ -7,8 +7,9 @@ and a :class:`~ranking_scheduler.ls_adapter.LabelStudioAdapter` (the SDK edge).
 Concurrency: the webhook endpoint only checks the secret and queues the event, answering within
 Label Studio's ~1 s webhook timeout. A single worker thread does everything that changes state,
 in order: parse, append to the log, update the engine, then the Label Studio calls (boundary
-questions, retiring tasks, publishing). Periodic reconciliation is queued on the same thread, so
-there is exactly one writer. Readers (``/api/stats``) take the engine lock.
+questions, retiring tasks, publishing). Periodic passes (the watch, the light and the full
+reconciliation) read Label Studio on a tick thread and queue what they read; the worker applies
+it, so there is exactly one writer. Readers (``/api/stats``) take the engine lock.
 
 New Rank tasks are the exception to "the worker calls Label Studio": the worker draws the
 batches from the engine, and a small pool of creator threads imports them, so that one slow
@@ -353,7 +354,8 @@ class SchedulerService:
             worker = threading.Thread(target=self._work, name="scheduler-worker", daemon=True)
             worker.start()
             self._threads.append(worker)
-            if self.settings.reconcile_interval_s > 0 or self.settings.watch_interval_s > 0:
+            s = self.settings
+            if max(s.reconcile_interval_s, s.watch_interval_s, s.full_reconcile_interval_s) > 0:
                 timer = threading.Thread(target=self._tick, name="scheduler-tick", daemon=True)
                 timer.start()
                 self._threads.append(timer)
@@ -446,10 +448,12 @@ class SchedulerService:
                     self.watch(item[1] if len(item) > 1 else None)
                 elif item[0] == "reconcile":
                     self.top_up()  # the stream first: a full pass may take a while
-                    if len(item) > 2:  # the open tasks, already read on the tick thread
-                        self._reconcile_open(item[2])
-                    else:
+                    if len(item) < 3:
                         self.reconcile(full=item[1])
+                    elif item[1]:  # the listing, already read on the tick thread
+                        self.reconcile(read=item[2])
+                    else:
+                        self._reconcile_open(item[2])
                     self.retire_stale()
                     self.top_up()
             except Exception:  # noqa: BLE001 - one bad event must not stop the stream
@@ -464,25 +468,28 @@ class SchedulerService:
 
     def _tick(self) -> None:
         s = self.settings
-        step = min(x for x in (s.reconcile_interval_s, s.watch_interval_s) if x > 0)
+        intervals = (s.reconcile_interval_s, s.watch_interval_s, s.full_reconcile_interval_s)
+        step = min(x for x in intervals if x > 0)
         last_light = last_full = time.monotonic()
         while not self._stop.wait(step):
             now = time.monotonic()
             if s.full_reconcile_interval_s > 0 and now - last_full >= s.full_reconcile_interval_s:
                 last_full = last_light = now
-                self.request_reconcile()
+                self._read_then_queue("full reconciliation")
             elif s.reconcile_interval_s > 0 and now - last_light >= s.reconcile_interval_s:
                 last_light = now
-                self._read_then_queue("reconcile")
+                self._read_then_queue("light reconciliation")
             elif s.watch_interval_s > 0 and self._queue.qsize() == 0:
                 self._read_then_queue("watch")
 
     def _read_then_queue(self, what: str) -> None:
-        # The Label Studio reads of the watch and the light reconciliation run here, on the
+        # The Label Studio reads of the watch and the periodic reconciliations run here, on the
         # tick thread; the worker only applies what they found, so it never waits for them.
         try:
             if what == "watch":
                 self._put(("watch", self._read_watch()), PRIO_PERIODIC)
+            elif what == "full reconciliation":
+                self._put(("reconcile", True, self._read_full()), PRIO_PERIODIC)
             else:
                 self._put(("reconcile", False, self._read_open()), PRIO_PERIODIC)
         except Exception:  # noqa: BLE001 - the next tick tries again
@@ -838,15 +845,29 @@ class SchedulerService:
         return len(stale)
 
     # ------------------------------------------------------------------ reconciliation
-    def reconcile(self, *, full: bool = True) -> dict[str, int]:
+    def reconcile(self, *, full: bool = True, read: dict | None = None) -> dict[str, int]:
         """Bring the log in line with Label Studio: apply annotations the webhooks missed, drop
         ones deleted meanwhile, adopt tasks created just before a crash, forget vanished tasks.
 
         ``full=False`` looks only at the tasks the scheduler holds open (one small request per
         project): it finds missed submissions on them without scanning every annotation, so it
-        can run often without holding up the stream; edits and deletions need a full pass."""
+        can run often without holding up the stream; edits and deletions need a full pass.
+        ``read`` is a :meth:`_read_full` made earlier (the periodic pass reads on the tick
+        thread, so the worker never waits for the listing); read now if ``None``."""
         if not full:
             return self._reconcile_open()
+        return self._apply_full(self._read_full() if read is None else read)
+
+    def _read_full(self) -> dict[str, Any]:
+        """Every task of the Rank and Boundary projects with its annotations, and the
+        annotations and open tasks the scheduler knew *before* listing them: only those can be
+        judged gone from a listing that may be a little old by the time it is applied."""
+        known_before = {s.annotation_id for s in self.store.effective_submissions()}
+        open_before = {t.task_id for t in list(self._open.values())}
+        tasks = [(kind, self.ls.tasks_with_annotations(kind)) for kind in (RANK, BOUNDARY)]
+        return {"known_before": known_before, "open_before": open_before, "tasks": tasks}
+
+    def _apply_full(self, read: dict[str, Any]) -> dict[str, int]:
         self._counts["reconciles"] += 1
         seen_annotations: set[int] = set()
         seen_tasks: set[int] = set()
@@ -854,9 +875,9 @@ class SchedulerService:
         # Preloaded so that a pass over thousands of unchanged annotations costs no queries.
         known = {s.annotation_id: s for s in self.store.effective_submissions()}
         known_tasks = {t.task_id for t in self.store.tasks()}
-        for kind in (RANK, BOUNDARY):
+        for kind, tasks in read["tasks"]:
             project_id = self.ls.projects[kind]
-            for task in self.ls.tasks_with_annotations(kind):
+            for task in tasks:
                 task_id = task["id"]
                 seen_tasks.add(task_id)
                 if task_id not in known_tasks:
@@ -873,20 +894,39 @@ class SchedulerService:
                     ann.setdefault("task", task_id)
                     status = self.apply_annotation(project_id, task_id, ann)
                     applied += status in ("created", "updated")
-        vanished = [
-            s.annotation_id
-            for s in self.store.effective_submissions()
-            if s.annotation_id not in seen_annotations
-        ]
-        for annotation_id in vanished:
-            self.store.delete_annotation(annotation_id)
-        if vanished:
-            self._counts["deleted"] += len(vanished)
+        missing = read["known_before"] - seen_annotations
+        unseen = {t for t in read["open_before"] - seen_tasks if t in self._open}
+        if missing or unseen:
+            self._confirm_gone(missing, unseen, seen_annotations, seen_tasks)
+        deleted = 0
+        for annotation_id in sorted(missing - seen_annotations):
+            deleted += self.store.delete_annotation(annotation_id).status == "deleted"
+        if deleted:
+            self._counts["deleted"] += deleted
             self.rebuild()
-        for record in list(self._open.values()):
-            if record.task_id not in seen_tasks:
-                self._close_task(record, "retired", delete=False)
-        return {"applied": applied, "deleted": len(vanished)}
+        for task_id in unseen - seen_tasks:
+            if task_id in self._open:
+                self._close_task(self._open[task_id], "retired", delete=False)
+        return {"applied": applied, "deleted": deleted}
+
+    def _confirm_gone(self, missing, unseen, seen_annotations, seen_tasks) -> None:
+        # The listing is paged: a task deleted while it ran (a skip, a retirement) shifts the
+        # pages and can hide another task. Before anything is dropped from the log, read the
+        # tasks in question directly; what turns up there is not gone.
+        by_kind: dict[str, set[int]] = {RANK: set(), BOUNDARY: set()}
+        for sub in self.store.effective_submissions():
+            if sub.annotation_id in missing and sub.task_id is not None:
+                by_kind[RANK if sub.kind == "rank" else BOUNDARY].add(int(sub.task_id))
+        for task_id in unseen:
+            by_kind[RANK if self._open[task_id].kind == "rank" else BOUNDARY].add(task_id)
+        for kind, ids in by_kind.items():
+            if not ids:
+                continue
+            for task in self.ls.tasks_with_annotations(kind, sorted(ids)):
+                seen_tasks.add(task["id"])
+                for ann in task.get("annotations") or []:
+                    ann = ann if isinstance(ann, dict) else ann.dict()
+                    seen_annotations.add(int(ann["id"]))
 
     def _read_open(self) -> list[tuple[str, list[int], list[dict]]]:
         """Per project: the task ids held open and Label Studio's view of those tasks."""

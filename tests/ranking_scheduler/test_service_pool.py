@@ -117,6 +117,7 @@ class FakeLabelStudio:
         self.held: list[tuple[list[int], list]] = []  # (ids it will get, batches) while held
         self.read_delay = 0.0  # seconds each task listing takes
         self.reading = threading.Event()  # set while a listing is under way
+        self.hidden: set[int] = set()  # tasks a full listing skips (a page shifted under it)
 
     wait_s = 0.0
 
@@ -180,7 +181,7 @@ class FakeLabelStudio:
             return [
                 {"id": t, "annotations": list(d["annotations"]), "meta": {}, "data": {}}
                 for t, d in self.tasks.items()
-                if task_ids is None or t in task_ids
+                if (t in task_ids if task_ids is not None else t not in self.hidden)
             ]
 
     def create_boundary_task(self, image, boundary):  # pragma: no cover - not reached here
@@ -348,3 +349,42 @@ def test_the_light_reconciliation_reads_label_studio_off_the_worker(tmp_path):
     finally:
         svc.stop()
         store.close()
+
+
+def test_the_full_reconciliation_reads_off_the_worker_and_keeps_what_came_meanwhile(tmp_path):
+    svc, fake, store = _start(tmp_path, full_reconcile_interval_s=0.5)
+    try:
+        logged = lambda: {s.annotation_id for s in store.effective_submissions("rank")}  # noqa: E731
+        b = fake.unanswered()[0]
+        fake.read_delay = 1.5
+        assert fake.reading.wait(5), "no full reconciliation started"
+        # The listing under way cannot show this submission; the worker applies it at once.
+        _answer(svc, fake, b, 502, rater=2)
+        assert _wait_for(lambda: 502 in logged(), 0.8), "the worker waited for the listing"
+        assert fake.reading.is_set()
+        fake.read_delay = 0.0
+        time.sleep(2.0)  # that old listing is applied, and newer passes after it
+        assert svc.wait_idle(10)
+        # Not taken for deleted although the old listing did not have it.
+        assert logged() == {502}
+        assert store.event_count() == 1
+        assert svc.service_stats()["counts"]["deleted"] == 0
+        assert svc.service_stats()["counts"]["reconciles"] >= 2
+    finally:
+        svc.stop()
+        store.close()
+
+
+def test_a_task_a_paged_listing_skipped_is_read_again_before_anything_is_dropped(service):
+    svc, fake, store = service
+    a, b, c = fake.unanswered()[:3]
+    for task_id, ann_id in ((a, 601), (b, 602)):
+        _answer(svc, fake, task_id, ann_id)
+    assert svc.wait_idle(10)
+    fake.hidden = {a, c}  # a page shifted: the listing misses an answered and an open task
+    with fake.lock:
+        del fake.tasks[b]  # really deleted in Label Studio (with its annotation)
+    assert svc.reconcile() == {"applied": 0, "deleted": 1}
+    assert {s.annotation_id for s in store.effective_submissions("rank")} == {601}
+    assert store.get_task(c).status == "open"  # still there: not retired
+    assert svc.engine.progress()["batches"] == 1
