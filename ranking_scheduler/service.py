@@ -362,10 +362,15 @@ class SchedulerService:
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop the threads after the events already queued (and the creations in flight)."""
+        """Stop the threads after the events already queued and the task creations in flight
+        (waiting at most ``timeout`` for those: Label Studio may hold an import for 45 s; a task
+        created but not recorded is adopted by the reconciliation at the next start)."""
         self._stop.set()
+        deadline = time.monotonic() + timeout
         if self._creator is not None:
-            self._creator.shutdown(wait=True)  # their results are queued before the stop
+            self._creator.shutdown(wait=False)
+            while self._create_jobs and time.monotonic() < deadline:
+                time.sleep(0.02)  # the worker records their results meanwhile
         self._put(None, PRIO_STOP)
         for thread in self._threads:
             thread.join(timeout)

@@ -388,3 +388,18 @@ def test_a_task_a_paged_listing_skipped_is_read_again_before_anything_is_dropped
     assert {s.annotation_id for s in store.effective_submissions("rank")} == {601}
     assert store.get_task(c).status == "open"  # still there: not retired
     assert svc.engine.progress()["batches"] == 1
+
+
+def test_stop_waits_for_a_creation_only_up_to_its_timeout(tmp_path):
+    svc, fake, store = _start(tmp_path)
+    release = fake.hold()
+    try:
+        _answer(svc, fake, fake.unanswered()[0], 701)
+        assert _wait_for(lambda: fake.held, 5)
+        t0 = time.monotonic()
+        svc.stop(timeout=0.5)
+        assert time.monotonic() - t0 < 2.0  # did not wait for the held import
+        assert [s.annotation_id for s in store.effective_submissions("rank")] == [701]
+    finally:
+        release.set()
+        store.close()
