@@ -23,6 +23,7 @@ settle a typical cohort while a cohort with a different mix is still found.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -49,6 +50,9 @@ SETTLE_FRACTION = 0.01
 """That tolerance as a fraction of the list (at least ``SETTLE_MIN`` ranks)."""
 SETTLE_MIN = 2
 """Smallest tolerance in ranks."""
+MIN_LABELS_PER_CUT = 8
+"""Answers a cut needs before it can count as settled: a few answers about images near the end
+of the list can otherwise pin a cut against the list's edge that more answers would move."""
 MIN_SEEN = 16
 """Seen images needed before the first question (too short a list says nothing)."""
 
@@ -87,6 +91,7 @@ def cut_posterior(
     widths: Sequence[float] = WIDTHS,
     prior_weight: float = PRIOR_WEIGHT,
     prior_sd: float = PRIOR_SD,
+    label_sd: Sequence[float] | None = None,
 ) -> CutPosterior:
     """Posterior over a cut's position on a list of ``m`` images.
 
@@ -107,6 +112,11 @@ def cut_posterior(
         For each labelled image, whether its answer puts it on the basal side of this cut.
     prior_center
         Where the prior bump sits, as a fraction of the list (the class-mix quantile).
+    label_sd
+        For each labelled image, the sd of its own place on the list (fraction of the list).
+        An image seen once may sit hundreds of ranks away from where the ranking has it now,
+        so its answer is a probit of width ``sqrt(w^2 + sd^2)`` around the cut: a label on an
+        uncertain image bends the posterior gently, one on a well-placed image pins it.
     """
     pos = np.arange(m + 1, dtype=float)
     frac = pos / max(m, 1)
@@ -114,14 +124,18 @@ def cut_posterior(
     prior = (1 - prior_weight) / (m + 1) + prior_weight * bump / bump.sum()
     if not len(labelled_ranks):
         return CutPosterior(prior / prior.sum())
+    extra = [0.0] * len(labelled_ranks) if label_sd is None else list(label_sd)
+    if len(extra) != len(labelled_ranks):
+        raise ValueError(f"label_sd: {len(extra)} values for {len(labelled_ranks)} labelled images")
     logs = []
     for w in widths:
         loglik = np.zeros(m + 1)
-        for r, basal in zip(labelled_ranks, basal_side, strict=True):
-            if w <= 0:
+        for r, basal, s in zip(labelled_ranks, basal_side, extra, strict=True):
+            width = math.hypot(w, s)
+            if width <= 0:
                 p_basal = np.where(pos >= r + 1, 1.0, 0.0)
             else:
-                p_basal = ndtr((pos - r - 0.5) / (w * max(m, 1)))
+                p_basal = ndtr((pos - r - 0.5) / (width * max(m, 1)))
             p = error_rate + (1 - 2 * error_rate) * (p_basal if basal else 1.0 - p_basal)
             loglik += np.log(p)
         logs.append(loglik)
@@ -132,6 +146,21 @@ def cut_posterior(
     log_post -= log_post.max()
     p = np.exp(log_post)
     return CutPosterior(p / p.sum())
+
+
+def query_information(distance: np.ndarray, width: np.ndarray) -> np.ndarray:
+    """Fisher information about a cut from one answer about an image at ``distance`` from it.
+
+    The answer is a probit of ``width`` (the experts' disagreement and the image's own place
+    uncertainty together, same units as ``distance``): ``phi(z)^2 / (Phi(z)(1 - Phi(z)) w^2)``
+    with ``z = distance / width``. Near the cut and well placed is best; an image hundreds of
+    ranks from where the ranking has it is worth little wherever it sits.
+    """
+    w = np.maximum(np.asarray(width, dtype=float), 1e-9)
+    z = np.asarray(distance, dtype=float) / w
+    p = np.clip(ndtr(z), 1e-12, 1 - 1e-12)
+    dens = np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+    return dens * dens / (p * (1 - p) * w * w)
 
 
 def answer_sides(cls: str) -> tuple[bool, bool]:

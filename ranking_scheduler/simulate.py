@@ -211,9 +211,9 @@ def _engine_run(
         views = int(sum(engine.view_counts().values()))
         return _point(batches, views, 0, labels, score(cohort, engine.classes(), engine.ranking()))
 
-    def ask() -> bool:
+    def ask(final: bool = False) -> bool:
         nonlocal labels
-        q = engine.next_boundary_query()
+        q = engine.next_boundary_query(final=final)
         if q is None:
             return False
         engine.submit_boundary(q, raters[labels % len(raters)].classify(q))
@@ -242,7 +242,7 @@ def _engine_run(
         if batches % every == 0:
             curve.append(snapshot())
     # The rest of the boundary budget (all of it for paper: the study probed at the end).
-    while (hours_cap is None or hours() + SECONDS_PER_LABEL / 3600 <= hours_cap) and ask():
+    while (hours_cap is None or hours() + SECONDS_PER_LABEL / 3600 <= hours_cap) and ask(True):
         pass
     curve.append(snapshot())
     return curve

@@ -179,6 +179,8 @@ def test_open_batches_do_not_share_images_until_the_pool_is_exhausted():
         ({"strategy": "paper", "n_anchors": 2}, "not valid for strategy"),
         ({"class_mix": (0.5, 0.5, 0.5)}, "class_mix"),
         ({"boundary_budget": -1}, "boundary_budget"),
+        ({"boundary_pace": -0.5}, "boundary_pace"),
+        ({"coverage_bonus": -1}, "coverage_bonus"),
     ],
 )
 def test_constructor_validates(kwargs, message):
