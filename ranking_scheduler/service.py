@@ -335,8 +335,8 @@ class SchedulerService:
                 f"the Classify project {self.ls.projects} has no images; run slicerank provision"
             )
         self.pool = {img.image_id: img for img in pool}
-        self.rebuild()
         self._open = {t.task_id: t for t in self.store.tasks(status="open")}
+        self.rebuild()
         self._rejected = {r.annotation_id for r in self.store.rejections() if r.annotation_id}
         for sub in self.store.effective_submissions():
             if sub.rater:
@@ -399,7 +399,15 @@ class SchedulerService:
         engine = self.store.rebuild(self._new_engine, on_invalid=invalid)
         with self.lock:
             self.engine = engine
+            self._restore_open_questions()
         self._counts["rebuilds"] += 1
+
+    def _restore_open_questions(self) -> None:
+        """Tell a rebuilt engine which boundary questions are still open in Label Studio: they
+        count against its label budget until answered (the log holds only answers)."""
+        for record in list(self._open.values()):
+            if record.kind == "boundary" and record.image_ids[0] in self.pool:
+                self.engine.restore_pending(record.image_ids[0])
 
     # ------------------------------------------------------------------ events
     def enqueue(self, action: str, payload: dict) -> None:
@@ -821,7 +829,8 @@ class SchedulerService:
         open_b = sum(1 for t in self._open.values() if t.kind == "boundary")
         while open_b < self.settings.boundary_open:
             with self.lock:
-                image_id = self.engine.next_boundary_query()
+                # Paced while batches still come; the rest of the budget once ranking is done.
+                image_id = self.engine.next_boundary_query(final=self.engine.done)
                 if image_id is None:
                     return
                 cut = self._nearest_cut(image_id)
