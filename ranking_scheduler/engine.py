@@ -638,8 +638,7 @@ class RankingEngine:
         whenever it may would otherwise spend the budget in the first few dozen batches. Pass
         ``final=True`` once no more batches will come (the engine is done, or the run's own
         budget is spent) to use the rest. May be called at any time; each returned image counts
-        as pending
-        until ``submit_boundary``. Beyond ``MAX_PENDING`` unanswered questions the oldest one
+        as pending until ``submit_boundary``. Beyond ``MAX_PENDING`` unanswered questions the oldest one
         is forgotten (its cut may be asked about again), but it still counts against the budget
         until it is answered: a forgotten question can be answered late, and the budget holds.
         """
@@ -664,11 +663,14 @@ class RankingEngine:
         # well placed on the list (an answer about an image whose own rank is uncertain says
         # little about where the cut lies).
         half = max(bnd.SETTLE_MIN, int(QUERY_WINDOW * m))
-        ranks = np.arange(max(0, pos - half), min(m, pos + half))
-        images = seen_order[ranks]
-        fresh = np.array([int(i) not in asked for i in images], dtype=bool)
-        ranks, images = ranks[fresh], images[fresh]
-        if images.size == 0:
+        for lo, hi in ((max(0, pos - half), min(m, pos + half)), (0, m)):  # the window, else all
+            ranks = np.arange(lo, hi)
+            images = seen_order[ranks]
+            fresh = np.array([int(i) not in asked for i in images], dtype=bool)
+            ranks, images = ranks[fresh], images[fresh]
+            if images.size:
+                break
+        else:
             return None
         rank_sd = self._rank_sd(cuts, images)
         info = bnd.query_information(np.abs(ranks + 0.5 - pos), np.hypot(QUERY_WIDTH * m, rank_sd))
