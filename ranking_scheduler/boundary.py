@@ -148,6 +148,11 @@ def cut_posterior(
     return CutPosterior(p / p.sum())
 
 
+def settle_tolerance(m: int) -> int:
+    """How close to its median (in ranks) a cut's posterior mass must lie on a list of ``m``."""
+    return max(SETTLE_MIN, int(SETTLE_FRACTION * m))
+
+
 def query_information(distance: np.ndarray, width: np.ndarray) -> np.ndarray:
     """Fisher information about a cut from one answer about an image at ``distance`` from it.
 

@@ -600,7 +600,7 @@ class RankingEngine:
 
     def _settled(self, cuts: dict[str, Any], name: str, *, with_pending: bool) -> bool:
         """Enough answers for this cut, and its posterior is concentrated (``boundary.py``)."""
-        tol = max(bnd.SETTLE_MIN, int(bnd.SETTLE_FRACTION * cuts["m"]))
+        tol = bnd.settle_tolerance(cuts["m"])
         n = self._asked(cuts, name) if with_pending else cuts[name]["answered"]
         concentrated = cuts[name]["posterior"].mass_near_median(tol) >= bnd.SETTLE_MASS
         return n >= bnd.MIN_LABELS_PER_CUT and concentrated
@@ -608,7 +608,7 @@ class RankingEngine:
     def _cut_to_ask(self, cuts: dict[str, Any]) -> str | None:
         """The cut the next question should go to: one short of its minimum answers first
         (fewest first), else the least concentrated unsettled one."""
-        tol = max(bnd.SETTLE_MIN, int(bnd.SETTLE_FRACTION * cuts["m"]))
+        tol = bnd.settle_tolerance(cuts["m"])
         short = [c for c in bnd.CUTS if self._asked(cuts, c) < bnd.MIN_LABELS_PER_CUT]
         if short:
             return min(short, key=lambda c: (self._asked(cuts, c), bnd.CUTS.index(c)))

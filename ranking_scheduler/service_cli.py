@@ -135,7 +135,6 @@ def run_bench(
     import random
     import secrets
     import shutil
-    import signal
     import threading
     import time
     import uuid
@@ -175,10 +174,11 @@ def run_bench(
         )
         result["provision_s"] = time.perf_counter() - t0
         import os
-        import subprocess
         import sys
 
         import httpx
+
+        from slicerank.procs import ChildProcess
 
         db_url = f"sqlite:///{work / 'scheduler.db'}"
         env = {
@@ -190,15 +190,6 @@ def run_bench(
             "SCHEDULER_OUT_DIR": str(work / "out"),
             "SCHEDULER_STRATEGY": strategy,
         }
-        # Its own process, as deployed: the simulated raters must not share its interpreter.
-        log_file = open(work / "scheduler.log", "ab")  # noqa: SIM115 - closed below
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "slicerank.cli", "scheduler", "--port", str(port)],
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
         api = httpx.Client(
             base_url=f"http://127.0.0.1:{port}",
             headers={"Authorization": f"Bearer {secret}"},
@@ -208,16 +199,23 @@ def run_bench(
         def service_stats() -> dict:
             return api.get("/api/stats").json()["service"]
 
-        t0 = time.perf_counter()
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the scheduler exited; see {work / 'scheduler.log'}")
+        def ready() -> bool:  # listening, and the first reconciliation is done
             try:
-                if api.get("/health").status_code == 200 and service_stats()["queue"] == 0:
-                    break
+                return api.get("/health").status_code == 200 and service_stats()["queue"] == 0
             except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
+                return False
+
+        # Its own process, as deployed: the simulated raters must not share its interpreter.
+        # (A child process dies with the bench, so an error here leaves no scheduler behind.)
+        scheduler = ChildProcess(
+            "scheduler",
+            [sys.executable, "-m", "slicerank.cli", "scheduler", "--port", str(port)],
+            log_path=work / "scheduler.log",
+            env=env,
+            health=ready,
+        )
+        t0 = time.perf_counter()
+        scheduler.start().wait_healthy(timeout=300)
         result["scheduler_start_s"] = time.perf_counter() - t0
         users = [
             LabelStudioWebUser(ls.url, f"r{i}-{uuid.uuid4().hex[:6]}@bench.test", "pw-bench-12345")
@@ -298,9 +296,7 @@ def run_bench(
         engine_batches = api.get("/api/stats").json()["headline"]["batches_done"]
         api.close()
         # Audit after a clean stop (SIGTERM): the log must equal Label Studio's annotations.
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(60)
-        log_file.close()
+        scheduler.stop(timeout=60)
         ls_annotations = {}
         for task in client.tasks.list(project=rank_pid, fields="all", page_size=500):
             for ann in task.annotations or []:

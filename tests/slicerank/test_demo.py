@@ -173,6 +173,20 @@ def _tasks(http, url: str, project: int) -> list[dict]:
     return resp.json()["tasks"]
 
 
+def _interrupt(proc: subprocess.Popen, output: _Output) -> set[int]:
+    """Ctrl-C the demo; assert it exits 0 and that none of its descendants outlives it.
+    Returns the descendants it had."""
+    before = _descendants(proc.pid)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(90)
+    assert proc.returncode == 0, output.text()[-3000:]
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(_alive(p) for p in before):
+        time.sleep(0.2)
+    assert not [p for p in before if _alive(p)], "child processes outlived the demo"
+    return before
+
+
 @pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
@@ -295,15 +309,7 @@ def test_demo_end_to_end(tmp_path):
         assert Path(result["label_report"]["markdown"]).exists()
 
         # Ctrl-C stops every child process, grandchildren included.
-        before = _descendants(proc.pid)
-        assert len(before) >= 4  # Label Studio, scheduler, backend, worker (+ their children)
-        proc.send_signal(signal.SIGINT)
-        proc.wait(90)
-        assert proc.returncode == 0, output.text()[-3000:]
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and any(_alive(p) for p in before):
-            time.sleep(0.2)
-        assert not [p for p in before if _alive(p)], "child processes outlived the demo"
+        assert len(_interrupt(proc, output)) >= 4  # LS, scheduler, backend, worker (+ children)
 
         # Again on the same folder with --no-simulate: everything is reused (same URLs, no
         # new tasks or labels) and the projects wait for real people until Ctrl-C.
@@ -330,14 +336,7 @@ def test_demo_end_to_end(tmp_path):
             assert http.get(f"{ls_url}/health").status_code == 200
             labels = sum(t["total_annotations"] for t in _tasks(http, ls_url, projects["Classify"]))
             assert labels == result["classify"]["labels"]
-        before = _descendants(proc.pid)
-        proc.send_signal(signal.SIGINT)
-        proc.wait(90)
-        assert proc.returncode == 0, output.text()[-3000:]
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and any(_alive(p) for p in before):
-            time.sleep(0.2)
-        assert not [p for p in before if _alive(p)], "child processes outlived the demo"
+        _interrupt(proc, output)
     finally:
         if proc.poll() is None:
             proc.kill()
