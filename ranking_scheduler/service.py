@@ -318,7 +318,6 @@ class SchedulerService:
         self._pending_since: float | None = None
         self._watch_short: list = []
         self._stop = threading.Event()
-        self._idle = threading.Event()
         self._threads: list[threading.Thread] = []
         self.published: dict | None = None
 
@@ -421,7 +420,6 @@ class SchedulerService:
         self._put(("reconcile", full), PRIO_PERIODIC)
 
     def _put(self, item: tuple | None, priority: int) -> None:
-        self._idle.clear()
         self._queue.put((priority, next(self._seq), item))
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
@@ -552,6 +550,7 @@ class SchedulerService:
             project_id = project.get("id") if isinstance(project, dict) else project
             project_id = project_id or task.get("project")
             task_id = task.get("id") or ann.get("task")
+            self._adopt_landed_late(project_id, task)
             status = self.apply_annotation(project_id, task_id, ann)
         elif action == "ANNOTATIONS_DELETED":
             status = "ignored"
@@ -968,6 +967,17 @@ class SchedulerService:
                 if task_id in self._open:
                     self._close_task(self._open[task_id], "retired", delete=False)
         return {"applied": applied, "deleted": 0}
+
+    def _adopt_landed_late(self, project_id: Any, task: dict) -> None:
+        """Adopt a task of ours that the log does not know although no creation is in flight:
+        an import still in flight when a previous process died can land in Label Studio after
+        the restart's reconciliation, and its answer must not be rejected as foreign."""
+        task_id = task.get("id")
+        if task_id is None or self._creating or self.store.get_task(task_id) is not None:
+            return
+        kind = self.ls.kind_of_project(project_id)
+        if kind in (RANK, BOUNDARY):
+            self._adopt(kind, task)  # only if its meta says the scheduler created it
 
     def _adopt(self, kind: str, task: dict) -> None:
         meta = task.get("meta") or {}

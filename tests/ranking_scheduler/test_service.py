@@ -255,6 +255,79 @@ def test_done_engine_asks_boundaries_then_publishes(label_studio, tmp_path):
         sched.stop()
 
 
+def test_a_task_of_ours_that_landed_after_a_restart_is_adopted_not_rejected(label_studio, tmp_path):
+    # An import still in flight when the previous scheduler died can land in Label Studio
+    # after the new one reconciled: the task carries our meta but the log does not know it.
+    setup = provision_setup(label_studio, tmp_path, SCHEDULER_MIN_OPEN_TASKS=2)
+    positions = _positions(setup)
+    sched = InProcessScheduler(setup)
+    try:
+        service = sched.service
+        images = list(service.pool.values())[:8]
+        late = service.ls.create_rank_task("landed-late", images)  # bypasses the log
+        assert service.store.get_task(late) is None
+        (rater,) = make_raters(label_studio, 1)
+        order = sorted((im.image_id for im in images), key=positions.get)
+        before = service.engine.progress()["batches"]
+        rater.submit(late, setup.projects["Rank"], ranker_result(order))
+        assert service.wait_idle()
+        assert service.store.rejections() == []
+        assert service.engine.progress()["batches"] == before + 1
+        assert service.store.get_task(late).status == "answered"
+        (sub,) = [s for s in service.store.effective_submissions("rank") if s.task_id == late]
+        assert list(sub.ordered) == order
+    finally:
+        sched.stop()
+
+
+@pytest.mark.slow
+def test_boundary_budget_holds_across_a_restart_with_questions_open(label_studio, tmp_path):
+    # Budget 4: two answered and two questions open in Label Studio when the scheduler
+    # restarts. The rebuilt engine must count the open two, or it would ask a fifth.
+    setup = provision_setup(
+        label_studio,
+        tmp_path,
+        n_scans=4,
+        n_slices=6,
+        SCHEDULER_STRATEGY="paper",
+        SCHEDULER_TARGET_VIEWS=1,
+        SCHEDULER_BOUNDARY_BUDGET=4,
+        SCHEDULER_MIN_OPEN_TASKS=2,
+    )
+    positions = _positions(setup)
+    truth = {r["image_id"]: r["true_class"] for r in setup.rows}
+    (rater,) = make_raters(label_studio, 1)
+
+    def answer_one(service) -> bool:
+        task = rater.next_task(setup.projects["Boundary"])
+        if task is None:
+            return False
+        cls = truth[task["data"]["image_id"]]
+        rater.submit(task["id"], setup.projects["Boundary"], choices_result(cls))
+        assert service.wait_idle()
+        return True
+
+    sched = InProcessScheduler(setup)
+    try:
+        for _ in range(20):
+            if sched.service.engine.done:
+                break
+            rank_next(rater, setup, positions)
+            assert sched.service.wait_idle()
+        assert answer_one(sched.service) and answer_one(sched.service)  # 2 answered, 2 open
+    finally:
+        sched.stop()
+    sched = InProcessScheduler(setup)
+    try:
+        answered = 2
+        while answered < 10 and answer_one(sched.service):
+            answered += 1
+        assert answered == 4
+        assert sched.service.engine.boundary_status()["basal_lv"]["labels"] == 4
+    finally:
+        sched.stop()
+
+
 # ----------------------------------------------------------------------------- subprocess
 @pytest.mark.integration
 @pytest.mark.slow
