@@ -14,6 +14,7 @@ RUN pip install torch==2.14.1 torchvision==0.29.1
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
+COPY slicerank_base ./slicerank_base
 COPY slicerank ./slicerank
 COPY cmr_ingest ./cmr_ingest
 COPY ls_config ./ls_config

@@ -13,7 +13,7 @@ import numpy as np
 from scipy import stats
 
 from analysis.metrics import confusion_matrix
-from slicerank import CLASSES
+from slicerank_base import CLASSES
 
 __all__ = ["Kappa", "cohen_kappa", "kappa_from_table"]
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from analysis.predictions import Predictions
-from slicerank import CLASSES
+from slicerank_base import CLASSES
 
 __all__ = ["run_bench", "synthetic_cohort"]
 

@@ -80,7 +80,7 @@ def run_analyze(args: argparse.Namespace) -> int:
     )
     from analysis.report import build_report
     from analysis.settings import AnalysisSettings
-    from slicerank.jsonout import write_json
+    from slicerank_base.jsonout import write_json
 
     try:
         env = AnalysisSettings.from_env(os.environ)
@@ -144,7 +144,7 @@ def register_bench(bench_subparsers: argparse._SubParsersAction) -> None:
 def run_bench_cmd(args: argparse.Namespace) -> int:
     """Handler of ``slicerank bench analysis``."""
     from analysis.bench import run_bench
-    from slicerank.jsonout import write_json
+    from slicerank_base.jsonout import write_json
 
     rows = run_bench(args.sizes, n_boot=args.n_boot, repeats=args.repeats, seed=args.seed)
     for row in rows:

@@ -35,7 +35,7 @@ from analysis.metrics import (
     weighted_f1,
 )
 from analysis.predictions import Predictions, check_same_images
-from slicerank import CLASSES
+from slicerank_base import CLASSES
 
 __all__ = ["TRUTH_NAME", "evaluate", "json_safe", "summarise_curves"]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from analysis.predictions import PROBABILITY_TOLERANCE, Predictions, check_same_images
-from slicerank import CLASSES
+from slicerank_base import CLASSES
 
 __all__ = [
     "PROBABILITY_COLUMNS",

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import rankdata
 
-from slicerank import CLASSES
+from slicerank_base import CLASSES
 
 __all__ = [
     "BinaryTable",

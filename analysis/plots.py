@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from analysis.metrics import roc_curve
-from slicerank import CLASSES
+from slicerank_base import CLASSES
 
 __all__ = ["plot_confusion", "plot_label_efficiency", "plot_roc"]
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from slicerank import CLASSES
+from slicerank_base import CLASSES
 
 __all__ = ["PROBABILITY_TOLERANCE", "Predictions", "check_same_images"]
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from analysis.evaluation import TRUTH_NAME, evaluate, summarise_curves
 from analysis.predictions import Predictions
-from slicerank import CLASSES, __version__
+from slicerank_base import CLASSES, __version__
 
 __all__ = [
     "PAPER_RATIO_NOTE",

@@ -99,7 +99,7 @@ def _synth(args: argparse.Namespace) -> int:
         f"(classes: {summary['classes']})"
     )
     if args.json:
-        from slicerank.jsonout import write_json
+        from slicerank_base.jsonout import write_json
 
         write_json(args.json, summary)
     return 0
@@ -148,7 +148,7 @@ def _ingest(args: argparse.Namespace) -> int:
     )
     print(report.summary())
     if args.json:
-        from slicerank.jsonout import write_json
+        from slicerank_base.jsonout import write_json
 
         write_json(args.json, report.to_dict())
     if report.slices_written == 0:
@@ -164,7 +164,7 @@ def _bench(args: argparse.Namespace) -> int:
     for key, value in result.items():
         print(f"{key}: {value}")
     if args.json:
-        from slicerank.jsonout import write_json
+        from slicerank_base.jsonout import write_json
 
         write_json(args.json, result)
     return 0

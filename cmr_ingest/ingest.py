@@ -274,7 +274,7 @@ def ingest(
         report.bad_files.append({"file": redact(rel), "reason": code, "detail": redact(detail)})
     report.seconds = time.perf_counter() - t0
 
-    from slicerank.jsonout import write_json
+    from slicerank_base.jsonout import write_json
 
     write_json(out / REPORT_JSON, report.to_dict())
     (out / REPORT_TEXT).write_text(report.summary() + "\n")

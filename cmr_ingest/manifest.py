@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from slicerank import CLASSES
+from slicerank_base import CLASSES
 
 #: Column order of ``manifest.csv``.
 COLUMNS: tuple[str, ...] = (

@@ -47,7 +47,7 @@ def _provision(args: argparse.Namespace) -> int:
     from label_studio_sdk import LabelStudio
 
     from ls_config.provision import provision
-    from slicerank.jsonout import write_json
+    from slicerank_base.jsonout import write_json
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)

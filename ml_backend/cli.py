@@ -125,7 +125,7 @@ def _train(args: argparse.Namespace) -> int:
     import redis
 
     from ml_backend.jobs import TrainRequest, enqueue_training, wait_for_job
-    from slicerank.jsonout import write_json
+    from slicerank_base.jsonout import write_json
 
     settings = _settings(args)
     consensus = args.consensus or (
@@ -192,7 +192,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     from ml_backend.bench import run_bench, run_full_protocol
-    from slicerank.jsonout import write_json
+    from slicerank_base.jsonout import write_json
 
     if args.full:
         numbers = run_full_protocol(device=args.device)

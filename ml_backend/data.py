@@ -20,7 +20,7 @@ from tqdm import tqdm
 from ml_backend.config import TrainConfig
 from ml_backend.labels import LabelledImage
 from ml_backend.transforms import load_grayscale, prepare_image
-from slicerank import CLASSES
+from slicerank_base import CLASSES
 
 
 class MissingImageError(FileNotFoundError):

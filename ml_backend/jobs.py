@@ -355,7 +355,7 @@ def _train(request: TrainRequest, settings, progress: _Progress) -> dict[str, An
 
     progress.update(stage="registering")
     best = result.fits[result.best_index]
-    from slicerank import CLASSES
+    from slicerank_base import CLASSES
 
     counts = {c: sum(1 for x in labels if x.label == c) for c in CLASSES}
     version = ModelRegistry(Path(request.model_dir)).register(

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-from slicerank import CLASSES
+from slicerank_base import CLASSES
 
 #: The control tag of the Classify project's class choice.
 CLASS_CONTROL = "slice_class"

@@ -18,7 +18,7 @@ from ml_backend.labels import CLASS_CONTROL, local_path_from_url
 from ml_backend.registry import ModelRegistry, ModelVersion
 from ml_backend.train import load_checkpoint, predict_proba
 from ml_backend.transforms import EvalPreset, load_grayscale
-from slicerank import CLASSES
+from slicerank_base import CLASSES
 
 
 @dataclass

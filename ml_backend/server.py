@@ -57,7 +57,7 @@ def check_label_config(schema: str) -> tuple[str, str, str]:
     from label_studio_sdk.label_interface import LabelInterface
     from label_studio_sdk.label_interface.control_tags import ChoicesTag
 
-    from slicerank import CLASSES
+    from slicerank_base import CLASSES
 
     try:
         interface = LabelInterface(schema)

@@ -23,7 +23,7 @@ from ml_backend.config import TrainConfig
 from ml_backend.data import SliceDataset
 from ml_backend.model import build_model
 from ml_backend.transforms import EvalPreset, TrainPreset
-from slicerank import CLASSES
+from slicerank_base import CLASSES
 
 log = logging.getLogger(__name__)
 

@@ -1,14 +1,15 @@
 """Subcommands of ``slicerank`` that drive ``ranking_scheduler``.
 
-``simulate`` and ``bench engine`` live in ``simulate_cli``; ``scheduler`` and
-``bench service`` in ``service_cli``.
+``simulate`` and ``bench engine`` live in ``simulator.cli``; ``scheduler`` and
+``bench service`` in ``service.cli``.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from ranking_scheduler import service_cli, simulate_cli
+from ranking_scheduler.service import cli as service_cli
+from ranking_scheduler.simulator import cli as simulate_cli
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -226,7 +226,7 @@ def stage_cohort(
 
 def stage_redis(cfg: DemoConfig, layout: Layout, procs) -> dict[str, Any]:
     """Use Redis at ``REDIS_URL`` when it answers, else start a private ``redis-server``."""
-    from slicerank.procs import ChildProcess, free_port, redis_ok
+    from slicerank_base.procs import ChildProcess, free_port, redis_ok
 
     url = cfg.redis_url or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
     if redis_ok(url)():
@@ -337,7 +337,7 @@ def choose_ports(cfg: DemoConfig, state_path: Path) -> dict[str, int]:
     """Ports for Label Studio, the scheduler and the backend: as given, else those of the last
     run in this ``--out`` (so URLs, webhooks and the registered backend stay valid), else free
     ones. Remembered in ``state_path``."""
-    from slicerank.procs import free_port
+    from slicerank_base.procs import free_port
 
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
     last = state.get("ports", {})
@@ -376,7 +376,7 @@ def _port(url: str) -> str:
 def stage_backend(layout: Layout, env: dict[str, str], urls: dict[str, str], procs) -> None:
     """Start the ML backend and one RQ worker (before provisioning: Label Studio checks the
     backend's ``/health`` and ``/setup`` when it is registered)."""
-    from slicerank.procs import ChildProcess
+    from slicerank_base.procs import ChildProcess
 
     start_http_service(procs, "backend", urls["backend_url"], env, layout)
     procs.start(
@@ -397,7 +397,7 @@ def stage_scheduler(layout: Layout, env: dict[str, str], urls: dict[str, str], p
 
 def start_http_service(procs, command: str, url: str, env: dict[str, str], layout: Layout) -> None:
     """Start ``slicerank COMMAND --host --port`` listening at ``url``; wait for its /health."""
-    from slicerank.procs import ChildProcess, http_ok
+    from slicerank_base.procs import ChildProcess, http_ok
 
     host = url.split("//")[1].rsplit(":", 1)[0]
     procs.start(
@@ -589,7 +589,7 @@ def predict_testset(
     from ml_backend.predictor import Predictor
     from ml_backend.registry import ModelRegistry
     from ml_backend.transforms import load_grayscale
-    from slicerank import CLASSES
+    from slicerank_base import CLASSES
 
     rows = read_manifest(testset / "manifest.csv")
     truth = {str(r["image_id"]): str(r["true_class"]) for r in rows}
@@ -614,7 +614,7 @@ def write_prediction_csvs(folder: Path, truth: dict[str, str], predictions: dict
     """``truth.csv`` and one ``<name>.csv`` per model, in ``slicerank analyze``'s format."""
     import csv
 
-    from slicerank import CLASSES
+    from slicerank_base import CLASSES
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = {}
@@ -772,7 +772,7 @@ def run_demo(
     import httpx
     import redis
 
-    from slicerank.procs import ProcessSet
+    from slicerank_base.procs import ProcessSet
 
     layout = prepare_out_dir(cfg)
     creds = load_credentials(layout.credentials)
@@ -1042,7 +1042,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from slicerank.jsonout import write_json
+    from slicerank_base.jsonout import write_json
 
     if getattr(args, "verbose", 0) < 2:
         # One line per HTTP call would bury the progress bars.

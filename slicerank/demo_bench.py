@@ -91,7 +91,7 @@ def run_bench(scans: int | None, out: Path, extra: list[str]) -> dict[str, Any]:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from slicerank.jsonout import write_json
+    from slicerank_base.jsonout import write_json
 
     with tempfile.TemporaryDirectory(prefix="slicerank-bench-demo-") as tmp:
         out = Path(args.out) if args.out else Path(tmp) / "demo"

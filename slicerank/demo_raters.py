@@ -1,6 +1,6 @@
 """The demo's simulated clinicians: the REST calls Label Studio's labelling UI makes.
 
-Simulated raters (``ranking_scheduler.raters``) label the Classify project one image at a time
+Simulated raters (``ranking_scheduler.simulator.raters``) label the Classify project one image at a time
 and rank the scheduler's Rank tasks, each as its own Label Studio user, within a labelling-time
 budget set by the study's time parity.
 """
@@ -133,7 +133,7 @@ def is_open(task: dict) -> bool:
 
 def labelling_budget(n_images: int, hours: float | None) -> dict[str, float]:
     """Seconds of labelling per strategy, and what they buy at the study's time parity."""
-    from ranking_scheduler.raters import SECONDS_PER_BATCH, SECONDS_PER_LABEL
+    from ranking_scheduler.simulator.raters import SECONDS_PER_BATCH, SECONDS_PER_LABEL
 
     seconds = hours * 3600 if hours is not None else n_images * SECONDS_PER_LABEL
     return {
@@ -160,7 +160,7 @@ def simulate_classify(
     Labels already in Label Studio (a re-run) count toward the budget. Tasks are visited in
     import order (shuffled by provisioning); a second pass gives an image a second rater.
     """
-    from ranking_scheduler.raters import SECONDS_PER_LABEL
+    from ranking_scheduler.simulator.raters import SECONDS_PER_LABEL
 
     tasks = rest.tasks(project_id)
     if not tasks:
@@ -205,7 +205,7 @@ def simulate_ranking(
     answered first. Stops when the budget is spent, or when the scheduler has published its
     classes (its stopping rule held and every boundary question was answered).
     """
-    from ranking_scheduler.raters import SECONDS_PER_BATCH, SECONDS_PER_LABEL
+    from ranking_scheduler.simulator.raters import SECONDS_PER_BATCH, SECONDS_PER_LABEL
 
     rank_pid, boundary_pid = projects["Rank"], projects["Boundary"]
     batches = sum(int(t.get("total_annotations") or 0) for t in rest.tasks(rank_pid))
@@ -274,7 +274,7 @@ def make_panel(manifest: Path, n_raters: int, seed: int):
     from dataclasses import replace
 
     from cmr_ingest.manifest import read_manifest
-    from ranking_scheduler.raters import DEFAULT_PARAMS, RaterPanel, cuts_from_classes
+    from ranking_scheduler.simulator.raters import DEFAULT_PARAMS, RaterPanel, cuts_from_classes
 
     rows = read_manifest(manifest)
     positions = {str(r["image_id"]): float(r["position"]) for r in rows}

@@ -27,7 +27,7 @@ from analysis.metrics import (
     roc_curve,
     weighted_f1,
 )
-from slicerank import CLASSES
+from slicerank_base import CLASSES
 
 #: Agreement with the reference implementations, up to floating-point noise.
 TOL = 1e-9

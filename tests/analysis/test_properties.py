@@ -18,7 +18,7 @@ from analysis.metrics import (
     roc_auc,
     weighted_f1,
 )
-from slicerank import CLASSES
+from slicerank_base import CLASSES
 
 #: Floating-point slack for identities that hold exactly in real arithmetic.
 EPS = 1e-12

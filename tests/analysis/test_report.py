@@ -14,7 +14,7 @@ from PIL import Image
 
 from analysis.predictions import Predictions
 from analysis.report import build_report
-from slicerank import CLASSES
+from slicerank_base import CLASSES
 from slicerank.cli import main
 
 N_IMAGES = 120

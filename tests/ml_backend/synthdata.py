@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from slicerank import CLASSES
+from slicerank_base import CLASSES
 
 #: Disc radius (fraction of the image side) per class: basal slices show a large cavity.
 RADIUS = {"too_basal": 0.22, "lv": 0.14, "too_apical": 0.06}

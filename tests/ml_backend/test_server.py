@@ -13,7 +13,7 @@ from ml_backend.model import build_model
 from ml_backend.registry import ModelRegistry
 from ml_backend.server import create_app
 from ml_backend.settings import BackendSettings
-from slicerank import CLASSES
+from slicerank_base import CLASSES
 from tests.ml_backend.synthdata import classify_task, make_media_root
 
 CLASSIFY_XML = (Path(__file__).resolve().parents[2] / "ls_config" / "classify.xml").read_text()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from ranking_scheduler.bayes import BayesModel, fit_beta, ranking_update
+from ranking_scheduler.engine.bayes import BayesModel, fit_beta, ranking_update
 
 GOLDEN = json.loads((Path(__file__).parent / "data" / "rating_updates.json").read_text())
 MC_TOL = 0.01

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 
 from ranking_scheduler import RankingEngine
-from ranking_scheduler.boundary import (
+from ranking_scheduler.engine.boundary import (
     MAX_LABELS,
     MIN_LABELS_PER_CUT,
     cut_posterior,
     query_information,
 )
-from ranking_scheduler.raters import true_class
+from ranking_scheduler.simulator.raters import true_class
 
 N = 400
 CUTS = (0.31, 0.88)

@@ -10,9 +10,9 @@ from html.parser import HTMLParser
 
 import pytest
 
-from ranking_scheduler.dashboard import render_dashboard
-from ranking_scheduler.stats import compute_stats
-from ranking_scheduler.store import SubmissionStore
+from ranking_scheduler.service.dashboard import render_dashboard
+from ranking_scheduler.service.stats import compute_stats
+from ranking_scheduler.service.store import SubmissionStore
 from tests.chromium import CHROMIUM, CHROMIUM_FLAGS
 
 NOW = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)

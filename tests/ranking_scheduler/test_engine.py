@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ranking_scheduler import RankingEngine
-from ranking_scheduler.raters import RaterPanel, study_positions
+from ranking_scheduler.simulator.raters import RaterPanel, study_positions
 
 STRATEGIES = ("paper", "bayes", "random")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ranking_scheduler.glicko import PaperModel, glicko2_update
+from ranking_scheduler.engine.glicko import PaperModel, glicko2_update
 
 GOLDEN = json.loads((Path(__file__).parent / "data" / "rating_updates.json").read_text())
 RATING_TOL = 0.01

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from scipy.stats import kendalltau
 
-from ranking_scheduler.raters import (
+from ranking_scheduler.simulator.raters import (
     SECONDS_PER_BATCH,
     SECONDS_PER_LABEL,
     RaterPanel,

@@ -15,7 +15,7 @@ import pytest
 
 from ls_config.provision import SECRET_HEADER
 from ls_config.webclient import choices_result, ranker_result
-from ranking_scheduler.service import parse_boundary, parse_ranking, rater_name
+from ranking_scheduler.service.service import parse_boundary, parse_ranking, rater_name
 from tests.ranking_scheduler.test_service_harness import (
     InProcessScheduler,
     SubprocessScheduler,
@@ -334,7 +334,7 @@ def test_boundary_budget_holds_across_a_restart_with_questions_open(label_studio
 def test_killed_scheduler_loses_and_double_counts_nothing(label_studio, tmp_path):
     import threading
 
-    from ranking_scheduler.store import SubmissionStore
+    from ranking_scheduler.service.store import SubmissionStore
 
     setup = provision_setup(label_studio, tmp_path, SCHEDULER_MIN_OPEN_TASKS=6)
     client = label_studio.client()
@@ -398,7 +398,7 @@ def test_killed_scheduler_loses_and_double_counts_nothing(label_studio, tmp_path
 
 # ----------------------------------------------------------------------------- settings
 def test_settings_from_env_validate_and_hide_secrets():
-    from ranking_scheduler.settings import SchedulerSettings
+    from ranking_scheduler.service.settings import SchedulerSettings
 
     env = {
         "LABEL_STUDIO_API_KEY": "k" * 40,

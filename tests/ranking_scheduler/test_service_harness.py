@@ -41,7 +41,7 @@ class Setup:
         return f"http://127.0.0.1:{self.port}"
 
     def settings(self, **changes):
-        from ranking_scheduler.settings import SchedulerSettings
+        from ranking_scheduler.service.settings import SchedulerSettings
 
         return SchedulerSettings.from_env(self.env).with_(**changes)
 
@@ -94,9 +94,9 @@ class InProcessScheduler:
         import uvicorn
         from label_studio_sdk import LabelStudio
 
-        from ranking_scheduler.ls_adapter import LabelStudioAdapter
-        from ranking_scheduler.service import SchedulerService, create_app
-        from ranking_scheduler.store import SubmissionStore
+        from ranking_scheduler.service.ls_adapter import LabelStudioAdapter
+        from ranking_scheduler.service.service import SchedulerService, create_app
+        from ranking_scheduler.service.store import SubmissionStore
 
         self.setup = setup
         settings = setup.settings(**settings_changes)

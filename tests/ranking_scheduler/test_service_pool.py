@@ -15,16 +15,16 @@ import pytest
 
 from ls_config.provision import BOUNDARY, CLASSIFY, RANK
 from ls_config.webclient import ranker_result
-from ranking_scheduler.ls_adapter import PoolImage
-from ranking_scheduler.service import (
+from ranking_scheduler.service.ls_adapter import PoolImage
+from ranking_scheduler.service.service import (
     SchedulerService,
     WorkerStats,
     spare_tasks,
     submission_rate,
     wanted_open,
 )
-from ranking_scheduler.settings import SchedulerSettings
-from ranking_scheduler.store import SubmissionStore
+from ranking_scheduler.service.settings import SchedulerSettings
+from ranking_scheduler.service.store import SubmissionStore
 
 
 # ----------------------------------------------------------------------------- pure sizing

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from ranking_scheduler.simulate import (
+from ranking_scheduler.simulator.simulate import (
     CURVE_KEYS,
     SIM_STRATEGIES,
     read_cohort,

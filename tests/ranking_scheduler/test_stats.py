@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from ranking_scheduler.stats import compute_stats, jsonable, rater_pace
-from ranking_scheduler.store import SubmissionStore
+from ranking_scheduler.service.stats import compute_stats, jsonable, rater_pace
+from ranking_scheduler.service.store import SubmissionStore
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 NOW = T0 + timedelta(hours=1)
@@ -246,8 +246,8 @@ def test_jsonable_converts_numpy_and_nan():
 def test_stats_from_the_real_engine(store, strategy):
     import random
 
-    from ranking_scheduler.dashboard import render_dashboard
-    from ranking_scheduler.engine import RankingEngine
+    from ranking_scheduler.service.dashboard import render_dashboard
+    from ranking_scheduler.engine.ranking import RankingEngine
 
     ids = [f"img{i:03d}" for i in range(96)]
     rng = random.Random(0)

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from ranking_scheduler.store import SubmissionStore
+from ranking_scheduler.service.store import SubmissionStore
 
 pytestmark = pytest.mark.integration
 
@@ -313,7 +313,7 @@ def _live_session(store, strategy: str, n_images: int = 120, n_batches: int = 45
     """Drive a real RankingEngine the way the service does, logging every submission."""
     import random
 
-    from ranking_scheduler.engine import RankingEngine
+    from ranking_scheduler.engine.ranking import RankingEngine
 
     ids = [f"img{i:03d}" for i in range(n_images)]
     position = {i: k / n_images for k, i in enumerate(ids)}  # img000 is the most basal
@@ -347,7 +347,7 @@ def _live_session(store, strategy: str, n_images: int = 120, n_batches: int = 45
 
 @pytest.mark.parametrize("strategy", ["paper", "bayes"])
 def test_rebuild_equals_the_live_engine(db_url, strategy):
-    from ranking_scheduler.engine import RankingEngine
+    from ranking_scheduler.engine.ranking import RankingEngine
 
     store = SubmissionStore(db_url)
     ids, live = _live_session(store, strategy)
@@ -364,7 +364,7 @@ def test_rebuild_equals_the_live_engine(db_url, strategy):
 
 
 def test_rebuild_after_edit_and_delete_equals_engine_fed_the_corrected_history(db_url):
-    from ranking_scheduler.engine import RankingEngine
+    from ranking_scheduler.engine.ranking import RankingEngine
 
     store = SubmissionStore(db_url)
     ids, _ = _live_session(store, "bayes", n_batches=20)

@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from slicerank import demo, demo_raters
-from slicerank.procs import free_port
+from slicerank_base.procs import free_port
 
 # ---------------------------------------------------------------------------------- helpers
 
@@ -38,7 +38,7 @@ def test_config_rejects_bad_sizes_naming_the_option(tmp_path):
 
 
 def test_budget_is_equal_time_at_the_study_exchange_rate():
-    from ranking_scheduler.raters import SECONDS_PER_LABEL
+    from ranking_scheduler.simulator.raters import SECONDS_PER_LABEL
 
     budget = demo_raters.labelling_budget(3323, None)
     # The study: 5 hours bought 3,323 single labels or about 1,575 ranked batches.
@@ -251,7 +251,7 @@ def test_demo_end_to_end(tmp_path):
             assert len(raters) == 3
 
             # The scheduler's submission log matches Label Studio, annotation for annotation.
-            from ranking_scheduler.store import SubmissionStore
+            from ranking_scheduler.service.store import SubmissionStore
 
             store = SubmissionStore(f"sqlite:///{out / 'scheduler' / 'scheduler.sqlite3'}")
             try:

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from slicerank.procs import ChildProcess, ProcessSet, free_port, http_ok
+from slicerank_base.procs import ChildProcess, ProcessSet, free_port, http_ok
 
 
 def _alive(pid: int) -> bool:
@@ -112,7 +112,7 @@ def test_signal_to_parent_stops_every_child(tmp_path, sig):
     script = textwrap.dedent(
         f"""
         import sys, time
-        from slicerank.procs import ChildProcess, ProcessSet
+        from slicerank_base.procs import ChildProcess, ProcessSet
         SPAWNER = {SPAWNER!r}
         with ProcessSet() as procs:
             for i, port in enumerate(sys.argv[1:]):
@@ -153,7 +153,7 @@ def test_parent_killed_hard_takes_children_down(tmp_path):
     script = textwrap.dedent(
         """
         import sys, time
-        from slicerank.procs import ChildProcess, ProcessSet
+        from slicerank_base.procs import ChildProcess, ProcessSet
         with ProcessSet() as procs:
             c = procs.start(ChildProcess("sleeper", [sys.executable, "-c",
                             "import time; time.sleep(600)"], log_path="s.log"))

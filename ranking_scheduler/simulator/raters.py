@@ -37,7 +37,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from scipy.special import ndtri
 
-from slicerank import CLASSES
+from slicerank_base import CLASSES
 
 SECONDS_PER_LABEL = 5 * 3600 / 3323
 """Labelling time of one single-image class label (5 h / 3,323 labels)."""

@@ -78,7 +78,7 @@ def register_bench(bench_subparsers: argparse._SubParsersAction) -> None:
 
 
 def _cohort(args: argparse.Namespace):
-    from ranking_scheduler.simulate import read_cohort, study_cohort
+    from ranking_scheduler.simulator.simulate import read_cohort, study_cohort
 
     if args.manifest:
         return read_cohort(args.manifest)
@@ -88,7 +88,7 @@ def _cohort(args: argparse.Namespace):
 
 
 def _params(args: argparse.Namespace, cohort) -> Any:
-    from ranking_scheduler.raters import RaterParams
+    from ranking_scheduler.simulator.raters import RaterParams
 
     kw: dict[str, Any] = {"cuts": cohort.cuts}
     if args.difficulty is not None:
@@ -99,8 +99,8 @@ def _params(args: argparse.Namespace, cohort) -> Any:
 def _simulate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ranking_scheduler.simulate import simulate
-    from slicerank.jsonout import write_json
+    from ranking_scheduler.simulator.simulate import simulate
+    from slicerank_base.jsonout import write_json
 
     try:
         cohort = _cohort(args)
@@ -151,8 +151,8 @@ def _progress_bar(total_runs: int):
 
 
 def _compare(args: argparse.Namespace, cohort, params) -> int:
-    from ranking_scheduler.engine_bench import RUNS, study
-    from slicerank.jsonout import write_json
+    from ranking_scheduler.simulator.bench import RUNS, study
+    from slicerank_base.jsonout import write_json
 
     if args.seeds < 1:
         print("error: --seeds: need at least 1")
@@ -260,10 +260,10 @@ def _bench(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from ranking_scheduler.engine_bench import replay_speed, speed, study
-    from ranking_scheduler.raters import RaterParams
-    from ranking_scheduler.simulate import study_cohort
-    from slicerank.jsonout import write_json
+    from ranking_scheduler.simulator.bench import replay_speed, speed, study
+    from ranking_scheduler.simulator.raters import RaterParams
+    from ranking_scheduler.simulator.simulate import study_cohort
+    from slicerank_base.jsonout import write_json
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

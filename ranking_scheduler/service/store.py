@@ -914,7 +914,7 @@ def bench(
         assert n_read == n_batches, (n_read, n_batches)
         if engine_factory is None:
             try:
-                from ranking_scheduler.engine import RankingEngine
+                from ranking_scheduler.engine.ranking import RankingEngine
             except ImportError:
                 RankingEngine = None  # noqa: N806 - the engine module is not there yet
             if RankingEngine is not None:

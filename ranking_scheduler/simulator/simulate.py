@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 from scipy.stats import kendalltau
 
-from ranking_scheduler.engine import RankingEngine
-from ranking_scheduler.raters import (
+from ranking_scheduler.engine.ranking import RankingEngine
+from ranking_scheduler.simulator.raters import (
     SECONDS_PER_BATCH,
     SECONDS_PER_LABEL,
     RaterPanel,
@@ -34,7 +34,7 @@ from ranking_scheduler.raters import (
     study_positions,
     true_class,
 )
-from slicerank import CLASSES
+from slicerank_base import CLASSES
 
 SIM_STRATEGIES = ("one_at_a_time", "paper", "random", "bayes")
 """Strategies the simulator runs."""

@@ -52,10 +52,10 @@ def _scheduler(args: argparse.Namespace) -> int:
     import uvicorn
     from label_studio_sdk import LabelStudio
 
-    from ranking_scheduler.ls_adapter import LabelStudioAdapter
-    from ranking_scheduler.service import SchedulerService, create_app
-    from ranking_scheduler.settings import SchedulerSettings
-    from ranking_scheduler.store import SubmissionStore
+    from ranking_scheduler.service.ls_adapter import LabelStudioAdapter
+    from ranking_scheduler.service.service import SchedulerService, create_app
+    from ranking_scheduler.service.settings import SchedulerSettings
+    from ranking_scheduler.service.store import SubmissionStore
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -178,7 +178,7 @@ def run_bench(
 
         import httpx
 
-        from slicerank.procs import ChildProcess
+        from slicerank_base.procs import ChildProcess
 
         db_url = f"sqlite:///{work / 'scheduler.db'}"
         env = {
@@ -303,7 +303,7 @@ def run_bench(
                 ann = ann if isinstance(ann, dict) else ann.dict()
                 if not ann.get("was_cancelled"):
                     ls_annotations[ann["id"]] = ann["result"][0]["value"]["ranker"]["order"]
-        from ranking_scheduler.store import SubmissionStore
+        from ranking_scheduler.service.store import SubmissionStore
 
         with SubmissionStore(db_url) as store:
             subs = {s.annotation_id: list(s.ordered) for s in store.effective_submissions("rank")}
@@ -355,7 +355,7 @@ def _bench(args: argparse.Namespace) -> int:
     import json
     import logging
 
-    from slicerank.jsonout import write_json
+    from slicerank_base.jsonout import write_json
 
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -183,7 +183,7 @@ def compute_stats(
     """Everything the coverage dashboard shows, as one JSON-serialisable dict.
 
     ``engine`` is the live ``RankingEngine`` (or None before it exists), ``store`` the
-    :class:`~ranking_scheduler.store.SubmissionStore`, ``target_views`` the view target the
+    :class:`~ranking_scheduler.service.store.SubmissionStore`, ``target_views`` the view target the
     engine was built with, ``now`` the time to measure ages against (default: now, UTC).
 
     Keys: ``generated_at``, ``strategy``, ``n_images``, ``target_views``, ``headline``

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from ranking_scheduler.engine import STRATEGIES
+from ranking_scheduler.engine.ranking import STRATEGIES
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:

@@ -3,7 +3,7 @@
 The page has no external resources at all (no CDN, no fonts, no separate JS/CSS files): the
 service may run on a hospital network without internet, and one document is trivially cached
 and served. Its inline script draws the figures (inline SVG) from the stats dict of
-:func:`ranking_scheduler.stats.compute_stats` embedded in the page, then re-fetches the same
+:func:`ranking_scheduler.service.stats.compute_stats` embedded in the page, then re-fetches the same
 numbers from ``/api/stats`` every few seconds. Every figure carries ``data-stat="<path>"``
 (a dotted path into the stats JSON) and ``data-value`` (the JSON value it shows), so a browser
 test can compare the page with ``/api/stats``.
@@ -18,7 +18,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from ranking_scheduler.stats import jsonable
+from ranking_scheduler.service.stats import jsonable
 
 __all__ = ["DEFAULT_REFRESH_S", "render_dashboard"]
 
@@ -31,7 +31,7 @@ DEFAULT_REFRESH_S = 5.0
 @cache
 def _template() -> str:
     return (
-        resources.files("ranking_scheduler").joinpath("templates/dashboard.html").read_text("utf-8")
+        resources.files("ranking_scheduler.service").joinpath("templates/dashboard.html").read_text("utf-8")
     )
 
 
@@ -51,7 +51,7 @@ def render_dashboard(
 ) -> str:
     """Return the dashboard as one HTML page.
 
-    ``stats`` (from :func:`~ranking_scheduler.stats.compute_stats`) is embedded so the page
+    ``stats`` (from :func:`~ranking_scheduler.service.stats.compute_stats`) is embedded so the page
     shows figures at once, before its first fetch; with None it shows placeholders until the
     first fetch of ``api_url`` answers. ``api_url`` is fetched same-origin with the page's own
     query string appended (so ``/dashboard?token=...`` authenticates ``/api/stats`` too);

@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 from scipy.special import ndtr, ndtri
 
-from ranking_scheduler import boundary as bnd
-from ranking_scheduler.bayes import PRIOR_VAR, BayesModel
-from ranking_scheduler.glicko import PaperModel
-from slicerank import CLASSES
+from ranking_scheduler.engine import boundary as bnd
+from ranking_scheduler.engine.bayes import PRIOR_VAR, BayesModel
+from ranking_scheduler.engine.glicko import PaperModel
+from slicerank_base import CLASSES
 
 STRATEGIES = ("paper", "bayes", "random")
 """Engine strategies (the simulator adds ``one_at_a_time``, which needs no engine)."""

@@ -1,8 +1,8 @@
 """The scheduler service: Label Studio webhooks in, ranked batches out, classes published.
 
-One :class:`SchedulerService` wraps a :class:`~ranking_scheduler.engine.RankingEngine` around
-the durable :class:`~ranking_scheduler.store.SubmissionStore` (the log is the source of truth)
-and a :class:`~ranking_scheduler.ls_adapter.LabelStudioAdapter` (the SDK edge).
+One :class:`SchedulerService` wraps a :class:`~ranking_scheduler.engine.ranking.RankingEngine` around
+the durable :class:`~ranking_scheduler.service.store.SubmissionStore` (the log is the source of truth)
+and a :class:`~ranking_scheduler.service.ls_adapter.LabelStudioAdapter` (the SDK edge).
 
 Concurrency: the webhook endpoint only checks the secret and queues the event, answering within
 Label Studio's ~1 s webhook timeout. A single worker thread does everything that changes state,
@@ -53,11 +53,11 @@ from typing import Any
 from fastapi import Request  # module level: FastAPI resolves the string annotations here
 
 from ls_config.provision import BOUNDARY, RANK, SECRET_HEADER
-from ranking_scheduler.engine import RankingEngine
-from ranking_scheduler.ls_adapter import MODEL_VERSION, LabelStudioAdapter, PoolImage
-from ranking_scheduler.settings import SchedulerSettings
-from ranking_scheduler.store import SubmissionStore
-from slicerank import CLASSES
+from ranking_scheduler.engine.ranking import RankingEngine
+from ranking_scheduler.service.ls_adapter import MODEL_VERSION, LabelStudioAdapter, PoolImage
+from ranking_scheduler.service.settings import SchedulerSettings
+from ranking_scheduler.service.store import SubmissionStore
+from slicerank_base import CLASSES
 
 log = logging.getLogger(__name__)
 
@@ -1094,7 +1094,7 @@ class SchedulerService:
 
     def stats(self) -> dict[str, Any]:
         """The dashboard figures (``compute_stats``) plus :meth:`service_stats`."""
-        from ranking_scheduler.stats import compute_stats
+        from ranking_scheduler.service.stats import compute_stats
 
         with self.lock:
             stats = compute_stats(self.engine, self.store, target_views=self.settings.target_views)
@@ -1127,8 +1127,8 @@ def create_app(service: SchedulerService):
     from fastapi import FastAPI, HTTPException
     from fastapi.responses import HTMLResponse, JSONResponse
 
-    from ranking_scheduler.dashboard import render_dashboard
-    from ranking_scheduler.stats import jsonable
+    from ranking_scheduler.service.dashboard import render_dashboard
+    from ranking_scheduler.service.stats import jsonable
 
     secret = service.settings.secret
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from ranking_scheduler.engine import RankingEngine
-from ranking_scheduler.raters import RaterParams
-from ranking_scheduler.simulate import Cohort, simulate, study_cohort
+from ranking_scheduler.engine.ranking import RankingEngine
+from ranking_scheduler.simulator.raters import RaterParams
+from ranking_scheduler.simulator.simulate import Cohort, simulate, study_cohort
 
 CAP_FRACTION = 0.4
 """``bayes`` gets this share of the batches ``paper`` needs to reach its own stop."""
