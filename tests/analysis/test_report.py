@@ -14,8 +14,8 @@ from PIL import Image
 
 from analysis.predictions import Predictions
 from analysis.report import build_report
-from slicerank_base import CLASSES
 from slicerank.cli import main
+from slicerank_base import CLASSES
 
 N_IMAGES = 120
 #: Few resamples keep the tests fast; the intervals themselves are tested elsewhere.

@@ -246,8 +246,8 @@ def test_jsonable_converts_numpy_and_nan():
 def test_stats_from_the_real_engine(store, strategy):
     import random
 
-    from ranking_scheduler.service.dashboard import render_dashboard
     from ranking_scheduler.engine.ranking import RankingEngine
+    from ranking_scheduler.service.dashboard import render_dashboard
 
     ids = [f"img{i:03d}" for i in range(96)]
     rng = random.Random(0)
