@@ -31,7 +31,9 @@ DEFAULT_REFRESH_S = 5.0
 @cache
 def _template() -> str:
     return (
-        resources.files("ranking_scheduler.service").joinpath("templates/dashboard.html").read_text("utf-8")
+        resources.files("ranking_scheduler.service")
+        .joinpath("templates/dashboard.html")
+        .read_text("utf-8")
     )
 
 

@@ -22,7 +22,15 @@ from slicerank.cli import build_parser
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
-PACKAGES = ("slicerank_base", "slicerank", "cmr_ingest", "ls_config", "ranking_scheduler", "ml_backend", "analysis")
+PACKAGES = (
+    "slicerank_base",
+    "slicerank",
+    "cmr_ingest",
+    "ls_config",
+    "ranking_scheduler",
+    "ml_backend",
+    "analysis",
+)
 SLICERANK_IMAGE_DEFAULT = "slicerank:"
 ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]{2,}$")
 INTERPOLATION = re.compile(r"\$\{([A-Z0-9_]+)(?::?[-?][^}]*)?\}")
