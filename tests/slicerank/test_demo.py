@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from slicerank import demo, demo_raters
+from slicerank import demo, demo_cohort, demo_config, demo_raters, demo_services
 from slicerank_base.procs import free_port
 
 # ---------------------------------------------------------------------------------- helpers
@@ -28,13 +28,13 @@ from slicerank_base.procs import free_port
 
 def test_config_rejects_bad_sizes_naming_the_option(tmp_path):
     with pytest.raises(ValueError, match="--scans 1: need at least 2 scans"):
-        demo.DemoConfig(out=tmp_path, scans=1)
+        demo_config.DemoConfig(out=tmp_path, scans=1)
     with pytest.raises(ValueError, match="--raters 4"):
-        demo.DemoConfig(out=tmp_path, raters=4)
+        demo_config.DemoConfig(out=tmp_path, raters=4)
     with pytest.raises(ValueError, match="--hours -1"):
-        demo.DemoConfig(out=tmp_path, hours=-1)
-    assert demo.DemoConfig(out=tmp_path).train_preset == "cpu-small"
-    assert demo.DemoConfig(out=tmp_path, gpu=True).train_preset == "gpu"
+        demo_config.DemoConfig(out=tmp_path, hours=-1)
+    assert demo_config.DemoConfig(out=tmp_path).train_preset == "cpu-small"
+    assert demo_config.DemoConfig(out=tmp_path, gpu=True).train_preset == "gpu"
 
 
 def test_budget_is_equal_time_at_the_study_exchange_rate():
@@ -54,36 +54,36 @@ def test_budget_is_equal_time_at_the_study_exchange_rate():
 
 def test_credentials_are_private_and_stable(tmp_path):
     path = tmp_path / "credentials.json"
-    first = demo.load_credentials(path)
+    first = demo_config.load_credentials(path)
     assert oct(path.stat().st_mode & 0o777) == "0o600"
     assert len(first["api_key"]) == 40 and len(first["webhook_secret"]) >= 12
-    assert demo.load_credentials(path) == first
+    assert demo_config.load_credentials(path) == first
 
 
 def test_fresh_refuses_to_delete_a_folder_that_is_not_a_demo_run(tmp_path):
     (tmp_path / "precious.txt").write_text("keep me")
     with pytest.raises(ValueError, match="refusing to delete"):
-        demo.prepare_out_dir(demo.DemoConfig(out=tmp_path, fresh=True))
+        demo_config.prepare_out_dir(demo_config.DemoConfig(out=tmp_path, fresh=True))
     assert (tmp_path / "precious.txt").exists()
 
 
 def test_ports_are_remembered_between_runs(tmp_path):
-    cfg = demo.DemoConfig(out=tmp_path)
+    cfg = demo_config.DemoConfig(out=tmp_path)
     state = tmp_path / "state.json"
-    first = demo.choose_ports(cfg, state)
+    first = demo_services.choose_ports(cfg, state)
     assert len(set(first.values())) == 3
-    assert demo.choose_ports(cfg, state) == first
+    assert demo_services.choose_ports(cfg, state) == first
 
 
 def test_cohort_is_reused_and_never_silently_replaced_under_labels(tmp_path):
-    first = demo.stage_cohort(tmp_path / "media", 2, 0)
+    first = demo_cohort.stage_cohort(tmp_path / "media", 2, 0)
     assert not first["reused"] and first["images"] > 0
     assert sum(first["classes"].values()) == first["images"]
-    again = demo.stage_cohort(tmp_path / "media", 2, 0, labelled=True)
+    again = demo_cohort.stage_cohort(tmp_path / "media", 2, 0, labelled=True)
     assert again["reused"] and again["images"] == first["images"]
     with pytest.raises(ValueError, match="labelled cohort of 2 scans.*--fresh"):
-        demo.stage_cohort(tmp_path / "media", 3, 0, labelled=True)
-    assert demo.stage_cohort(tmp_path / "media", 3, 0)["images"] > first["images"]
+        demo_cohort.stage_cohort(tmp_path / "media", 3, 0, labelled=True)
+    assert demo_cohort.stage_cohort(tmp_path / "media", 3, 0)["images"] > first["images"]
 
 
 def test_redis_url_password_is_redacted():
