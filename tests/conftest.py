@@ -17,6 +17,29 @@ import pytest
 # The real Label Studio server for the session (started only when a test asks for it).
 from tests.ls_server import label_studio  # noqa: F401
 
+REQUIRED_ON_CI = ("chromium", "docker-compose")
+"""Tools whose absence skips a test on a developer's machine but fails it on CI (``CI`` set to
+anything but empty/0/false): CI must run the browser and compose tests, not pass by skipping."""
+
+
+def on_ci(environ=os.environ) -> bool:
+    """Whether this run is CI (``CI=true``, as CI services and ``.ci/run`` set it)."""
+    return environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """On CI, a test skipped for a missing Chromium or docker-compose is reported as failed."""
+    outcome = yield
+    report = outcome.get_result()
+    if not (report.skipped and on_ci()) or not isinstance(report.longrepr, tuple):
+        return
+    reason = str(report.longrepr[2])
+    if any(tool in reason.lower() for tool in REQUIRED_ON_CI):
+        report.outcome = "failed"
+        report.longrepr = f"CI=true and a required tool is missing, so this fails: {reason}"
+
+
 TEST_REDIS_URL = os.environ.get("SLICERANK_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 TEST_PG_ADMIN_URL = os.environ.get(
     "SLICERANK_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
