@@ -273,3 +273,149 @@ def test_stats_from_the_real_engine(store, strategy):
     assert {r["rater"]: r["median_s_per_batch"] for r in s["raters"]} == {"r0": 100.0, "r1": 100.0}
     assert s["unavailable"] == []
     assert "data-stat" in render_dashboard(s)
+
+
+def _sub(kind, rater, lead_time):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(kind=kind, rater=rater, lead_time=lead_time)
+
+
+def test_labelling_time_medians_per_strategy_and_rater_and_cohort_hours():
+    from ranking_scheduler.service.stats import STUDY_PARITY, labelling_time
+
+    subs = [
+        _sub("rank", "r1", 10.0),
+        _sub("rank", "r1", 14.0),
+        _sub("rank", "r2", 20.0),
+        _sub("rank", "r2", None),  # no lead time recorded: not a measurement
+        _sub("rank", "r2", 4000.0),  # the task was left open over a break
+        _sub("boundary", "r1", 5.0),
+        _sub("boundary", "r2", 7.0),
+        _sub("boundary", "r2", float("nan")),
+    ]
+    t = labelling_time(subs, n_images=3323)
+    rank, single = t["by_strategy"]["ranking"], t["by_strategy"]["single_label"]
+    assert (rank["n"], rank["median_s"], rank["not_measured"]) == (3, 14.0, 2)
+    assert (single["n"], single["median_s"], single["not_measured"]) == (2, 6.0, 1)
+    rows = {r["rater"]: r for r in t["by_rater"]}
+    assert rows["r1"]["median_s_per_batch"] == 12.0 and rows["r1"]["median_s_per_label"] == 5.0
+    assert rows["r2"]["batches_timed"] == 1 and rows["r2"]["labels_timed"] == 1
+    cohort = t["cohort"]
+    # The study's parity for 3,323 images is 1,575 batches.
+    assert cohort["batches"] == 1575 == STUDY_PARITY["batches"]
+    assert cohort["batches_basis"] == "study_ratio"
+    assert cohort["hours_ranking"] == pytest.approx(1575 * 14.0 / 3600)
+    assert cohort["hours_single_label"] == pytest.approx(3323 * 6.0 / 3600)
+    assert cohort["ranking_to_single_ratio"] == pytest.approx((1575 * 14.0) / (3323 * 6.0))
+    # At the study's own pace both take 5 hours.
+    assert t["study"]["s_per_batch"] * 1575 == pytest.approx(5 * 3600)
+    assert t["study"]["s_per_single_label"] * 3323 == pytest.approx(5 * 3600)
+    # Once the engine is done its real batch count replaces the study's ratio.
+    done = labelling_time(subs, n_images=3323, engine_batches=1200)["cohort"]
+    assert done["batches"] == 1200 and done["batches_basis"] == "engine"
+
+
+def test_labelling_time_without_measurements():
+    from ranking_scheduler.service.stats import labelling_time
+
+    t = labelling_time([_sub("rank", "r1", None)], n_images=None)
+    assert t["by_strategy"]["ranking"]["median_s"] is None
+    assert t["cohort"]["hours_ranking"] is None and t["cohort"]["ranking_to_single_ratio"] is None
+    with pytest.raises(ValueError, match="n_images"):
+        labelling_time([], n_images=-1)
+
+
+def test_webhook_health_says_when_deliveries_stop():
+    from ranking_scheduler.service.stats import webhook_health
+
+    now = NOW
+    ago = lambda s: now - timedelta(seconds=s)  # noqa: E731
+    assert webhook_health(last_delivery_at=None, now=now)["status"] == "waiting"
+    ok = webhook_health(last_delivery_at=ago(5).timestamp(), now=now)
+    assert ok["status"] == "ok" and ok["last_delivery_age_s"] == pytest.approx(5)
+    # One webhook lost now and then, later ones arrive: "missed", not an outage.
+    missed = webhook_health(
+        last_delivery_at=ago(5), found_by_reconciliation=2, last_found_at=ago(60), now=now
+    )
+    assert missed["status"] == "missed"
+    # The reconciliation found an answer a moment before its webhook arrived: no alarm yet.
+    moment = webhook_health(
+        last_delivery_at=ago(30), found_by_reconciliation=1, last_found_at=ago(1), now=now
+    )
+    assert moment["status"] == "missed"
+    stopped = webhook_health(
+        last_delivery_at=ago(1800).isoformat(),
+        found_by_reconciliation=12,
+        last_found_at=ago(20),
+        now=now,
+    )
+    assert stopped["status"] == "stopped" and "30 min" in stopped["message"]
+    assert "Webhooks" in stopped["message"]
+    never = webhook_health(
+        last_delivery_at=None, found_by_reconciliation=3, last_found_at=ago(9), now=now
+    )
+    assert never["status"] == "stopped"
+
+
+def test_stats_carry_labelling_time_and_webhooks(store):
+    _fill(store)
+    s = compute_stats(
+        _engine(),
+        store,
+        target_views=3,
+        now=NOW,
+        webhooks={"last_delivery_at": (NOW - timedelta(hours=1)).timestamp(),
+                  "found_by_reconciliation": 4, "last_found_at": NOW.isoformat()},
+    )  # fmt: skip
+    assert s["webhooks"]["status"] == "stopped"
+    assert s["labelling_time"]["cohort"]["images"] == 10
+    assert "webhooks" not in compute_stats(_engine(), store, target_views=3, now=NOW)
+
+
+def test_stats_from_a_snapshot_while_the_worker_changes_the_engine(store):
+    """The dashboard reads a snapshot: with the engine lock given, a worker thread submitting
+    and rebuilding meanwhile never breaks a refresh (no dict changes size under it)."""
+    import random
+    import threading
+
+    from ranking_scheduler.engine.ranking import RankingEngine
+    from ranking_scheduler.service.stats import EngineFigures, read_engine
+
+    ids = [f"img{i:03d}" for i in range(200)]
+    lock = threading.Lock()
+    engine = RankingEngine(ids, strategy="bayes", target_views=3, seed=1)
+    stop = threading.Event()
+    errors = []
+
+    def worker():
+        rng = random.Random(0)
+        k = 0
+        while not stop.is_set():
+            with lock:
+                batch = engine.next_batch(f"r{k % 3}")
+                if not batch:
+                    return
+                engine.submit(
+                    f"r{k % 3}", sorted(batch, key=lambda i: int(i[3:]) + rng.gauss(0, 3))
+                )
+            k += 1
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    try:
+        for _ in range(40):
+            snap = read_engine(engine, lock)
+            assert isinstance(snap, EngineFigures) and snap.unavailable == ()
+            # The snapshot is a copy: later submissions do not change it.
+            before = dict(snap.view_counts)
+            s = compute_stats(snap, store, target_views=3, now=NOW)
+            assert snap.view_counts == before
+            assert sum(b["count"] for b in s["views"]["histogram"]) == 200
+            assert s["views"]["total"] == sum(before.values())
+    except Exception as exc:  # noqa: BLE001 - reported below
+        errors.append(exc)
+    finally:
+        stop.set()
+        thread.join()
+    assert not errors, errors
