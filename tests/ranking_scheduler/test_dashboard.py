@@ -7,11 +7,12 @@ import re
 import subprocess
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
+from types import SimpleNamespace
 
 import pytest
 
 from ranking_scheduler.service.dashboard import render_dashboard
-from ranking_scheduler.service.stats import compute_stats
+from ranking_scheduler.service.stats import compute_stats, jsonable, labelling_time
 from ranking_scheduler.service.store import SubmissionStore
 from tests.chromium import CHROMIUM, CHROMIUM_FLAGS
 
@@ -71,8 +72,21 @@ def stats(tmp_path):
     store.append_boundary(60, "s03", "too_basal", rater="r1", created_at=t0)
     store.record_rejection(f"unknown class {EVIL!r}", annotation_id=70, task_id=7, rater="r2")
     store.add_task(7001, "rank", Engine.ids[:8], created_at=NOW - timedelta(minutes=2))
-    out = compute_stats(Engine(), store, target_views=3, now=NOW)
+    webhooks = {  # the last webhook 40 min ago, the reconciliation still finding answers
+        "last_delivery_at": (NOW - timedelta(minutes=40)).timestamp(),
+        "found_by_reconciliation": 3,
+        "last_found_at": (NOW - timedelta(minutes=1)).timestamp(),
+    }
+    out = compute_stats(Engine(), store, target_views=3, now=NOW, webhooks=webhooks)
     store.close()
+    # Measured lead times (the store's own lead_time column is exercised in test_stats.py).
+    timed = [("rank", "r1", 12.0), ("rank", "r1", 16.0), ("rank", "r2", 9.0)]
+    timed += [("boundary", "r1", 5.0), ("boundary", "r2", 6.0)]
+    out["labelling_time"] = jsonable(
+        labelling_time(
+            [SimpleNamespace(kind=k, rater=r, lead_time=t) for k, r, t in timed], n_images=24
+        )
+    )
     # What the scheduler service adds to /api/stats (its own counters).
     out["service"] = {
         "active_raters": 2,
@@ -193,6 +207,10 @@ def test_chromium_draws_the_figures_from_the_stats(stats, tmp_path):
         "raters.1.median_s_per_batch",
         "rejections.latest.0.reason",
         "tasks.open.rank",
+        "webhooks.status",
+        "labelling_time.by_strategy.ranking.median_s",
+        "labelling_time.cohort.hours_ranking",
+        "labelling_time.by_rater.1.median_s_per_label",
     }
     assert expected <= set(shown)
     # And the text a lead reads: the headline and a rater row.
@@ -202,3 +220,17 @@ def test_chromium_draws_the_figures_from_the_stats(stats, tmp_path):
     assert re.search(r'data-stat="classes.counts.lv"[^>]*>16<', dom)
     assert re.search(r'data-stat="service.own_ms_p95"[^>]*>8.8<', dom)
     assert "&lt;/script&gt;&lt;script&gt;document.documentElement" in dom  # shown as text
+    # Deliveries stopped: the red banner says so, and how the lead can check.
+    banner = re.search(r'<div class="alert" id="webhook-alert"[^>]*>([^<]*)<', dom)
+    assert banner and "hidden" not in banner.group(0), "the webhook alert is not shown"
+    assert banner.group(1).startswith(
+        "Webhooks have stopped: No webhook from Label Studio since 40 min"
+    )
+    # Labelling time: medians per batch (12 s) and per single label (5.5 s); the cohort of 24
+    # images is 11 batches at the study's ratio (24 x 1,575 / 3,323).
+    assert re.search(r'data-stat="labelling_time.by_strategy.ranking.median_s"[^>]*>12.0 s<', dom)
+    assert re.search(
+        r'data-stat="labelling_time.by_strategy.single_label.median_s"[^>]*>5.5 s<', dom
+    )
+    assert re.search(r'data-stat="labelling_time.cohort.batches"[^>]*>11<', dom)
+    assert re.search(r'data-stat="labelling_time.by_rater.0.median_s_per_batch"[^>]*>14.0 s<', dom)
