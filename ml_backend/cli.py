@@ -43,6 +43,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("backend", help="run the Label Studio ML backend (HTTP)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=9090)
+    p.add_argument(
+        "--dev-no-auth",
+        action="store_true",
+        help="serve without basic auth (development machines only; otherwise BASIC_AUTH_USER and "
+        "BASIC_AUTH_PASS are required; env SLICERANK_BACKEND_DEV_NO_AUTH=1)",
+    )
     _common(p)
     p.set_defaults(func=_backend)
 
@@ -90,15 +96,46 @@ def _backend(args: argparse.Namespace) -> int:
     import uvicorn
 
     from ml_backend.server import create_app
-    from ml_backend.settings import resolve_device
+    from ml_backend.settings import AuthConfigError, check_auth, resolve_device
 
     settings = _settings(args)
+    if args.dev_no_auth:
+        settings = dataclasses.replace(settings, dev_no_auth=True)
+    try:
+        check_auth(settings)
+    except AuthConfigError as exc:
+        print(f"slicerank backend: {exc}", file=sys.stderr)
+        return 2
+    if settings.dev_no_auth and not settings.basic_auth_user:
+        log.warning(
+            "--dev-no-auth: the backend accepts unauthenticated requests (development only)"
+        )
+    _warn_redis_password(settings.redis_url, "backend")
     app = create_app(settings, redis_conn=redis.Redis.from_url(settings.redis_url),
                      device=resolve_device(settings.device))  # fmt: skip
-    if not settings.basic_auth_user:
-        log.warning("BASIC_AUTH_USER is not set: the backend accepts unauthenticated requests")
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0
+
+
+def redis_password_warning(redis_url: str) -> str | None:
+    """A warning when ``redis_url`` carries no password (anyone who reaches that Redis can queue
+    jobs for the workers), else None."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(redis_url)
+    if parts.scheme == "unix" or parts.password:
+        return None
+    return (
+        f"REDIS_URL has no password ({parts.scheme}://{parts.netloc}): anyone "
+        "who reaches this Redis can queue training jobs and read their results. Use "
+        "redis://:PASSWORD@host:port/0 and keep Redis on a private network (compose does both)"
+    )
+
+
+def _warn_redis_password(redis_url: str, who: str) -> None:
+    message = redis_password_warning(redis_url)
+    if message:
+        log.warning("%s: %s", who, message)
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -107,6 +144,7 @@ def _worker(args: argparse.Namespace) -> int:
     from ml_backend.jobs import run_worker
 
     settings = _settings(args)
+    _warn_redis_password(settings.redis_url, "worker")
     # The job reads its own settings from this environment; pass the overrides on.
     os.environ["MODEL_DIR"] = str(settings.model_dir)
     os.environ["SLICERANK_DEVICE"] = settings.device

@@ -44,20 +44,26 @@ def resolve_image_paths(
     labels: Sequence[LabelledImage], media_root: Path, manifest: dict[str, str]
 ) -> list[Path]:
     """The file of every labelled image: by manifest, else by the task's local-files path."""
+    from ml_backend.media import ImageRefError, confine, media_candidates
+
     root = Path(media_root)
     paths = []
     for item in labels:
+        # Every path is confined to the media root (symlinks and '..' resolved) before any
+        # file is looked at: task data is attacker-controlled.
         candidates = []
-        if item.image_id in manifest:
-            candidates.append(root / manifest[item.image_id])
-        if item.path_hint:
-            # The LS document root may be the media root or a parent of it: try both.
-            hint = Path(item.path_hint)
-            candidates += (
-                [root / hint, root / Path(*hint.parts[1:])]
-                if len(hint.parts) > 1
-                else [root / hint]
-            )
+        where, path = "manifest path", manifest.get(item.image_id)
+        try:
+            if path is not None:
+                candidates.append(confine(root, path))
+            if item.path_hint:
+                # The LS document root may be the media root or a parent of it: try both.
+                where, path = "task path", item.path_hint
+                candidates += media_candidates(root, item.path_hint)
+        except ValueError as exc:
+            raise ImageRefError(
+                f"image {item.image_id!r}: {where} {path!r} refused: {exc}"
+            ) from None
         found = next((p for p in candidates if p.is_file()), None)
         if found is None:
             tried = ", ".join(str(p) for p in candidates) or "no manifest row and no task path"
@@ -105,12 +111,14 @@ def stratified_split(
 
 @dataclass
 class SliceDataset:
-    """Prepared images (N×1×S×S uint8), class indices, optional soft targets, image ids."""
+    """Prepared images (N×1×S×S uint8), class indices, optional soft targets, image ids, and
+    optional consensus positions (NaN where unknown, see ``LabelledImage.position``)."""
 
     image_ids: list[str]
     images: torch.Tensor
     targets: torch.Tensor
     soft: torch.Tensor | None = None
+    positions: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -123,6 +131,7 @@ class SliceDataset:
             self.images[idx],
             self.targets[idx],
             None if self.soft is None else self.soft[idx],
+            None if self.positions is None else self.positions[idx],
         )
 
     def to(self, device: torch.device | str) -> SliceDataset:
@@ -132,6 +141,7 @@ class SliceDataset:
             self.images.to(device),
             self.targets.to(device),
             None if self.soft is None else self.soft.to(device),
+            None if self.positions is None else self.positions.to(device),
         )
 
 
@@ -160,4 +170,10 @@ def build_dataset(
     soft = None
     if all(x.soft is not None for x in labels) and labels:
         soft = torch.tensor([x.soft for x in labels], dtype=torch.float32)
-    return SliceDataset([x.image_id for x in labels], images, targets, soft)
+    positions = None
+    if any(x.position is not None for x in labels):
+        positions = torch.tensor(
+            [float("nan") if x.position is None else x.position for x in labels],
+            dtype=torch.float32,
+        )
+    return SliceDataset([x.image_id for x in labels], images, targets, soft, positions)

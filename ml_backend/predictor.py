@@ -11,10 +11,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ml_backend.config import TrainConfig
 from ml_backend.data import MissingImageError, read_manifest_paths
-from ml_backend.labels import CLASS_CONTROL, local_path_from_url
+from ml_backend.labels import CLASS_CONTROL
+from ml_backend.media import MediaAccess
 from ml_backend.registry import ModelRegistry, ModelVersion
 from ml_backend.train import load_checkpoint, predict_proba
 from ml_backend.transforms import EvalPreset, load_grayscale
@@ -73,43 +75,31 @@ class Predictor:
     def load_task_image(
         task: dict[str, Any], *, media_root: Path | None, manifest: dict[str, str] | None = None,
         label_studio_url: str | None = None, api_key: str | None = None, value: str = "image",
+        http_client: Any = None,
     ) -> np.ndarray:  # fmt: skip
         """The task's image: from the media root when it is there, else fetched from Label
-        Studio through ``label_studio_sdk``'s file access (with the API key)."""
-        data = task.get("data") or {}
-        url = data.get(value)
-        if not isinstance(url, str) or not url:
-            raise ValueError(f"task {task.get('id')} has no data.{value} image URL")
-        if media_root is not None:
-            root = Path(media_root)
-            if manifest is None and (root / "manifest.csv").is_file():
-                manifest = read_manifest_paths(root)
-            candidates = []
-            image_id = data.get("image_id")
-            if manifest and image_id in manifest:
-                candidates.append(root / manifest[image_id])
-            hint = local_path_from_url(url)
-            if hint:
-                candidates += [root / hint, root / Path(*Path(hint).parts[1:])]
-            for path in candidates:
-                if path.is_file():
-                    return load_grayscale(path)
-        if not label_studio_url:
-            raise MissingImageError(
-                f"task {task.get('id')}: image {url!r} is not under the media root and no "
-                "Label Studio URL is set to fetch it from"
-            )
-        from label_studio_sdk._extensions.label_studio_tools.core.utils.io import get_local_path
-
+        Studio (only from ``label_studio_url``, with the API key). Raises
+        :class:`~ml_backend.media.ImageRefError` for a refused reference (nothing read) and
+        :class:`MissingImageError` for an allowed one that is not there or not an image."""
+        if (
+            media_root is not None
+            and manifest is None
+            and (Path(media_root) / "manifest.csv").is_file()
+        ):
+            manifest = read_manifest_paths(Path(media_root))
+        access = MediaAccess(
+            media_root=Path(media_root) if media_root is not None else None, manifest=manifest,
+            label_studio_url=label_studio_url or "", api_key=api_key or "", http_client=http_client,
+        )  # fmt: skip
         try:
-            path = get_local_path(
-                url, hostname=label_studio_url, access_token=api_key, task_id=task.get("id")
-            )
-        except Exception as exc:
+            source = access.open_task_image(task, value)
+            return load_grayscale(source)
+        except FileNotFoundError as exc:
+            raise MissingImageError(str(exc)) from None
+        except (OSError, Image.DecompressionBombError) as exc:
             raise MissingImageError(
-                f"task {task.get('id')}: cannot fetch image {url!r} ({exc})"
+                f"task {task.get('id')}: its image cannot be decoded ({type(exc).__name__})"
             ) from None
-        return load_grayscale(path)
 
 
 class PredictorCache:

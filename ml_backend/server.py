@@ -13,21 +13,24 @@ runs inside a request: ``fit`` enqueues an RQ job and answers at once.
 from __future__ import annotations
 
 import functools
+import hashlib
+import hmac
 import logging
-import secrets
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 
-from ml_backend.settings import BackendSettings
+from ml_backend.settings import BackendSettings, check_auth
 
 log = logging.getLogger(__name__)
 
-#: Basic-auth credential parser (no auto error: auth is optional, decided by the settings).
+#: Basic-auth credential parser (no auto error: the dependency answers 401 itself).
 _BASIC = HTTPBasic(auto_error=False)
+#: Largest project id accepted (Label Studio's ids are 32-bit database keys).
+MAX_PROJECT_ID = 2**31 - 1
 #: The object/control names the Classify project uses (ls_config/classify.xml).
 IMAGE_OBJECT = "image"
 
@@ -37,23 +40,38 @@ class SetupError(ValueError):
 
 
 def parse_project_id(project: Any) -> int | None:
-    """Label Studio sends the project as ``"<id>.<created timestamp>"``, an int or a dict."""
+    """Label Studio sends the project as ``"<id>.<created timestamp>"``, an int or a dict.
+
+    Raises ValueError for anything else (booleans, lists, negative or oversized ids).
+    """
     if isinstance(project, dict):
         project = project.get("id")
     if project is None or project == "":
         return None
-    try:
-        return int(str(project).split(".", 1)[0])
-    except ValueError:
-        raise ValueError(f"project {project!r} is not a Label Studio project id") from None
+    shown = repr(project)[:60]
+    if isinstance(project, bool) or not isinstance(project, (int, str)):
+        raise ValueError(f"project {shown} is not a Label Studio project id")
+    text = str(project).split(".", 1)[0]
+    if not text.isascii() or not text.isdigit() or len(text) > 10:
+        raise ValueError(f"project {shown} is not a Label Studio project id")
+    value = int(text)
+    if not 0 < value <= MAX_PROJECT_ID:
+        raise ValueError(f"project {shown} is not a Label Studio project id (1..{MAX_PROJECT_ID})")
+    return value
 
 
-@functools.lru_cache(maxsize=32)
-def check_label_config(schema: str) -> tuple[str, str, str]:
+def check_label_config(schema: Any) -> tuple[str, str, str]:
     """Find the class choice in a labelling config: (control name, image name, image value key).
 
     Raises :class:`SetupError` naming exactly what the config lacks.
     """
+    if not isinstance(schema, str):
+        raise SetupError(f"the labelling config must be an XML string, not {type(schema).__name__}")
+    return _check_label_config(schema)
+
+
+@functools.lru_cache(maxsize=32)
+def _check_label_config(schema: str) -> tuple[str, str, str]:
     from label_studio_sdk.label_interface import LabelInterface
     from label_studio_sdk.label_interface.control_tags import ChoicesTag
 
@@ -191,22 +209,25 @@ def create_app(
 ) -> FastAPI:
     """The FastAPI app serving ``settings`` (Redis connection and device passed in)."""
     from ml_backend.data import MissingImageError
+    from ml_backend.media import ImageRefError
     from ml_backend.registry import UnknownVersionError
 
+    # Refuse to build an unauthenticated app unless the development flag says so.
+    check_auth(settings)
     model = SliceClassifier(settings, redis_conn=redis_conn, device=device)
+    expected = _digest(settings.basic_auth_user, settings.basic_auth_pass)
 
     def authenticate(
         credentials: Annotated[HTTPBasicCredentials | None, Depends(_BASIC)],
     ) -> None:
-        if not settings.basic_auth_user:
+        if settings.dev_no_auth and not settings.basic_auth_user:
             return
-        ok = credentials is not None and secrets.compare_digest(
-            credentials.username.encode(), settings.basic_auth_user.encode()
-        ) & secrets.compare_digest(credentials.password.encode(), settings.basic_auth_pass.encode())
-        if not ok:
+        given = _digest(credentials.username, credentials.password) if credentials else b""
+        if not hmac.compare_digest(given, expected):
             raise HTTPException(401, "basic auth required", headers={"WWW-Authenticate": "Basic"})
 
-    app = FastAPI(title="slicerank ML backend")
+    # The interactive docs and the schema are served behind the same auth as the API.
+    app = FastAPI(title="slicerank ML backend", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.model = model
     # Everything but the health check needs the basic-auth credentials when they are set; the
     # health check reveals nothing and container health probes cannot send credentials.
@@ -247,6 +268,8 @@ def create_app(
         context = (data.get("params") or {}).get("context")
         try:
             return await _run(model.predict, tasks, context, data.get("label_config"))
+        except ImageRefError as exc:
+            raise HTTPException(400, str(exc)) from None
         except (MissingImageError, ValueError) as exc:
             raise HTTPException(422, str(exc)) from None
 
@@ -304,8 +327,27 @@ def create_app(
     async def _unknown_version(_: Request, exc: UnknownVersionError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=404)
 
+    @api.get("/openapi.json", include_in_schema=False)
+    def openapi() -> dict[str, Any]:
+        """The OpenAPI schema (authenticated)."""
+        from fastapi.openapi.utils import get_openapi
+
+        return get_openapi(title=app.title, version=app.version, routes=app.routes)
+
+    @api.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        """The interactive API docs (authenticated)."""
+        from fastapi.openapi.docs import get_swagger_ui_html
+
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=app.title)
+
     app.include_router(api)
     return app
+
+
+def _digest(user: str, password: str) -> bytes:
+    # Hash both sides to one fixed length so the comparison's time says nothing about either.
+    return hashlib.sha256(f"{len(user)}:{user}:{password}".encode()).digest()
 
 
 async def _run(func, *args):

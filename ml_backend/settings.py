@@ -33,6 +33,9 @@ class BackendSettings:
     media_root: Path | None = None
     basic_auth_user: str = ""
     basic_auth_pass: str = field(default="", repr=False)
+    #: Serve without basic auth (development only: ``--dev-no-auth`` or
+    #: SLICERANK_BACKEND_DEV_NO_AUTH=1); without it the backend refuses to start unauthenticated.
+    dev_no_auth: bool = False
     #: "auto" picks CUDA when available, else CPU.
     device: str = "auto"
     #: Training preset name (see ``ml_backend.config.PRESETS``); "auto" lets the worker pick
@@ -77,12 +80,47 @@ class BackendSettings:
             media_root=opt_path("SLICERANK_MEDIA_ROOT"),
             basic_auth_user=environ.get("BASIC_AUTH_USER", ""),
             basic_auth_pass=environ.get("BASIC_AUTH_PASS", ""),
+            dev_no_auth=_flag(environ, "SLICERANK_BACKEND_DEV_NO_AUTH"),
             device=environ.get("SLICERANK_DEVICE", "auto"),
             preset=environ.get("SLICERANK_TRAIN_PRESET", "auto"),
             model_version=environ.get("SLICERANK_MODEL_VERSION", ""),
             label_source=label_source,
             consensus_path=opt_path("SLICERANK_CONSENSUS"),
             job_timeout=job_timeout,
+        )
+
+
+def _flag(environ: Mapping[str, str], name: str) -> bool:
+    value = environ.get(name, "").strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise ValueError(f"{name}={value!r} is not a yes/no value; use 1 or 0")
+
+
+class AuthConfigError(ValueError):
+    """The backend's credentials are missing or unusable; says what to set."""
+
+
+def check_auth(settings: BackendSettings) -> None:
+    """Refuse (:class:`AuthConfigError`) to serve without usable basic-auth credentials, unless
+    the explicit development flag is set."""
+    user, password = settings.basic_auth_user, settings.basic_auth_pass
+    if not user and not password:
+        if settings.dev_no_auth:
+            return
+        raise AuthConfigError(
+            "the ML backend needs basic-auth credentials: set BASIC_AUTH_USER and BASIC_AUTH_PASS "
+            "(the same ones Label Studio's model settings send), or start it with --dev-no-auth "
+            "(SLICERANK_BACKEND_DEV_NO_AUTH=1) on a development machine only"
+        )
+    if not user:
+        raise AuthConfigError("BASIC_AUTH_PASS is set but BASIC_AUTH_USER is empty: set both")
+    if not password.strip():
+        raise AuthConfigError(
+            f"BASIC_AUTH_PASS is empty for user {user!r}: set a password (e.g. python3 -c "
+            "'import secrets; print(secrets.token_urlsafe(24))')"
         )
 
 

@@ -103,7 +103,9 @@ def test_worker_trains_registers_and_the_backend_serves_the_new_version(setup):
         "too_apical": 12,
     }
     # The backend picks the new version up without a restart.
-    client = TestClient(create_app(BackendSettings(model_dir=s["models"], media_root=s["media"])))
+    client = TestClient(
+        create_app(BackendSettings(model_dir=s["models"], media_root=s["media"], dev_no_auth=True))
+    )
     task = classify_task(99, s["rows"][0])
     out = client.post("/predict", json={"tasks": [task]}).json()
     assert out["results"][0]["model_version"] == version.name

@@ -139,7 +139,8 @@ def test_versions_lists_newest_first(tmp_path, media):
 @pytest.mark.integration
 def test_start_training_webhook_enqueues_once_per_project(tmp_path, media, redis_conn):
     settings = BackendSettings(model_dir=tmp_path / "models", media_root=media[0],
-                               queue_name="slicerank-test-webhook", preset="cpu-small")  # fmt: skip
+                               queue_name="slicerank-test-webhook", preset="cpu-small",
+                               dev_no_auth=True)  # fmt: skip
     client = TestClient(create_app(settings, redis_conn=redis_conn))
     # LS 1.23 posts the serialized project (WEBHOOK_SERIALIZERS['project']).
     event = {"action": "START_TRAINING", "project": {"id": 42, "title": "slicerank Classify",
