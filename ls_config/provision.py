@@ -15,8 +15,9 @@ import random
 import time
 from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path, PurePosixPath
-from urllib.parse import quote
+from pathlib import Path
+
+from ls_config.local_files import LocalFiles
 
 log = logging.getLogger(__name__)
 
@@ -69,16 +70,7 @@ def label_config(kind: str) -> str:
 
 def local_file_url(path: str, media_root: str | os.PathLike, document_root: str | os.PathLike):
     """URL under which Label Studio serves ``path`` (relative to the media root) as a local file."""
-    media_root, document_root = Path(media_root).resolve(), Path(document_root).resolve()
-    try:
-        rel_root = media_root.relative_to(document_root)
-    except ValueError:
-        raise ValueError(
-            f"media root {media_root} is not inside the Label Studio document root "
-            f"{document_root} (LOCAL_FILES_DOCUMENT_ROOT)"
-        ) from None
-    rel = PurePosixPath(*rel_root.parts, *PurePosixPath(path).parts)
-    return f"/data/local-files/?d={quote(str(rel))}"
+    return LocalFiles.below(media_root, document_root).url(path)
 
 
 def find_project(client, title: str):
@@ -288,9 +280,9 @@ def provision(
     has one. Classify tasks are imported in an order shuffled with ``seed`` so raters
     never see a scan's stack in order; images already present (by ``image_id``) are skipped.
     """
-    media_root = Path(media_root).resolve()
-    # Label Studio refuses a storage on the document root itself: default to the parent.
-    document_root = Path(document_root).resolve() if document_root else media_root.parent
+    # The storage path and every task URL come from one pair of folders (local_files.py).
+    files = LocalFiles.below(media_root, document_root)
+    media_root, document_root = files.media_root, files.document_root
     if scheduler_url and not secret:
         raise ValueError("a scheduler URL needs the shared secret (SCHEDULER_SECRET) for webhooks")
     for i, row in enumerate(manifest_rows):

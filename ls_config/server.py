@@ -4,6 +4,10 @@
 data directory and SQLite, a known user and legacy API token, local-file serving from a media
 root, and the two SSRF guards of 1.23 switched off so that a scheduler and an ML backend on
 127.0.0.1 can be reached. It waits for ``/health`` and for the token to be accepted.
+
+The admin password and the API token reach Label Studio through its environment
+(``LABEL_STUDIO_PASSWORD``, ``LABEL_STUDIO_USER_TOKEN``), never its command line: any local
+user can read another's command line in ``ps``, but not its environment.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import time
 from pathlib import Path
 
 import httpx
+
+from ls_config.local_files import LocalFiles
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +62,10 @@ class LabelStudioServer:
 
     Use as a context manager, or call :meth:`start` and :meth:`stop`. ``document_root`` (default:
     the parent of ``media_root``) becomes ``LOCAL_FILES_DOCUMENT_ROOT``; Label Studio 1.23 wants a
-    Local Files storage strictly below it, which the media root then is.
+    Local Files storage strictly below it, which the media root then is. Provision the projects
+    with the same :attr:`local_files` so that task URLs match (see ``ls_config.local_files``).
+    ``open_signup``: anyone who reaches the server may create an account (tests that sign up
+    simulated raters); off, only the admin (or the API) adds users.
     """
 
     def __init__(
@@ -72,13 +81,12 @@ class LabelStudioServer:
         api_key: str | None = None,
         log_path: str | os.PathLike | None = None,
         extra_env: dict[str, str] | None = None,
+        open_signup: bool = False,
     ) -> None:
-        self.media_root = Path(media_root).resolve()
-        # A Local Files storage may not be the document root itself (1.23 refuses it), so the
-        # document root defaults to the media root's parent.
-        self.document_root = (
-            Path(document_root).resolve() if document_root else self.media_root.parent
-        )
+        self.local_files = LocalFiles.below(media_root, document_root)
+        self.media_root = self.local_files.media_root
+        self.document_root = self.local_files.document_root
+        self.open_signup = open_signup
         self.host = host
         self.port = port or free_port(host)
         self.url = f"http://{host}:{self.port}"
@@ -100,15 +108,16 @@ class LabelStudioServer:
             {
                 "LABEL_STUDIO_BASE_DATA_DIR": str(self.data_dir),
                 "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
-                "LOCAL_FILES_SERVING_ENABLED": "true",
-                "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
-                "LOCAL_FILES_DOCUMENT_ROOT": str(self.document_root),
-                "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(self.document_root),
+                **self.local_files.environment(),
+                # The first user: read by `label-studio start` (kept off its command line).
+                "LABEL_STUDIO_USERNAME": self.username,
+                "LABEL_STUDIO_PASSWORD": self.password,
+                "LABEL_STUDIO_USER_TOKEN": self.api_key,
                 # 1.23 refuses ML backends and webhooks on 127.0.0.1 unless these are off.
                 "ML_BLOCK_LOCAL_IP": "false",
                 "SSRF_PROTECTION_ENABLED": "false",
                 "DJANGO_DB": "sqlite",
-                "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "false",
+                "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "false" if self.open_signup else "true",
                 "COLLECT_ANALYTICS": "false",
                 "PYTHONUNBUFFERED": "1",
                 # Webhooks synchronously in the request, never queued to a stray Redis.
@@ -118,13 +127,9 @@ class LabelStudioServer:
         env.update(self.extra_env)
         return env
 
-    def start(self, timeout: float = STARTUP_TIMEOUT_S) -> LabelStudioServer:
-        """Start the server and wait until it answers with the API token; returns ``self``."""
-        if self._proc is not None:
-            raise RuntimeError(f"Label Studio at {self.url} is already running")
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [
+    def command(self) -> list[str]:
+        """``label-studio start``: no password or token here (they go in :meth:`environment`)."""
+        return [
             label_studio_executable(),
             "start",
             "--no-browser",
@@ -136,16 +141,18 @@ class LabelStudioServer:
             str(self.data_dir),
             "--database",
             str(self.data_dir / "label_studio.sqlite3"),
-            "--username",
-            self.username,
-            "--password",
-            self.password,
-            "--user-token",
-            self.api_key,
             "--enable-legacy-api-token",
             "--log-level",
             "WARNING",
         ]
+
+    def start(self, timeout: float = STARTUP_TIMEOUT_S) -> LabelStudioServer:
+        """Start the server and wait until it answers with the API token; returns ``self``."""
+        if self._proc is not None:
+            raise RuntimeError(f"Label Studio at {self.url} is already running")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        cmd = self.command()
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         log.info("starting Label Studio on %s (data %s)", self.url, self.data_dir)
         self._proc = subprocess.Popen(

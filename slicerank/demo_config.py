@@ -83,6 +83,14 @@ class Layout:
         return self.document_root / "media"
 
     @property
+    def local_files(self):
+        """The media root and document root Label Studio starts with and the task URLs use
+        (one value, so the two cannot drift: ``ls_config.local_files``)."""
+        from ls_config.local_files import LocalFiles
+
+        return LocalFiles.below(self.media, self.document_root)
+
+    @property
     def testset(self) -> Path:
         """The held-out cohort with ground truth; never shown to the raters."""
         return self.root / "testset"

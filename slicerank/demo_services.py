@@ -53,14 +53,20 @@ def stage_redis(cfg: DemoConfig, layout: Layout, procs) -> dict[str, Any]:
     return {"url": url, "started": True}
 
 
-def stage_label_studio(
-    cfg: DemoConfig, layout: Layout, creds: dict[str, str], procs, port: int | None = None
+def label_studio_server(
+    cfg: DemoConfig, layout: Layout, creds: dict[str, str], port: int | None = None
 ):
-    """Start Label Studio (SQLite in ``--out``) serving the media root; returns the server."""
+    """The demo's Label Studio (SQLite in ``--out``) serving the media root, not yet started.
+
+    The admin password and token go to Label Studio through its environment (not ``ps``), and
+    open sign-up is off: the lead adds clinicians (the simulated ones through the API).
+    """
     from ls_config.server import LabelStudioServer
 
-    server = LabelStudioServer(
-        layout.document_root,
+    files = layout.local_files
+    return LabelStudioServer(
+        files.media_root,
+        document_root=files.document_root,
         host=cfg.host,
         port=port or cfg.ls_port,
         data_dir=layout.label_studio,
@@ -68,7 +74,15 @@ def stage_label_studio(
         password=creds["password"],
         api_key=creds["api_key"],
         log_path=layout.logs / "label-studio.log",
+        open_signup=False,
     )
+
+
+def stage_label_studio(
+    cfg: DemoConfig, layout: Layout, creds: dict[str, str], procs, port: int | None = None
+):
+    """Start the demo's Label Studio (stopped with ``procs``); returns the server."""
+    server = label_studio_server(cfg, layout, creds, port)
     procs.on_stop("label-studio", server.stop)
     server.start()
     return server
@@ -215,15 +229,16 @@ def stage_provision(
     from ls_config.provision import ensure_ml_backend, provision
 
     rows = read_manifest(layout.media / "manifest.csv")
+    files = layout.local_files  # the same folders Label Studio was started with
     report = provision(
         client,
-        media_root=layout.media,
+        media_root=files.media_root,
         manifest_rows=[{k: str(v) for k, v in row.items()} for row in rows],
         scheduler_url=scheduler_url,
         secret=secret,
         # Registered below, once stale endpoints of an earlier run are gone.
         backend_url=None,
-        document_root=layout.document_root,
+        document_root=files.document_root,
         seed=seed,
     )
     summary = report.to_json()

@@ -127,6 +127,7 @@ def label_studio(tmp_path_factory) -> Iterator[LabelStudioHandle]:
         document_root=document_root,
         data_dir=base / "data",
         log_path=artifacts / "label-studio.log",
+        open_signup=True,  # tests sign simulated raters up through the real form
     )
     try:
         server.start()

@@ -53,9 +53,10 @@ def _scheduler(args: argparse.Namespace) -> int:
     from label_studio_sdk import LabelStudio
 
     from ranking_scheduler.service.ls_adapter import LabelStudioAdapter
-    from ranking_scheduler.service.service import SchedulerService, create_app
+    from ranking_scheduler.service.service import SchedulerService
     from ranking_scheduler.service.settings import SchedulerSettings
     from ranking_scheduler.service.store import SubmissionStore
+    from ranking_scheduler.service.webapp import create_app
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -162,7 +163,7 @@ def run_bench(
         "strategy": strategy,
         "think_s": think_s,
     }
-    with LabelStudioServer(media, data_dir=work / "ls-data") as ls:
+    with LabelStudioServer(media, data_dir=work / "ls-data", open_signup=True) as ls:
         client = ls.client()
         t0 = time.perf_counter()
         report = provision(

@@ -86,6 +86,34 @@ def test_cohort_is_reused_and_never_silently_replaced_under_labels(tmp_path):
     assert demo_cohort.stage_cohort(tmp_path / "media", 3, 0)["images"] > first["images"]
 
 
+def test_label_studio_serves_the_folder_the_task_urls_point_into(tmp_path):
+    """The regression behind 8 broken images per Rank task: the demo started Label Studio with
+    its document root one level above the one the task URLs were computed from."""
+    from urllib.parse import unquote
+
+    from cmr_ingest.manifest import read_manifest
+    from ls_config.provision import classify_task
+
+    layout = demo_config.prepare_out_dir(demo_config.DemoConfig(out=tmp_path))
+    cohort = demo_cohort.stage_cohort(layout.media, 2, 0)
+    creds = demo_config.load_credentials(layout.credentials)
+    server = demo_services.label_studio_server(demo_config.DemoConfig(out=tmp_path), layout, creds)
+    env = server.environment()
+    files = layout.local_files
+    rows = read_manifest(Path(cohort["manifest"]))
+    for row in rows[:5]:
+        url = classify_task(row, files.media_root, files.document_root)["image"]
+        served = Path(env["LOCAL_FILES_DOCUMENT_ROOT"]) / unquote(url.split("?d=", 1)[1])
+        assert served.is_file(), (url, env["LOCAL_FILES_DOCUMENT_ROOT"])
+    # ... and the Local Files storage (the media root) lies strictly below that root.
+    assert server.media_root.is_relative_to(env["LOCAL_FILES_DOCUMENT_ROOT"])
+    assert server.media_root != Path(env["LOCAL_FILES_DOCUMENT_ROOT"])
+    # The demo's own Label Studio takes no open sign-ups and no secret on its command line.
+    assert env["LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK"] == "true"
+    cmd = " ".join(server.command())
+    assert creds["password"] not in cmd and creds["api_key"] not in cmd
+
+
 def test_redis_url_password_is_redacted():
     assert demo._redact("redis://:s3cret@host:6379/0") == "redis://:***@host:6379/0"
     assert demo._redact("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
