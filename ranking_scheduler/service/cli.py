@@ -53,10 +53,9 @@ def _scheduler(args: argparse.Namespace) -> int:
     from label_studio_sdk import LabelStudio
 
     from ranking_scheduler.service.ls_adapter import LabelStudioAdapter
-    from ranking_scheduler.service.service import SchedulerService
+    from ranking_scheduler.service.service import SchedulerService, create_app
     from ranking_scheduler.service.settings import SchedulerSettings
     from ranking_scheduler.service.store import SubmissionStore
-    from ranking_scheduler.service.webapp import create_app
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
