@@ -24,7 +24,7 @@ import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 #: Largest image accepted from Label Studio (a 16-bit 2048² PNG is ~8 MB).
 MAX_FETCH_BYTES = 32 * 1024 * 1024
@@ -114,6 +114,10 @@ def label_studio_url_for(ref: str, label_studio_url: str) -> str:
     if ref.startswith("//"):
         raise ValueError("scheme-relative URLs are not fetched")
     parts = urlsplit(ref)
+    # Dot segments would be collapsed by the HTTP client: the request would not go where the
+    # task says. Label Studio's own URLs never hold them.
+    if ".." in unquote(parts.path).split("/"):
+        raise ValueError("the URL path climbs out with '..'")
     if not parts.scheme and not parts.netloc:
         if not ref.startswith("/"):
             raise ValueError("a relative image URL must start with '/'")
@@ -174,6 +178,8 @@ class MediaAccess:
         ref = data.get(value)
         if not isinstance(ref, str) or not ref:
             raise ImageRefError(f"task {tid}: data.{value} must be a non-empty image URL string")
+        if any(ord(c) < 32 or ord(c) == 127 for c in ref):
+            raise ImageRefError(f"task {tid}: data.{value} contains control characters")
         if len(ref) > MAX_REF_CHARS:
             raise ImageRefError(f"task {tid}: data.{value} is longer than {MAX_REF_CHARS} chars")
         found = self._from_media_root(tid, data, ref)
@@ -238,7 +244,7 @@ class MediaAccess:
                         )
                     chunks.append(chunk)
                 return b"".join(chunks)
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise FileNotFoundError(
                 f"task {tid}: cannot fetch its image from Label Studio ({type(exc).__name__})"
             ) from None

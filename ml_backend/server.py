@@ -35,6 +35,36 @@ MAX_PROJECT_ID = 2**31 - 1
 IMAGE_OBJECT = "image"
 
 
+#: Task data fields that key a slice (image, scan, place in the stack): plain scalars only.
+TASK_KEYS = ("image_id", "scan_id", "slice_index")
+#: Longest accepted value of a :data:`TASK_KEYS` string.
+MAX_KEY_CHARS = 256
+
+
+def task_problem(task: Any) -> str | None:
+    """What is wrong with a posted task's shape (None when nothing): a JSON object whose
+    ``data`` is an object and whose keying fields are short scalars. Image references are
+    checked later, by :mod:`ml_backend.media`."""
+    if not isinstance(task, dict):
+        return f"a task must be a JSON object, not {type(task).__name__}"
+    tid = task.get("id")
+    if tid is not None and (isinstance(tid, bool) or not isinstance(tid, (int, str))):
+        return f"task id {repr(tid)[:40]} must be an integer or a string"
+    data = task.get("data")
+    if not isinstance(data, dict):
+        return f"task {repr(tid)[:40]}: 'data' must be a JSON object"
+    for key in TASK_KEYS:
+        value = data.get(key)
+        ok = value is None or (
+            isinstance(value, (int, float, str))
+            and not isinstance(value, bool)
+            and len(str(value)) <= MAX_KEY_CHARS
+        )
+        if not ok:
+            return f"task {repr(tid)[:40]}: data.{key} must be a short string or number"
+    return None
+
+
 class SetupError(ValueError):
     """The project's labelling config cannot be served by this backend; says what to add."""
 
@@ -265,7 +295,14 @@ def create_app(
         tasks = data.get("tasks")
         if not isinstance(tasks, list):
             raise HTTPException(400, "'tasks' must be a list of Label Studio tasks")
-        context = (data.get("params") or {}).get("context")
+        params = data.get("params") or {}
+        if not isinstance(params, dict):
+            raise HTTPException(400, "'params' must be a JSON object")
+        context = params.get("context")
+        for task in tasks:
+            problem = task_problem(task)
+            if problem:
+                raise HTTPException(400, problem)
         try:
             return await _run(model.predict, tasks, context, data.get("label_config"))
         except ImageRefError as exc:
