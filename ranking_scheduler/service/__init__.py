@@ -1,6 +1,17 @@
 """The scheduler service around the engine: Label Studio webhooks in, ranked batches out.
 
-``store.py`` holds the submission log (the source of truth), ``ls_adapter.py`` the Label
-Studio edge, ``service.py`` the service itself, ``stats.py`` and ``dashboard.py`` the coverage
-figures and page, ``settings.py`` the environment, ``cli.py`` the subcommands.
+An event travels one way; each part is one module:
+
+* ``intake.py`` — payload -> typed, validated event (pure, no I/O);
+* ``store.py`` — the ledger: the submission log (the source of truth), idempotent, versioned;
+* the engine (``ranking_scheduler.engine``) — applies the log's submissions;
+* ``pool.py`` — the task pool: open tasks, creator threads, spare sizing, boundary questions;
+* ``publisher.py`` — the consensus (json/csv) and the Classify predictions;
+* ``reconciler.py`` — reads Label Studio and proposes events through intake, like a webhook;
+* ``webapp.py`` — the routes and their auth;
+* ``service.py`` — the shell: the worker and tick threads, the queue, the engine lock.
+
+Around them: ``ls_adapter.py`` (the Label Studio edge), ``settings.py`` (the environment),
+``worker_stats.py`` (the worker's own figures), ``stats.py`` and ``dashboard.py`` (the coverage
+figures and page), ``cli.py`` (the subcommands).
 """

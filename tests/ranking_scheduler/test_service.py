@@ -15,7 +15,7 @@ import pytest
 
 from ls_config.provision import SECRET_HEADER
 from ls_config.webclient import choices_result, ranker_result
-from ranking_scheduler.service.service import parse_boundary, parse_ranking, rater_name
+from ranking_scheduler.service.intake import parse_boundary, parse_ranking, rater_name
 from tests.ranking_scheduler.test_service_harness import (
     InProcessScheduler,
     SubprocessScheduler,

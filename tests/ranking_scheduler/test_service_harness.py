@@ -95,8 +95,9 @@ class InProcessScheduler:
         from label_studio_sdk import LabelStudio
 
         from ranking_scheduler.service.ls_adapter import LabelStudioAdapter
-        from ranking_scheduler.service.service import SchedulerService, create_app
+        from ranking_scheduler.service.service import SchedulerService
         from ranking_scheduler.service.store import SubmissionStore
+        from ranking_scheduler.service.webapp import create_app
 
         self.setup = setup
         settings = setup.settings(**settings_changes)

@@ -16,15 +16,11 @@ import pytest
 from ls_config.provision import BOUNDARY, CLASSIFY, RANK
 from ls_config.webclient import ranker_result
 from ranking_scheduler.service.ls_adapter import PoolImage
-from ranking_scheduler.service.service import (
-    SchedulerService,
-    WorkerStats,
-    spare_tasks,
-    submission_rate,
-    wanted_open,
-)
+from ranking_scheduler.service.pool import spare_tasks, submission_rate, wanted_open
+from ranking_scheduler.service.service import SchedulerService
 from ranking_scheduler.service.settings import SchedulerSettings
 from ranking_scheduler.service.store import SubmissionStore
+from ranking_scheduler.service.worker_stats import WorkerStats
 
 
 # ----------------------------------------------------------------------------- pure sizing
