@@ -65,9 +65,9 @@ STUDY_PARITY = {"hours": 5.0, "single_labels": 3323, "batches": 1575}
 """The study's equal-effort comparison: in 5 hours a clinician labelled 3,323 images one at a
 time, or ranked about 1,575 batches of 8 (paper/, Methods)."""
 
-WEBHOOK_QUIET_S = 600.0
-"""With answers still coming in, no webhook for this long (10 min) while the reconciliation
-keeps finding answers means deliveries have stopped."""
+WEBHOOK_QUIET_S = 120.0
+"""No webhook for this long (2 min) while the reconciliation keeps finding answers means
+deliveries have stopped (a webhook a moment behind its answer is not an outage)."""
 
 ENGINE_READS = (
     "view_counts",
