@@ -40,8 +40,18 @@ def register_bench(bench_subparsers: argparse._SubParsersAction) -> None:
         "~11 s per batch; 0 = back-to-back, which saturates Label Studio itself)",
     )
     p.add_argument("--out", default="runs/bench-service", help="working folder")
+    p.add_argument(
+        "--ls-db",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="Label Studio's database: its SQLite dev default, or PostgreSQL as compose deploys "
+        "it (a fresh database per run on SLICERANK_BENCH_PG_URL, default the local server)",
+    )
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     p.set_defaults(func=_bench)
+    from ranking_scheduler.service.faults_bench import register_bench as register_faults
+
+    register_faults(bench_subparsers)
 
 
 def _scheduler(args: argparse.Namespace) -> int:
@@ -125,6 +135,7 @@ def run_bench(
     think_s: float = 3.0,
     out: str = "runs/bench-service",
     progress: bool = True,
+    ls_db: str = "sqlite",
 ) -> dict:
     """Start a real Label Studio and the scheduler, let ``raters`` simulated clinicians (real
     accounts, the UI's REST calls) submit ``batches`` rankings concurrently, and measure.
@@ -163,7 +174,15 @@ def run_bench(
         "strategy": strategy,
         "think_s": think_s,
     }
-    with LabelStudioServer(media, data_dir=work / "ls-data", open_signup=True) as ls:
+    from ranking_scheduler.service.bench_harness import label_studio_db_env
+
+    result["ls_db"] = ls_db
+    with (
+        label_studio_db_env(ls_db) as db_env,
+        LabelStudioServer(
+            media, data_dir=work / "ls-data", open_signup=True, extra_env=db_env
+        ) as ls,
+    ):
         client = ls.client()
         t0 = time.perf_counter()
         report = provision(
@@ -339,6 +358,7 @@ def run_bench(
                 "worker": stats.get("worker"),
                 "wanted_open_rank_tasks_at_end": stats.get("wanted_open_rank_tasks"),
                 "label_studio_calls": stats.get("label_studio_calls"),
+                "import_ms": (stats.get("label_studio_calls") or {}).get("create_rank_tasks"),
                 "counts": stats["counts"],
             }
         )
@@ -367,6 +387,7 @@ def _bench(args: argparse.Namespace) -> int:
         strategy=args.strategy,
         think_s=args.think_s,
         out=args.out,
+        ls_db=args.ls_db,
     )
     hidden = ("counts", "label_studio_calls", "missed_at_s")
     print(json.dumps({k: v for k, v in result.items() if k not in hidden}, indent=2))
