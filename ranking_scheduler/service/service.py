@@ -421,7 +421,14 @@ class SchedulerService:
             status = self._reject(str(exc), kind=store_kind, event=event)
             self.tasks.close(record, "retired", delete=False)
             return status
-        times = {"created_at": event.created_at, "updated_at": event.updated_at}
+        # A listing is Label Studio showing the annotation now: it may bring back one that a
+        # reconciliation had judged gone (see SubmissionStore.append_ranking).
+        times = {
+            "created_at": event.created_at,
+            "updated_at": event.updated_at,
+            "lead_time": event.lead_time,
+            "restore": event.source == "listing",
+        }
         if kind == RANK:
             res = self.store.append_ranking(
                 event.annotation_id, ordered, rater=rater, task_id=task_id, **times

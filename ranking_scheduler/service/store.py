@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -46,6 +47,7 @@ from sqlalchemy import (
     BigInteger,
     Column,
     DateTime,
+    Float,
     Integer,
     MetaData,
     String,
@@ -56,6 +58,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    inspect,
     select,
     update,
 )
@@ -120,7 +123,7 @@ _events = Table(
     Column("seq", Integer, primary_key=True, autoincrement=True),
     Column("annotation_id", BigInteger, nullable=False, index=True),
     Column("version", Integer, nullable=False),
-    Column("op", String(8), nullable=False),  # create | update | delete
+    Column("op", String(8), nullable=False),  # create | update | delete | restore
     Column("kind", String(16), nullable=False),  # rank | boundary
     Column("task_id", BigInteger, nullable=True),
     Column("rater", String(200), nullable=True),
@@ -131,6 +134,8 @@ _events = Table(
     Column("created_at", _UTCDateTime, nullable=True),  # Label Studio's annotation times
     Column("updated_at", _UTCDateTime, nullable=True),
     Column("recorded_at", _UTCDateTime, nullable=False),  # when this store wrote the event
+    # Seconds the rater spent on it, as Label Studio measured (its annotation's lead_time).
+    Column("lead_time", Float, nullable=True),
     UniqueConstraint("annotation_id", "version", name="uq_submission_events_annotation_version"),
 )
 
@@ -178,7 +183,8 @@ class Submission:
     ``kind == "rank"``: ``ordered`` holds the image ids, most basal first.
     ``kind == "boundary"``: ``image_id`` and ``label`` (a class name) are set.
     ``seq`` is the log position of the annotation's first event (its place in the stream);
-    ``version`` counts its events (1 = never edited).
+    ``version`` counts its events (1 = never edited). ``lead_time``: seconds the rater spent on
+    it (Label Studio's measure; None if it sent none).
     """
 
     seq: int
@@ -193,6 +199,7 @@ class Submission:
     updated_at: datetime | None
     recorded_at: datetime
     version: int = 1
+    lead_time: float | None = None
 
     @property
     def time(self) -> datetime:
@@ -205,7 +212,8 @@ class AppendResult:
     """What an append did.
 
     ``status`` is one of ``created`` (a new annotation: apply it to the live engine),
-    ``updated`` / ``deleted`` (an existing annotation changed: rebuild the engine),
+    ``updated`` / ``deleted`` / ``restored`` (an existing annotation changed, went or came
+    back: rebuild the engine),
     ``duplicate`` (same content delivered again: nothing to do), ``stale`` (an older version
     than the one recorded arrived late: nothing to do), ``unknown`` (deleting an annotation
     the log never saw: nothing to do). ``seq`` is the new event's log position, if any.
@@ -219,12 +227,12 @@ class AppendResult:
     @property
     def changed(self) -> bool:
         """True when the log gained an event."""
-        return self.status in ("created", "updated", "deleted")
+        return self.status in ("created", "updated", "deleted", "restored")
 
     @property
     def needs_rebuild(self) -> bool:
         """True when live engine state no longer matches the log (an edit or a deletion)."""
-        return self.status in ("updated", "deleted")
+        return self.status in ("updated", "deleted", "restored")
 
 
 @dataclass(frozen=True)
@@ -292,6 +300,18 @@ def _content_hash(kind: str, payload: Mapping[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def _as_seconds(value: Any, name: str) -> float | None:
+    """A duration in seconds (finite, >= 0) or None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be a number of seconds, got {value!r}")
+    seconds = float(value)
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
+    return seconds
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -316,6 +336,7 @@ class SubmissionStore:
         # read-then-write upgrade inside one process (see module docstring).
         self._write_lock = threading.Lock() if self._is_sqlite else None
         _metadata.create_all(self.engine)
+        _add_missing_columns(self.engine)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -364,12 +385,18 @@ class SubmissionStore:
         task_id: int | str | None = None,
         created_at: datetime | str | None = None,
         updated_at: datetime | str | None = None,
+        lead_time: float | None = None,
+        restore: bool = False,
     ) -> AppendResult:
         """Record a ranked batch (image ids, most basal first) for a Label Studio annotation.
 
         Idempotent: delivering the same annotation with the same content again is a no-op
         (``duplicate``); different content appends an ``update`` event that supersedes the
         earlier one, unless its ``updated_at`` is older than the recorded version (``stale``).
+        A *deleted* annotation comes back (a ``restore`` event, status ``restored``) when
+        ``restore`` is true (Label Studio shows it now: a listing) or its ``updated_at`` is newer
+        than the version that was deleted; otherwise a delivery of it is a late one (``stale``).
+        ``lead_time`` is the seconds the rater spent (Label Studio's measure).
         The store does not validate the ranking against the engine: the service does that
         first and records refusals with :meth:`record_rejection`.
         """
@@ -379,7 +406,15 @@ class SubmissionStore:
         if not ids:
             raise ValueError("ordered is empty: a ranked batch needs image ids")
         return self._append(
-            "rank", annotation_id, {"ordered": ids}, rater, task_id, created_at, updated_at
+            "rank",
+            annotation_id,
+            {"ordered": ids},
+            rater,
+            task_id,
+            created_at,
+            updated_at,
+            lead_time=lead_time,
+            restore=restore,
         )
 
     def append_boundary(
@@ -392,6 +427,8 @@ class SubmissionStore:
         task_id: int | str | None = None,
         created_at: datetime | str | None = None,
         updated_at: datetime | str | None = None,
+        lead_time: float | None = None,
+        restore: bool = False,
     ) -> AppendResult:
         """Record one absolute (boundary) label ``label`` for ``image_id``; same idempotence as
         :meth:`append_ranking`."""
@@ -401,22 +438,56 @@ class SubmissionStore:
             raise ValueError(f"label must be a class name, got {label!r}")
         payload = {"image_id": image_id, "label": label}
         return self._append(
-            "boundary", annotation_id, payload, rater, task_id, created_at, updated_at
+            "boundary",
+            annotation_id,
+            payload,
+            rater,
+            task_id,
+            created_at,
+            updated_at,
+            lead_time=lead_time,
+            restore=restore,
         )
 
-    def _append(self, kind, annotation_id, payload, rater, task_id, created_at, updated_at):
+    def _append(
+        self,
+        kind,
+        annotation_id,
+        payload,
+        rater,
+        task_id,
+        created_at,
+        updated_at,
+        *,
+        lead_time=None,
+        restore=False,
+    ):
         ann = _as_id(annotation_id, "annotation_id")
         task = _as_id(task_id, "task_id", optional=True)
         created = _parse_time(created_at, "created_at")
         updated = _parse_time(updated_at, "updated_at")
         digest = _content_hash(kind, payload)
+        lead = _as_seconds(lead_time, "lead_time")
 
         def write(conn):
             last = _latest_event(conn, ann)
-            if last is not None:
-                if last.op == "delete":
-                    # Label Studio never revives a deleted annotation: this is a late delivery.
+            op = "create" if last is None else "update"
+            if last is not None and last.op == "delete":
+                # A delete is not final: a reconciliation may have judged an annotation gone
+                # that Label Studio shows again (a project bound by mistake, a listing gap).
+                # Only Label Studio showing it now, or a version newer than the one deleted,
+                # brings it back; an older delivery arriving late stays out.
+                before = _latest_content_event(conn, ann)
+                newer = (
+                    updated is not None
+                    and before is not None
+                    and before.updated_at is not None
+                    and updated > before.updated_at
+                )
+                if not (restore or newer):
                     return AppendResult("stale", ann, None, last.version)
+                op = "restore"
+            elif last is not None:
                 if last.content_hash == digest and last.kind == kind:
                     return AppendResult("duplicate", ann, None, last.version)
                 if (
@@ -429,7 +500,7 @@ class SubmissionStore:
             row = {
                 "annotation_id": ann,
                 "version": version,
-                "op": "create" if last is None else "update",
+                "op": op,
                 "kind": kind,
                 "task_id": task,
                 "rater": rater,
@@ -438,9 +509,10 @@ class SubmissionStore:
                 "created_at": created,
                 "updated_at": updated,
                 "recorded_at": _now(),
+                "lead_time": lead,
             }
             seq = conn.execute(insert(_events).values(**row)).inserted_primary_key[0]
-            return AppendResult(row["op"] + "d", ann, seq, version)
+            return AppendResult(op + "d", ann, seq, version)
 
         return self._write(write)
 
@@ -777,6 +849,25 @@ class SubmissionStore:
         self._write(write)
 
 
+def _add_missing_columns(engine: Engine) -> None:
+    """Add the nullable columns a store written by an older version lacks (``create_all``
+    creates missing tables only): the log must open without a migration step."""
+    inspector = inspect(engine)
+    for table in _metadata.sorted_tables:
+        have = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in have:
+                continue
+            if not column.nullable:
+                raise RuntimeError(
+                    f"the store's table {table.name} lacks column {column.name}, which cannot be "
+                    "added in place; open it with the version that wrote it, or start a new store"
+                )
+            kind = column.type.compile(dialect=engine.dialect)
+            with engine.begin() as conn:
+                conn.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
+
+
 def open_store(url: str) -> SubmissionStore:
     """Open (creating the schema if needed) the store at a SQLAlchemy URL."""
     return SubmissionStore(url)
@@ -804,6 +895,16 @@ def _make_engine(url: str, *, echo: bool) -> Engine:
     return create_engine(url, echo=echo, pool_pre_ping=True)
 
 
+def _latest_content_event(conn, annotation_id: int):
+    """The latest event of an annotation that carries content (not a delete), or None."""
+    return conn.execute(
+        select(_events)
+        .where(_events.c.annotation_id == annotation_id, _events.c.op != "delete")
+        .order_by(_events.c.version.desc())
+        .limit(1)
+    ).first()
+
+
 def _latest_event(conn, annotation_id: int):
     return conn.execute(
         select(_events)
@@ -828,6 +929,7 @@ def _to_submission(first_seq: int, row) -> Submission:
         updated_at=row.updated_at,
         recorded_at=row.recorded_at,
         version=row.version,
+        lead_time=row._mapping.get("lead_time"),
     )
 
 

@@ -399,3 +399,14 @@ def test_stop_waits_for_a_creation_only_up_to_its_timeout(tmp_path):
     finally:
         release.set()
         store.close()
+
+
+def test_the_lead_time_of_a_submission_reaches_the_log(service):
+    svc, fake, store = service
+    task_id = fake.unanswered()[0]
+    payload = fake.annotate(task_id, 801, 1, fake.tasks[task_id]["images"])
+    payload["annotation"]["lead_time"] = 12.5  # seconds the rater spent, as LS measured it
+    svc.enqueue("ANNOTATION_CREATED", payload)
+    assert svc.wait_idle(10)
+    (sub,) = store.effective_submissions("rank")
+    assert (sub.annotation_id, sub.lead_time) == (801, 12.5)

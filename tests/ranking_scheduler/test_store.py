@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -110,6 +111,64 @@ def test_delete_drops_the_annotation(store):
     assert store.append_ranking(11, BATCH_A, rater="r1").status == "stale"
     assert store.latest_version(11) is None
     assert [e["op"] for e in store.events()] == ["create", "create", "delete"]
+
+
+def test_a_deleted_annotation_comes_back_when_label_studio_shows_it_again(store):
+    store.append_ranking(11, BATCH_A, rater="r1", task_id=101, updated_at=T0)
+    store.append_ranking(12, BATCH_B, rater="r2", task_id=102, updated_at=T0)
+    store.delete_annotation(11)  # e.g. a reconciliation against the wrong project
+    # Shown by a listing (Label Studio has it now): back, at its first place in the log.
+    back = store.append_ranking(11, BATCH_A, rater="r1", task_id=101, updated_at=T0, restore=True)
+    assert back.status == "restored" and back.needs_rebuild and back.version == 3
+    assert _orders(store) == [(11, tuple(BATCH_A)), (12, tuple(BATCH_B))]
+    assert [e["op"] for e in store.events()] == ["create", "create", "delete", "restore"]
+    # A newer version than the deleted one (only an existing annotation is edited) is back too.
+    store.delete_annotation(12)
+    newer = store.append_ranking(12, BATCH_A, rater="r2", updated_at=T0 + timedelta(minutes=1))
+    assert newer.status == "restored"
+    assert store.latest_version(12).ordered == tuple(BATCH_A)
+
+
+def test_lead_time_is_kept_with_each_version(store):
+    store.append_ranking(11, BATCH_A, rater="r1", lead_time=11.5)
+    store.append_boundary(12, "a1", "lv", rater="r1", lead_time=3)
+    store.append_ranking(13, BATCH_B, rater="r2")  # Label Studio sent none
+    assert [s.lead_time for s in store.effective_submissions()] == [11.5, 3.0, None]
+    # The dashboard reads without content: the lead time is still there.
+    assert [s.lead_time for s in store.effective_submissions(content=False)] == [11.5, 3.0, None]
+    store.append_ranking(11, BATCH_B, rater="r1", lead_time=20.0)  # an edit adds time
+    assert store.latest_version(11).lead_time == 20.0
+    assert [e["lead_time"] for e in store.events()] == [11.5, 3.0, None, 20.0]
+    for bad in (-1, float("nan"), "12"):
+        with pytest.raises(ValueError, match="lead_time"):
+            store.append_ranking(14, BATCH_A, rater="r1", lead_time=bad)
+    assert store.event_count() == 4
+
+
+def test_a_store_written_before_lead_time_opens_and_gains_the_column(tmp_path):
+    import sqlalchemy as sa
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    old = sa.create_engine(url)
+    with old.begin() as conn:  # the table as the previous version created it
+        conn.exec_driver_sql(
+            "CREATE TABLE submission_events (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+            "annotation_id BIGINT NOT NULL, version INTEGER NOT NULL, op VARCHAR(8) NOT NULL, "
+            "kind VARCHAR(16) NOT NULL, task_id BIGINT, rater VARCHAR(200), payload JSON, "
+            "content_hash VARCHAR(64), created_at DATETIME, updated_at DATETIME, "
+            "recorded_at DATETIME NOT NULL, UNIQUE (annotation_id, version))"
+        )
+        conn.exec_driver_sql(
+            "INSERT INTO submission_events (annotation_id, version, op, kind, rater, payload, "
+            "content_hash, recorded_at) VALUES (11, 1, 'create', 'rank', 'r1', "
+            f"'{{\"ordered\": {json.dumps(BATCH_A)}}}', 'x', '2026-01-05 09:00:00')"
+        )
+    old.dispose()
+    with SubmissionStore(url) as store:
+        (sub,) = store.effective_submissions()
+        assert sub.ordered == tuple(BATCH_A) and sub.lead_time is None
+        store.append_ranking(12, BATCH_B, rater="r1", lead_time=9.0)
+        assert [s.lead_time for s in store.effective_submissions()] == [None, 9.0]
 
 
 def test_bad_input_is_refused_and_changes_nothing(store):
