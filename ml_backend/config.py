@@ -64,6 +64,22 @@ class TrainConfig:
     split_seed: int = 0
     #: Train on the consensus class probabilities (ranking label source) instead of hard classes.
     soft_targets: bool = False
+    # --- labels → loss → decision (see docs/guide/ml.md, "How the model learns") ---
+    #: "ordinal": one latent position per image and two learned cut-points (a cumulative-link
+    #: model, McCullagh 1980), so the three classes are ordered by construction;
+    #: "softmax": three independent logits (the study's head).
+    head: str = "ordinal"
+    #: Weight of the regression of the latent position onto the ranking consensus's continuous
+    #: position (ordinal head, ranking labels with scores); 0 = classes only.
+    position_weight: float = 1.0
+    #: Logit adjustment (Menon et al. 2021) of the training loss by tau * log(class prior):
+    #: 0 = plain cross-entropy, 1 = balanced; keeps a rare class from being ignored.
+    balance: float = 1.0
+    #: Decision rule: "prior" adds one bias per class, fitted after training so the predicted
+    #: class mix on the training images matches the labels' (no class can vanish); "argmax".
+    decision: str = "prior"
+    #: Split by scan (no scan in two of train/val/test) when scan ids are known, else by image.
+    group_by_scan: bool = True
     # --- execution ---
     amp: bool = False
     channels_last: bool = False
@@ -90,6 +106,12 @@ class TrainConfig:
             problems.append("epochs and batch_size must be >= 1 and seeds non-empty")
         if self.num_classes != 3:
             problems.append("num_classes must be 3 (too_basal, lv, too_apical)")
+        if self.head not in ("ordinal", "softmax"):
+            problems.append(f"head={self.head!r} must be 'ordinal' or 'softmax'")
+        if self.decision not in ("prior", "argmax"):
+            problems.append(f"decision={self.decision!r} must be 'prior' or 'argmax'")
+        if not 0 <= self.balance <= 2 or self.position_weight < 0:
+            problems.append("balance must lie in [0, 2] and position_weight be >= 0")
         if problems:
             raise ValueError(f"invalid TrainConfig {self.name!r}: " + "; ".join(problems))
 

@@ -287,7 +287,8 @@ def _train(request: TrainRequest, settings, progress: _Progress) -> dict[str, An
     from ml_backend.labels import collect_labels
     from ml_backend.registry import ModelRegistry
     from ml_backend.settings import resolve_device
-    from ml_backend.train import run_protocol
+    from ml_backend.splits import grouped_stratified_split
+    from ml_backend.train import protocol_checkpoint, run_protocol
 
     # The worker, not the enqueuer, knows its hardware: "auto" defers to its environment.
     device_name = request.device if request.device != "auto" else settings.device
@@ -310,9 +311,9 @@ def _train(request: TrainRequest, settings, progress: _Progress) -> dict[str, An
     tasks = None
     if request.labels_path:
         tasks = json.loads(Path(request.labels_path).read_text())
-    elif request.project_id is not None and not (
-        request.label_source == "ranking" and request.consensus_path
-    ):
+    elif request.project_id is not None:
+        # Exported even when a consensus file gives the labels: the tasks receive the
+        # new model's predictions.
         from ml_backend.labels import export_tasks
 
         tasks = export_tasks(_ls_client(ls_url, settings.label_studio_api_key), request.project_id)
@@ -326,9 +327,15 @@ def _train(request: TrainRequest, settings, progress: _Progress) -> dict[str, An
         raise ValueError("no media root: set SLICERANK_MEDIA_ROOT or pass --media-root")
     progress.update(stage="images", n_labels=len(labels))
     dataset = build_dataset(labels, Path(media_root), config)
-    train_idx, val_idx, test_idx = stratified_split(
-        [x.label for x in labels], config.split, config.split_seed
-    )
+    groups = split_groups(labels, Path(media_root)) if config.group_by_scan else None
+    if groups is not None:
+        train_idx, val_idx, test_idx = grouped_stratified_split(
+            [x.label for x in labels], groups, config.split, config.split_seed
+        )
+    else:
+        train_idx, val_idx, test_idx = stratified_split(
+            [x.label for x in labels], config.split, config.split_seed
+        )
     train, val, test = (dataset.subset(i) for i in (train_idx, val_idx, test_idx))
     progress.update(
         stage="training", epochs=config.epochs, seeds=list(config.seeds), device=str(device),
@@ -354,22 +361,25 @@ def _train(request: TrainRequest, settings, progress: _Progress) -> dict[str, An
         ) from exc
 
     progress.update(stage="registering")
-    best = result.fits[result.best_index]
     from slicerank_base import CLASSES
 
     counts = {c: sum(1 for x in labels if x.label == c) for c in CLASSES}
     version = ModelRegistry(Path(request.model_dir)).register(
-        checkpoint={
-            "model": best.state_dict, "optimizer": best.optimizer_state,
-            "epoch": best.best_epoch, "config": config.to_dict(),
-        },
+        checkpoint=protocol_checkpoint(result, config),
         config=config.to_dict(),
         label_source={
             "source": request.label_source, "project_id": request.project_id,
             "labels_path": request.labels_path, "consensus_path": request.consensus_path,
             "soft_targets": request.soft_targets, "n_labels": len(labels), "class_counts": counts,
         },
-        splits={"train": train.image_ids, "val": val.image_ids, "test": test.image_ids},
+        splits={
+            "train": train.image_ids, "val": val.image_ids, "test": test.image_ids,
+            "grouped_by": "scan" if groups is not None else "image",
+            "scans": {
+                name: sorted({groups[i] for i in idx}) if groups is not None else []
+                for name, idx in (("train", train_idx), ("val", val_idx), ("test", test_idx))
+            },
+        },
         metrics={**result.summary(), "history": history, "device": str(device)},
         extra={"project_id": request.project_id, "job_id": progress.job.id if progress.job else None},
     )  # fmt: skip
@@ -403,6 +413,19 @@ def _train(request: TrainRequest, settings, progress: _Progress) -> dict[str, An
     }
 
 
+def split_groups(labels, media_root: Path) -> list[str] | None:
+    """Each labelled image's scan id from the media root's manifest, or None when any image
+    lacks one (the split then falls back to images, and says so in ``splits.json``)."""
+    from ml_backend.splits import read_manifest_stacks
+
+    stacks = read_manifest_stacks(media_root)
+    groups = [stacks.get(x.image_id, (None, 0))[0] for x in labels]
+    if any(g is None for g in groups) or len(set(groups)) < 3:
+        log.warning("scan ids unknown for some images: splitting by image, not by scan")
+        return None
+    return groups  # type: ignore[return-value]
+
+
 def write_predictions(
     client, project_id: int, version, tasks, media_root: Path, device, *,
     label_studio_url: str | None = None, api_key: str | None = None,
@@ -413,8 +436,11 @@ def write_predictions(
 
     from ml_backend.data import read_manifest_paths
     from ml_backend.predictor import Predictor
+    from ml_backend.scan_predict import ScanPredictions
 
     predictor = Predictor.from_version(version, device=device)
+    # Each scan's slices are decoded together (the media root holds the whole stack).
+    scans = ScanPredictions(media_root)
     manifest = read_manifest_paths(media_root)
     written = 0
     batch = 64
@@ -437,7 +463,9 @@ def write_predictions(
                 score=pred["score"],
                 model_version=pred["model_version"],
             )  # fmt: skip
-            for task, pred in zip(chunk, predictor.predict_images(images), strict=True)
+            for task, pred in zip(
+                chunk, scans.decode(predictor, chunk, predictor.predict_images(images)), strict=True
+            )
         ]
         client.projects.import_predictions(project_id, request=requests)
         written += len(requests)

@@ -9,7 +9,8 @@
   class probabilities (``p_too_basal``, ``p_lv``, ``p_too_apical``, derived from each image's
   score mean and sd against the thresholds): with ``soft_targets`` the network learns those
   instead of hard classes — the study's own hypothesis for why ranked labels train better is
-  that they carry this ordinal information.
+  that they carry this ordinal information. Each image also gets its continuous consensus
+  ``position`` (:func:`consensus_position`), which the ordinal head regresses onto.
 
 Everything here is pure (dicts in, :class:`LabelledImage` out) except :func:`export_tasks`,
 which takes the SDK client as an argument.
@@ -47,6 +48,9 @@ class LabelledImage:
     soft: tuple[float, float, float] | None = None
     #: The image's path relative to the Label Studio document root, when the task says.
     path_hint: str | None = None
+    #: Continuous consensus position, apical increasing, with the class cuts at -1 and +1
+    #: (:func:`consensus_position`); None for one-at-a-time labels.
+    position: float | None = None
 
     def __post_init__(self) -> None:
         if self.label not in CLASSES:
@@ -130,6 +134,29 @@ def labels_from_consensus_predictions(tasks: Iterable[dict[str, Any]]) -> list[L
     return list(out.values())
 
 
+#: Consensus positions are clipped here: a few extreme ranks should not dominate the loss.
+POSITION_CLIP = 3.0
+
+
+def consensus_position(score: float, thresholds: dict[str, Any]) -> float | None:
+    """An image's consensus score mapped so the class cuts sit at -1 and +1, apex positive.
+
+    The scheduler's score axis runs the other way (basal images score high; ``basal_lv`` is
+    the higher cut): ``(mid - score) / half`` with ``mid``/``half`` the cuts' centre and
+    half-distance. None when the thresholds lack scores or are not ordered.
+    """
+    try:
+        upper = float(thresholds["basal_lv"]["score"])
+        lower = float(thresholds["lv_apical"]["score"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    half = (upper - lower) / 2
+    if not half > 0:
+        return None
+    u = ((upper + lower) / 2 - float(score)) / half
+    return max(-POSITION_CLIP, min(POSITION_CLIP, u))
+
+
 def labels_from_consensus(document: dict[str, Any], *, soft: bool = False) -> list[LabelledImage]:
     """Labels from a scheduler ``consensus.json`` document (images without a class are skipped)."""
     if document.get("model_version") not in (None, CONSENSUS_MODEL_VERSION):
@@ -140,11 +167,15 @@ def labels_from_consensus(document: dict[str, Any], *, soft: bool = False) -> li
     images = document.get("images")
     if not isinstance(images, list):
         raise ValueError("consensus document has no 'images' list")
+    thresholds = document.get("thresholds") or {}
     out = []
     for row in images:
         label = row.get("class")
         if not label:
             continue
+        position = None
+        if row.get("score_mean") is not None:
+            position = consensus_position(row["score_mean"], thresholds)
         probs = None
         if soft:
             try:
@@ -160,7 +191,7 @@ def labels_from_consensus(document: dict[str, Any], *, soft: bool = False) -> li
                     f"consensus image {row.get('image_id')!r} has class probabilities summing to 0"
                 )
             probs = tuple(p / total for p in raw)
-        out.append(LabelledImage(str(row["image_id"]), str(label), probs))
+        out.append(LabelledImage(str(row["image_id"]), str(label), probs, None, position))
     return out
 
 

@@ -3,6 +3,12 @@
 The residual body follows He et al. 2016 (BasicBlock, as torchvision's ResNet-18/34) but takes
 the stem width and the block counts from the config, so the CPU preset can use a narrow,
 shallow copy of the same design; with ``width=64, layers=(3, 4, 6, 3)`` it is ResNet-34.
+
+The head is either the study's three logits (``head="softmax"``) or an ordinal
+(cumulative-link) head: one latent position and two learned cut-points
+(:mod:`ml_backend.ordinal`). Either way ``forward`` returns N×3 scores whose softmax is the
+class probabilities (the ordinal head returns log-probabilities), so training, evaluation and
+serving treat both alike. :class:`Ensemble` averages several seeds' probabilities.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import torch
 from torch import nn
 
 from ml_backend.config import TrainConfig
+from ml_backend.ordinal import CutPoints, cumulative_log_probs
 
 
 class BasicBlock(nn.Module):
@@ -66,8 +73,10 @@ class SliceResNet(nn.Module):
                 nn.Dropout(config.head_dropout),
             ]
             in_ch = hidden
-        head.append(nn.Linear(in_ch, config.num_classes))
+        self.ordinal = config.head == "ordinal"
+        head.append(nn.Linear(in_ch, 1 if self.ordinal else config.num_classes))
         self.head = nn.Sequential(*head)
+        self.cuts = CutPoints() if self.ordinal else None
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -79,10 +88,39 @@ class SliceResNet(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """N×C×H×W images → N×3 logits."""
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """N×C×H×W images → the head's raw output (N×1 latent position or N×3 logits)."""
         x = self.body(self.stem(x))
         return self.head(torch.flatten(self.pool(x), 1))
+
+    def scores(self, raw: torch.Tensor) -> torch.Tensor:
+        """Raw head output → N×3 class scores (ordinal: log-probabilities)."""
+        if self.cuts is None:
+            return raw
+        c1, c2 = self.cuts()
+        return cumulative_log_probs(raw[:, 0], c1, c2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """N×C×H×W images → N×3 class scores (softmax gives the probabilities)."""
+        return self.scores(self.features(x))
+
+
+class Ensemble(nn.Module):
+    """Several fitted models as one: log of their mean class probabilities, plus a per-class
+    decision bias (:func:`ml_backend.ordinal.prior_bias`), so ``softmax(forward(x))`` is the
+    ensemble's (re-weighted) probabilities."""
+
+    def __init__(self, members: list[nn.Module], bias: list[float] | None = None) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one model")
+        self.members = nn.ModuleList(members)
+        self.register_buffer("bias", torch.tensor(bias or [0.0, 0.0, 0.0], dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean probability of the members (as log) plus the decision bias."""
+        probs = torch.stack([torch.softmax(m(x).float(), dim=1) for m in self.members])
+        return torch.log(probs.mean(0).clamp_min(1e-12)) + self.bias
 
 
 def build_model(config: TrainConfig) -> SliceResNet:

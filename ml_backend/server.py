@@ -147,6 +147,10 @@ class SliceClassifier:
         self.cache = PredictorCache(self.registry, device=device, pinned=settings.model_version)
         self.redis = redis_conn
         self._manifest: dict[str, str] | None = None
+        # A scan's slices are decoded together when the scan is known (issue 11).
+        from ml_backend.scan_predict import ScanPredictions
+
+        self.scans = ScanPredictions(settings.media_root)
 
     # -- label-studio-ml 2.x API ------------------------------------------------------------
     def setup(self, schema: str | None = None) -> dict[str, Any]:
@@ -186,6 +190,7 @@ class SliceClassifier:
             for t in tasks
         ]
         results = predictor.predict_images(images, from_name=from_name, to_name=to_name)
+        results = self.scans.decode(predictor, tasks, results)
         return {"results": results, "model_version": predictor.version}
 
     def fit(self, event: str, data: dict[str, Any]) -> dict[str, Any]:

@@ -1,8 +1,16 @@
 """Training and evaluation: one function per step, the device always an argument.
 
 ``fit`` runs one seed (up to ``config.epochs`` epochs, keeping the weights with the lowest
-validation loss, as the study did); ``run_protocol`` runs every seed of the config and
-evaluates each selected model on the test split.
+validation loss, as the study did); ``run_protocol`` runs every seed of the config, fits the
+prior-respecting decision bias (:func:`ml_backend.ordinal.prior_bias`) of each seed and of
+their ensemble (mean probability) on the training images, and evaluates them on the test
+split.
+
+The loss (:func:`batch_loss`) is cross-entropy on the class scores, logit-adjusted by
+``config.balance * log(prior)`` (Menon et al. 2021) so a rare class keeps its gradient, plus —
+for the ordinal head and labels carrying a consensus position — ``config.position_weight``
+times the squared distance between the latent position and the consensus position placed in
+the model's own cut-point frame (cuts at -1/+1 in the consensus map to ``c1``/``c2``).
 """
 
 from __future__ import annotations
@@ -21,7 +29,8 @@ from torch import nn
 
 from ml_backend.config import TrainConfig
 from ml_backend.data import SliceDataset
-from ml_backend.model import build_model
+from ml_backend.model import Ensemble, build_model
+from ml_backend.ordinal import apply_bias, prior_bias
 from ml_backend.transforms import EvalPreset, TrainPreset
 from slicerank_base import CLASSES
 
@@ -73,9 +82,46 @@ def _autocast(device: torch.device, enabled: bool):
     return contextlib.nullcontext()
 
 
-def _loss(logits: torch.Tensor, targets: torch.Tensor, soft: torch.Tensor | None) -> torch.Tensor:
+def class_log_prior(targets: torch.Tensor, soft: torch.Tensor | None = None) -> torch.Tensor:
+    """Log class frequencies of a training set (soft targets averaged), floored at 1/2N."""
+    n = max(len(targets), 1)
+    if soft is not None:
+        freq = soft.float().mean(0).cpu()
+    else:
+        freq = torch.bincount(targets.cpu(), minlength=len(CLASSES)).float() / n
+    return torch.log(freq.clamp_min(0.5 / n))
+
+
+def batch_loss(
+    model: nn.Module,
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    soft: torch.Tensor | None = None,
+    positions: torch.Tensor | None = None,
+    adjust: torch.Tensor | None = None,
+    position_weight: float = 0.0,
+    amp_device: torch.device | None = None,
+    amp: bool = False,
+) -> torch.Tensor:
+    """The training loss of one batch (see the module docstring)."""
+    with _autocast(amp_device or x.device, amp):
+        raw = model.features(x)
+    scores = model.scores(raw.float())
+    if adjust is not None:
+        scores = scores + adjust.to(scores.device)
     # Soft targets: cross-entropy against the consensus class probabilities.
-    return nn.functional.cross_entropy(logits.float(), soft if soft is not None else targets)
+    loss = nn.functional.cross_entropy(scores, soft if soft is not None else targets)
+    if position_weight > 0 and positions is not None and model.cuts is not None:
+        known = torch.isfinite(positions)
+        if known.any():
+            c1, c2 = model.cuts()
+            # The consensus frame (cuts at -1/+1) placed on the model's current cuts; the
+            # cuts themselves are learnt from the classes only (detach), else shrinking them
+            # would be a trivial way to fit the positions.
+            target = ((c1 + c2) / 2 + positions[known] * (c2 - c1) / 2).detach()
+            loss = loss + position_weight * nn.functional.mse_loss(raw[known, 0].float(), target)
+    return loss
 
 
 def train_one_epoch(
@@ -91,6 +137,8 @@ def train_one_epoch(
     channels_last: bool = False,
     use_soft: bool = False,
     max_batches: int = 0,
+    adjust: torch.Tensor | None = None,
+    position_weight: float = 0.0,
 ) -> tuple[float, int]:
     """One pass over ``data`` in a random order; returns (mean loss, images seen)."""
     model.train()
@@ -108,9 +156,13 @@ def train_one_epoch(
         soft = None
         if use_soft and data.soft is not None:
             soft = data.soft[idx.to(data.soft.device)].to(device, non_blocking=True)
-        with _autocast(device, amp):
-            logits = model(x)
-        loss = _loss(logits, targets, soft)
+        positions = None
+        if position_weight > 0 and data.positions is not None:
+            positions = data.positions[idx.to(data.positions.device)].to(device)
+        loss = batch_loss(
+            model, x, targets, soft=soft, positions=positions, adjust=adjust,
+            position_weight=position_weight, amp_device=device, amp=amp,
+        )  # fmt: skip
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -157,8 +209,10 @@ def evaluate(
     amp: bool = False,
     channels_last: bool = False,
     use_soft: bool = False,
+    adjust: torch.Tensor | None = None,
 ) -> dict[str, Any]:
-    """Loss, accuracy, macro F1, one-vs-rest ROC AUC and the probabilities on ``data``."""
+    """Loss, accuracy, macro F1, one-vs-rest ROC AUC and the probabilities on ``data``; the
+    loss is the training loss's class part (logit-adjusted by ``adjust`` when given)."""
     probs = []
     for start in range(0, len(data), batch_size):
         x = preset(data.images[start : start + batch_size].to(device))
@@ -170,6 +224,8 @@ def evaluate(
     p = torch.cat(probs) if probs else torch.zeros(0, len(CLASSES))
     targets = data.targets.cpu()
     logp = torch.log(p.clamp_min(1e-12))
+    if adjust is not None and len(p):
+        logp = torch.log_softmax(logp + adjust.cpu(), dim=1)
     if use_soft and data.soft is not None:
         loss = float(-(data.soft.cpu() * logp).sum(1).mean()) if len(p) else float("nan")
     else:
@@ -194,15 +250,18 @@ def classification_metrics(targets: np.ndarray, probs: np.ndarray) -> dict[str, 
         # Two classes present: AUC of the higher one against the lower one.
         mask = np.isin(targets, present)
         auc = float(roc_auc_score(targets[mask] == present[1], probs[mask, present[1]]))
+    labels = list(range(len(CLASSES)))
+    f1 = f1_score(targets, pred, average=None, labels=labels, zero_division=0)
+    recall = [
+        float((pred[targets == k] == k).mean()) if (targets == k).any() else None for k in labels
+    ]
     return {
         "accuracy": float((pred == targets).mean()),
-        "f1_macro": float(
-            f1_score(
-                targets, pred, average="macro", labels=list(range(len(CLASSES))), zero_division=0
-            )
-        ),
+        "f1_macro": float(np.mean(f1)),
         "roc_auc": auc,
         "n": int(len(targets)),
+        "f1_per_class": {c: float(v) for c, v in zip(CLASSES, f1, strict=True)},
+        "recall_per_class": dict(zip(CLASSES, recall, strict=True)),
     }
 
 
@@ -234,7 +293,12 @@ def fit(
     if config.data_on_device:
         train, val = train.to(device), val.to(device)
     train_preset, eval_preset = TrainPreset.from_config(config), EvalPreset(config)
-    use_soft = config.soft_targets
+    use_soft = config.soft_targets and train.soft is not None
+    adjust = None
+    if config.balance > 0:
+        adjust = config.balance * class_log_prior(train.targets, train.soft if use_soft else None)
+        adjust = adjust.to(device)
+    position_weight = config.position_weight if config.head == "ordinal" else 0.0
     best = FitResult(seed, {}, -1, float("inf"))
     for epoch in range(1, config.epochs + 1):
         t0 = time.perf_counter()
@@ -242,13 +306,14 @@ def fit(
             model, optimizer, train, train_preset, device,
             batch_size=config.batch_size, generator=generator, amp=config.amp,
             channels_last=config.channels_last, use_soft=use_soft, max_batches=config.max_batches,
+            adjust=adjust, position_weight=position_weight,
         )  # fmt: skip
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         train_seconds = time.perf_counter() - t0
         result = evaluate(
             model, val, eval_preset, device, batch_size=max(config.batch_size, 64),
-            amp=config.amp, channels_last=config.channels_last, use_soft=use_soft,
+            amp=config.amp, channels_last=config.channels_last, use_soft=use_soft, adjust=adjust,
         )  # fmt: skip
         stats = EpochStats(
             seed, epoch, train_loss, result["loss"], result["accuracy"] or 0.0,
@@ -271,10 +336,15 @@ def fit(
 
 @dataclass
 class ProtocolResult:
-    """Every seed's fit and test metrics; ``best`` is the seed with the lowest val loss."""
+    """Every seed's fit and test metrics, and the ensemble of all seeds (mean probability)
+    with its decision bias; ``best`` is the seed with the lowest validation loss."""
 
     fits: list[FitResult]
     test_metrics: list[dict[str, Any]]
+    #: Per-class decision bias of each seed and of the ensemble (``prior`` rule), or zeros.
+    biases: list[list[float]] = field(default_factory=list)
+    ensemble_bias: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    ensemble_metrics: dict[str, Any] = field(default_factory=dict)
 
     @property
     def best_index(self) -> int:
@@ -282,7 +352,8 @@ class ProtocolResult:
         return int(np.argmin([f.best_val_loss for f in self.fits]))
 
     def summary(self) -> dict[str, Any]:
-        """Per-seed and aggregate (mean, sd) test metrics, JSON-able."""
+        """Per-seed and aggregate (mean, sd over seeds) test metrics and the ensemble's,
+        JSON-able."""
         per_seed = [
             {"seed": f.seed, "best_epoch": f.best_epoch, "best_val_loss": f.best_val_loss,
              **{k: v for k, v in m.items() if k != "probs"}}
@@ -296,7 +367,31 @@ class ProtocolResult:
                     "mean": float(np.mean(vals)),
                     "sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0,
                 }
-        return {"seeds": per_seed, "test": agg, "selected_seed": self.fits[self.best_index].seed}
+        ensemble = {k: v for k, v in self.ensemble_metrics.items() if k != "probs"}
+        return {
+            "seeds": per_seed,
+            "test": agg,
+            "ensemble": ensemble,
+            "ensemble_bias": self.ensemble_bias,
+            "selected_seed": self.fits[self.best_index].seed,
+        }
+
+
+def _eval_probs(
+    model: nn.Module, data: SliceDataset, config: TrainConfig, device: torch.device
+) -> np.ndarray:
+    """Class probabilities of ``data`` under the evaluation preset (N×3 NumPy)."""
+    return evaluate(
+        model, data, EvalPreset(config), device, amp=config.amp, channels_last=config.channels_last
+    )["probs"]
+
+
+def _decision_bias(config: TrainConfig, probs: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """The decision rule's per-class bias, fitted on the training images' probabilities."""
+    if config.decision != "prior" or len(probs) == 0:
+        return np.zeros(len(CLASSES))
+    priors = np.bincount(targets, minlength=len(CLASSES)).astype(float)
+    return prior_bias(np.log(np.clip(probs, 1e-12, None)), priors)
 
 
 def run_protocol(
@@ -308,25 +403,37 @@ def run_protocol(
     *,
     on_epoch: Callable[[EpochStats], None] | None = None,
 ) -> ProtocolResult:
-    """Fit every seed of ``config`` and evaluate each selected model on ``test``."""
+    """Fit every seed of ``config``; fit each seed's and the ensemble's decision bias on the
+    training and validation images; evaluate all of them on ``test``."""
     device = torch.device(device)
-    fits, tests = [], []
+    fits, tests, biases = [], [], []
+    fitted_probs, test_probs = [], []
+    fitted = SliceDataset(
+        train.image_ids + val.image_ids,
+        torch.cat([train.images.cpu(), val.images.cpu()]),
+        torch.cat([train.targets.cpu(), val.targets.cpu()]),
+    )
+    fitted_targets = fitted.targets.numpy()
+    test_targets = test.targets.cpu().numpy()
     for seed in config.seeds:
         result = fit(config, train, val, device, seed=seed, on_epoch=on_epoch)
         model = model_from_state(config, result.state_dict).to(device)
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        metrics = evaluate(
-            model,
-            test,
-            EvalPreset(config),
-            device,
-            amp=config.amp,
-            channels_last=config.channels_last,
-        )
+        p_fit = _eval_probs(model, fitted, config, device)
+        p_test = _eval_probs(model, test, config, device) if len(test) else np.zeros((0, 3))
+        bias = _decision_bias(config, p_fit, fitted_targets)
+        p_test_b = apply_bias(p_test, bias)
+        metrics = {**classification_metrics(test_targets, p_test_b), "probs": p_test_b}
         fits.append(result)
         tests.append(metrics)
-    return ProtocolResult(fits, tests)
+        biases.append([float(b) for b in bias])
+        fitted_probs.append(p_fit)
+        test_probs.append(p_test)
+    ens_bias = _decision_bias(config, np.mean(fitted_probs, axis=0), fitted_targets)
+    ens_test = apply_bias(np.mean(test_probs, axis=0), ens_bias)
+    ensemble = {**classification_metrics(test_targets, ens_test), "probs": ens_test}
+    return ProtocolResult(fits, tests, biases, [float(b) for b in ens_bias], ensemble)
 
 
 def model_from_state(config: TrainConfig, state_dict: dict[str, torch.Tensor]) -> nn.Module:
@@ -334,6 +441,21 @@ def model_from_state(config: TrainConfig, state_dict: dict[str, torch.Tensor]) -
     model = build_model(config)
     model.load_state_dict(state_dict)
     return model.eval()
+
+
+def protocol_checkpoint(result: ProtocolResult, config: TrainConfig) -> dict[str, Any]:
+    """The checkpoint dict of a whole protocol: every seed's weights (the served model is
+    their ensemble with the decision bias), plus the best seed's as ``model``/``optimizer``."""
+    best = result.fits[result.best_index]
+    return {
+        "model": best.state_dict,
+        "optimizer": best.optimizer_state,
+        "epoch": best.best_epoch,
+        "config": config.to_dict(),
+        "models": [f.state_dict for f in result.fits],
+        "seeds": [f.seed for f in result.fits],
+        "decision_bias": result.ensemble_bias,
+    }
 
 
 def save_checkpoint(
@@ -353,7 +475,13 @@ def save_checkpoint(
 
 
 def load_checkpoint(path: Path) -> tuple[nn.Module, TrainConfig, dict[str, Any]]:
-    """Load a checkpoint onto the CPU: (model in eval mode, its config, the raw dict)."""
+    """Load a checkpoint onto the CPU: (model in eval mode, its config, the raw dict).
+
+    A checkpoint holding several seeds (``models``) loads as their :class:`Ensemble` with the
+    stored decision bias; an older single-model checkpoint loads as that model."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     config = TrainConfig.from_dict(ckpt["config"])
+    if ckpt.get("models"):
+        members = [model_from_state(config, state) for state in ckpt["models"]]
+        return Ensemble(members, ckpt.get("decision_bias")).eval(), config, ckpt
     return model_from_state(config, ckpt["model"]), config, ckpt

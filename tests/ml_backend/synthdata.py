@@ -35,7 +35,9 @@ def make_media_root(
             img[(yy - cy) ** 2 + (xx - cx) ** 2 < r**2] = 220
             path = f"img/{image_id}.png"
             Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), mode="L").save(root / path)
-            rows.append({"image_id": image_id, "scan_id": f"s{i % 4}", "slice_index": i,
+            # Four scans, each a stack whose slice order runs too_basal… lv… too_apical.
+            order = CLASSES.index(cls) * n_per_class + i
+            rows.append({"image_id": image_id, "scan_id": f"s{i % 4}", "slice_index": order,
                          "n_slices": n_per_class, "path": path, "true_class": cls})  # fmt: skip
     with (root / "manifest.csv").open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))

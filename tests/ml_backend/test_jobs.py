@@ -85,18 +85,27 @@ def test_worker_trains_registers_and_the_backend_serves_the_new_version(setup):
     version = ModelRegistry(s["models"]).newest()
     assert summary["result"]["model_version"] == version.name == "v0001-classify"
     splits = version.read_json("splits")
-    assert [len(splits[k]) for k in ("train", "val", "test")] == [30, 3, 3]
-    assert not set(splits["train"]) & set(splits["test"])
+    # Split by scan: 4 scans of 9 slices, one each for validation and test.
+    assert [len(splits[k]) for k in ("train", "val", "test")] == [18, 9, 9]
+    assert splits["grouped_by"] == "scan"
+    assert sorted(sum(splits["scans"].values(), [])) == ["s0", "s1", "s2", "s3"]
+    assert [len(splits["scans"][k]) for k in ("train", "val", "test")] == [2, 1, 1]
+    scan_of = {r["image_id"]: r["scan_id"] for r in s["rows"]}
+    for name in ("train", "val", "test"):
+        assert {scan_of[i] for i in splits[name]} == set(splits["scans"][name])
     metrics = version.read_json("metrics")
     assert [m["seed"] for m in metrics["seeds"]] == [0, 1] and len(metrics["history"]) == 4
     assert metrics["selected_seed"] in (0, 1)
     meta = summary["meta"]
-    assert meta["stage"] == "done" and meta["epoch"] == 2 and meta["n_train"] == 30
+    assert meta["stage"] == "done" and meta["epoch"] == 2 and meta["n_train"] == 18
     ckpt = torch.load(version.checkpoint, map_location="cpu", weights_only=True)
-    assert (
-        set(ckpt) == {"model", "optimizer", "epoch", "config"}
-        and ckpt["config"]["name"] == "cpu-small"
-    )
+    assert set(ckpt) == {
+        "model", "optimizer", "epoch", "config", "models", "seeds", "decision_bias"
+    }  # fmt: skip
+    # Both seeds are kept: the served model is their ensemble.
+    assert ckpt["config"]["name"] == "cpu-small" and ckpt["seeds"] == [0, 1]
+    assert len(ckpt["models"]) == 2 and len(ckpt["decision_bias"]) == 3
+    assert set(metrics["ensemble"]) >= {"accuracy", "f1_macro", "f1_per_class"}
     assert version.read_json("label_source")["class_counts"] == {
         "too_basal": 12,
         "lv": 12,

@@ -113,7 +113,18 @@ def test_predict_returns_one_choice_per_task_with_probability_and_version(tmp_pa
         assert choice in CLASSES
         probs = res["probabilities"]
         assert sum(probs.values()) == pytest.approx(1, abs=1e-5)
-        assert res["score"] == pytest.approx(max(probs.values())) and probs[choice] == res["score"]
+        assert probs[choice] == res["score"]
+        # The manifest knows every slice's scan: each is decoded with its whole stack, so
+        # the choice is the monotone sequence's (not always the single most probable class).
+        assert res["decoding"] == "stack"
+        assert sum(res["per_slice_probabilities"].values()) == pytest.approx(1, abs=1e-5)
+    by_scan: dict[str, list[tuple[int, int]]] = {}
+    for row, res in zip(rows, results, strict=True):
+        choice = CLASSES.index(res["result"][0]["value"]["choices"][0])
+        by_scan.setdefault(row["scan_id"], []).append((row["slice_index"], choice))
+    for stack in by_scan.values():
+        classes = [c for _, c in sorted(stack)]
+        assert classes == sorted(classes), by_scan
     # The same image gives the same answer whether sent alone or in a batch.
     alone = client.post("/predict", json=predict_body(tasks[:1]), auth=AUTH).json()["results"][0]
     assert alone["score"] == pytest.approx(results[0]["score"], abs=1e-5)
