@@ -347,6 +347,7 @@ class CaseRun:
     scheduler: Scheduler | None = None
     raters: Raters | None = None
     runs: list[dict[str, Any]] = field(default_factory=list)
+    probe: WebhookProbe | None = None
 
     def provision(self, prefix: str | None = None) -> dict[str, int]:
         """A project set of its own (webhooks to this case's scheduler port)."""
@@ -388,6 +389,7 @@ class CaseRun:
                 f"the scheduler of case {self.name} exited with {status}: "
                 f"{self.scheduler.log_tail()}"
             )
+        self.probe = WebhookProbe(self)
         self.raters = Raters(
             self, self.bench.raters, self.bench.think_s, self.bench.rng.randrange(1 << 30)
         )
@@ -495,11 +497,64 @@ class CaseRun:
         return record
 
     def teardown(self) -> None:
-        """Stop raters and scheduler."""
+        """Stop raters, probe and scheduler."""
+        if self.probe is not None:
+            self.probe.stop()
         if self.raters is not None:
             self.raters.stop()
         if self.scheduler is not None:
             self.scheduler.stop()
+
+
+class WebhookProbe:
+    """Posts a webhook Label Studio sends but the scheduler ignores (``PROJECT_UPDATED``) every
+    ``every_s`` and times the answer: Label Studio gives up on a delivery after 1 s
+    (``WEBHOOK_TIMEOUT``), so every answer must come well inside that, whatever the worker is
+    doing (start-up reconciliation, a burst, a rebuild). While the scheduler is down the probe
+    counts nothing."""
+
+    def __init__(self, case: CaseRun, every_s: float = 0.5) -> None:
+        from ls_config.provision import SECRET_HEADER
+
+        self.case = case
+        self.every_s = every_s
+        self.header = {SECRET_HEADER: case.secret}
+        self.ms: list[float] = []
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        body = {"action": "PROJECT_UPDATED", "project": {"id": self.case.projects["Rank"]}}
+        with httpx.Client(timeout=5) as http:
+            while not self._stop.wait(self.every_s):
+                t0 = time.perf_counter()
+                try:
+                    r = http.post(
+                        f"{self.case.scheduler.url}/webhook", json=body, headers=self.header
+                    )
+                except httpx.HTTPError:
+                    continue  # down (killed, restarting): Label Studio's delivery fails too
+                if r.status_code == 200:
+                    self.ms.append(1000 * (time.perf_counter() - t0))
+
+    def stop(self) -> dict[str, Any]:
+        """Stop probing; the answer times (ms): p50, p95, max, and how many took over 1 s."""
+        self._stop.set()
+        self.thread.join(10)
+        return self.summary()
+
+    def summary(self) -> dict[str, Any]:
+        """The answer times so far."""
+        ms = sorted(self.ms)
+        pick = lambda q: round(ms[min(len(ms) - 1, int(q * len(ms)))], 1) if ms else None  # noqa: E731
+        return {
+            "n": len(ms),
+            "p50_ms": pick(0.5),
+            "p95_ms": pick(0.95),
+            "max_ms": round(ms[-1], 1) if ms else None,
+            "over_1s": sum(1 for v in ms if v >= 1000),
+        }
 
 
 # ---------------------------------------------------------------------- the cases
@@ -637,13 +692,19 @@ def case_edits(case: CaseRun, runs: int, rng: random.Random) -> None:
     for k in range(runs):
         case.raters.resume()
         time.sleep(4.0)
+        deadline = time.monotonic() + 120
+        while case.raters.submitted < 3 * (k + 1) and time.monotonic() < deadline:
+            time.sleep(0.5)  # at least three new answers to edit, delete and "undelete"
         case.raters.pause()
         case.settle()
         answers = sorted(_answers_in_label_studio(case.bench.client(), pid).items())
-        picks = rng.sample(answers, min(3, len(answers)))
+        if len(answers) < 3:
+            raise RuntimeError(f"only {len(answers)} answers to edit after 2 minutes")
+        picks = rng.sample(answers, 3)
         with case.bench.http() as http:
             if picks:  # an edit (any rater's answer; the admin token may edit it)
                 a, order = picks[0]
+                edited_ids = [a]
                 r = http.patch(
                     f"/api/annotations/{a}/", json={"result": ranker_result(order[::-1])}
                 )
@@ -656,7 +717,12 @@ def case_edits(case: CaseRun, runs: int, rng: random.Random) -> None:
                                    "project": {"id": pid}})  # fmt: skip
         # The reconciliation (full pass every 10 s here) must bring the undeleted answer back.
         time.sleep(float(BENCH_SETTINGS["SCHEDULER_FULL_RECONCILE_INTERVAL_S"]) * 2 + 2)
-        case.check(f"edits {k + 1}", edited=1, deleted=1, spurious_delete=1)
+        case.check(
+            f"edits {k + 1}",
+            edited=edited_ids[0],
+            deleted=picks[1][0],
+            spurious_delete=picks[2][0],
+        )
 
 
 def _foreign_title(case: CaseRun) -> str:
@@ -813,6 +879,7 @@ def run_faults(
             summary.update({"error": error, "wall_s": round(time.perf_counter() - t0, 1)})
             summary["runs"] = case.runs
             summary["rater_errors"] = len(case.raters.errors) if case.raters else None
+            summary["webhook_answer"] = case.probe.summary() if case.probe else None
             result["cases"][name] = summary
             if on_case is not None:
                 on_case(name, summary)
@@ -821,6 +888,13 @@ def run_faults(
     result["totals"] = {
         key: sum(c[key] for c in result["cases"].values())
         for key in ("n_runs", "clean_runs", "lost", "double_counted", "wrongly_rejected")
+    }
+    probes = [c["webhook_answer"] for c in result["cases"].values() if c.get("webhook_answer")]
+    result["webhook_answer"] = {
+        "n": sum(p["n"] for p in probes),
+        "worst_p95_ms": max((p["p95_ms"] for p in probes if p["p95_ms"] is not None), default=None),
+        "max_ms": max((p["max_ms"] for p in probes if p["max_ms"] is not None), default=None),
+        "over_1s": sum(p["over_1s"] for p in probes),
     }
     result["all_clean"] = all(
         c["error"] is None and c["clean_runs"] == c["n_runs"] for c in result["cases"].values()
