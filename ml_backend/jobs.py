@@ -34,6 +34,7 @@ from rq import Queue, Worker, get_current_job
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
+from rq.serializers import JSONSerializer
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,10 @@ ACTIVE_STATES = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobSta
 #: lock just before it enqueues.
 CLAIM_GRACE_S = 30.0
 LOCK_PREFIX = "slicerank:train:"
+#: How jobs, their meta and results are stored in Redis: JSON, not RQ's default pickle, so a
+#: worker never unpickles what someone who reached Redis wrote there (arbitrary code). Every
+#: Queue, Worker and Job.fetch on the training queue must use it.
+SERIALIZER = JSONSerializer
 
 
 @dataclass(frozen=True)
@@ -110,7 +115,7 @@ class EnqueueResult:
 
 def _job_active(conn: Redis, job_id: str, claimed_at: float) -> bool:
     try:
-        job = Job.fetch(job_id, connection=conn)
+        job = Job.fetch(job_id, connection=conn, serializer=SERIALIZER)
     except NoSuchJobError:
         return time.time() - claimed_at < CLAIM_GRACE_S
     return job.get_status(refresh=True) in ACTIVE_STATES
@@ -120,7 +125,7 @@ def enqueue_training(
     conn: Redis, request: TrainRequest, *, queue_name: str, job_timeout: int = 6 * 3600
 ) -> EnqueueResult:
     """Enqueue a training job unless one for the same project is queued or running."""
-    queue = Queue(queue_name, connection=conn)
+    queue = Queue(queue_name, connection=conn, serializer=SERIALIZER)
     # Jobs of workers that died are moved to "failed" here, so they cannot hold the lock.
     StartedJobRegistry(queue=queue).cleanup()
     key = LOCK_PREFIX + request.lock_name
@@ -163,7 +168,9 @@ def enqueue_training(
 
 def _status(conn: Redis, job_id: str) -> str:
     try:
-        return _name(Job.fetch(job_id, connection=conn).get_status(refresh=True))
+        return _name(
+            Job.fetch(job_id, connection=conn, serializer=SERIALIZER).get_status(refresh=True)
+        )
     except NoSuchJobError:
         return "queued"
 
@@ -183,7 +190,7 @@ def _release_lock(conn: Redis, key: str, job_id: str) -> None:
 
 def job_summary(conn: Redis, job_id: str) -> dict[str, Any]:
     """Status, meta, result and error of a job, for the CLI and ``/versions``."""
-    job = Job.fetch(job_id, connection=conn)
+    job = Job.fetch(job_id, connection=conn, serializer=SERIALIZER)
     status = job.get_status(refresh=True)
     out: dict[str, Any] = {
         "job_id": job_id,
@@ -225,7 +232,8 @@ def run_worker(
 ) -> bool:
     """Run an RQ worker on the training queue (one per GPU); returns when stopped or, with
     ``burst``, when the queue is empty."""
-    worker = Worker([Queue(queue_name, connection=conn)], connection=conn, name=name)
+    queue = Queue(queue_name, connection=conn, serializer=SERIALIZER)
+    worker = Worker([queue], connection=conn, name=name, serializer=SERIALIZER)
     return worker.work(burst=burst, with_scheduler=False)
 
 

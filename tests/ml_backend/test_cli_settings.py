@@ -58,7 +58,9 @@ def test_train_command_enqueues_once_and_writes_json(
     from rq import Queue
     from rq.job import Job
 
-    job = Job.fetch(first["job_id"], connection=redis_conn)
+    from ml_backend.jobs import SERIALIZER
+
+    job = Job.fetch(first["job_id"], connection=redis_conn, serializer=SERIALIZER)
     assert job.args[0]["epochs"] == 1 and job.args[0]["labels_path"] == str(export.resolve())
     assert Queue("slicerank-test-cli", connection=redis_conn).count == 1
 

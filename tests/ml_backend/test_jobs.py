@@ -17,7 +17,14 @@ from rq import Queue
 from rq.job import Job
 from rq.registry import StartedJobRegistry
 
-from ml_backend.jobs import TrainRequest, enqueue_training, job_summary, train_job, wait_for_job
+from ml_backend.jobs import (
+    SERIALIZER,
+    TrainRequest,
+    enqueue_training,
+    job_summary,
+    train_job,
+    wait_for_job,
+)
 from ml_backend.registry import ModelRegistry
 from ml_backend.server import create_app
 from ml_backend.settings import BackendSettings
@@ -63,7 +70,7 @@ def start_worker(s, *, burst: bool = True) -> subprocess.Popen:
 def wait_for_epoch(conn, job_id: str, timeout: float = 90) -> dict:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        meta = Job.fetch(job_id, connection=conn).get_meta(refresh=True)
+        meta = Job.fetch(job_id, connection=conn, serializer=SERIALIZER).get_meta(refresh=True)
         if meta.get("epoch", 0) >= 1:
             return meta
         time.sleep(0.2)
@@ -181,9 +188,9 @@ def test_a_killed_worker_is_caught_by_rq_abandoned_job_cleanup(setup):
     time.sleep(0.5)
     assert job_summary(s["conn"], queued.job_id)["status"] == "started"  # nobody knows yet
     # RQ gives up on a job whose heartbeat lapsed (monitoring interval + 60 s); let that pass.
-    StartedJobRegistry(queue=Queue(s["queue"], connection=s["conn"])).cleanup(
-        timestamp=time.time() + 600
-    )
+    StartedJobRegistry(
+        queue=Queue(s["queue"], connection=s["conn"], serializer=SERIALIZER)
+    ).cleanup(timestamp=time.time() + 600)
     summary = job_summary(s["conn"], queued.job_id)
     assert summary["status"] == "failed" and "AbandonedJobError" in summary["error"]
     assert ModelRegistry(s["models"]).versions() == []

@@ -345,3 +345,34 @@ def test_worker_command_warns_without_a_redis_password(redis_url, monkeypatch, c
     with caplog.at_level(logging.WARNING, logger="ml_backend.cli"):
         assert main(["worker", "--burst"]) == 0
     assert any("REDIS_URL has no password" in r.getMessage() for r in caplog.records)
+
+
+class _RunsCodeWhenUnpickled:
+    """What someone who reaches Redis can store as a job argument: a pickle that makes a
+    folder (standing in for any code) the moment it is loaded."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.marker),))
+
+
+@pytest.mark.integration
+def test_workers_never_unpickle_what_is_in_redis(redis_conn, tmp_path):
+    from rq import Queue
+    from rq.job import Job
+
+    from ml_backend.jobs import SERIALIZER, run_worker
+
+    queue_name = "slicerank-test-security-pickle"
+    marker = tmp_path / "code-ran"
+    # Queued with RQ's default (pickle) serializer, as an attacker's client would.
+    evil = Queue(queue_name, connection=redis_conn).enqueue(
+        "ml_backend.jobs.train_job", _RunsCodeWhenUnpickled(marker)
+    )
+    assert not marker.exists()
+    run_worker(redis_conn, queue_name, burst=True)
+    assert not marker.exists(), "the worker unpickled job data from Redis"
+    job = Job.fetch(evil.id, connection=redis_conn, serializer=SERIALIZER)
+    assert job.get_status(refresh=True) == "failed"
