@@ -61,6 +61,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="FILE",
         help="ground-truth CSV keyed by SOPInstanceUID (default: SRC/synth_truth.csv if present)",
     )
+    p.add_argument(
+        "--include-burned-in",
+        action="store_true",
+        help="keep slices that may show burned-in text (BurnedInAnnotation YES, secondary "
+        "capture, DERIVED\\SECONDARY, or text found by --check-pixels-for-text); by default they "
+        "are excluded and reported (env SLICERANK_INCLUDE_BURNED_IN=1)",
+    )
+    p.add_argument(
+        "--check-pixels-for-text",
+        action="store_true",
+        help="also search each slice's margins for text drawn into the pixels and exclude those "
+        "that have some (a heuristic for scanner overlays; env SLICERANK_CHECK_PIXELS_FOR_TEXT=1)",
+    )
     p.add_argument("--json", metavar="FILE", help="also write the ingest report here")
     p.set_defaults(func=_ingest)
 
@@ -119,17 +132,21 @@ def _cohort_summary(path, dicom: bool) -> dict:
 
 
 def _ingest(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from cmr_ingest.ingest import ingest
     from cmr_ingest.settings import IngestSettings
 
     try:
         settings = IngestSettings.from_env(os.environ, salt_env=args.salt_env)
+        changes: dict = {}
         if args.orientation_tolerance is not None:
-            settings = IngestSettings(
-                id_salt=settings.id_salt,
-                orientation_tolerance_deg=args.orientation_tolerance,
-                png_compress_level=settings.png_compress_level,
-            )
+            changes["orientation_tolerance_deg"] = args.orientation_tolerance
+        if args.include_burned_in:
+            changes["include_burned_in"] = True
+        if args.check_pixels_for_text:
+            changes["check_pixels_for_text"] = True
+        settings = dataclasses.replace(settings, **changes)
     except ValueError as exc:
         print(f"slicerank ingest: {exc}", file=sys.stderr)
         return 2
@@ -144,6 +161,8 @@ def _ingest(args: argparse.Namespace) -> int:
         any_orientation=args.any_orientation,
         truth=args.truth,
         png_compress_level=settings.png_compress_level,
+        include_burned_in=settings.include_burned_in,
+        check_pixels_for_text=settings.check_pixels_for_text,
         progress=True,
     )
     print(report.summary())

@@ -20,6 +20,7 @@ from pydicom import config as pydicom_config
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, AllTransferSyntaxes
 
+from cmr_ingest.burned_in import header_risk
 from cmr_ingest.errors import (
     DecodeError,
     NoPixelDataError,
@@ -79,6 +80,8 @@ class SliceHeader:
     rescale: tuple[float, float]  #: (slope, intercept)
     has_modality_lut_sequence: bool
     has_voi_lut_sequence: bool
+    #: Why the header says the pixels may carry burned-in text (None: it does not say so).
+    burned_in: str | None = None
 
 
 @contextlib.contextmanager
@@ -157,6 +160,7 @@ def read_headers(path: Path) -> tuple[list[SliceHeader], set[str]]:
     """
     ds = _read(path, defer_size=2048)
     phi = phi_tokens(ds)
+    burned_in = header_risk(ds)
     if not any(k in ds for k in _PIXEL_KEYWORDS):
         raise NoPixelDataError(f"{ds.get('SOPClassUID', 'unknown SOP class')!s} has no pixel data")
     meta = getattr(ds, "file_meta", None)
@@ -211,6 +215,7 @@ def read_headers(path: Path) -> tuple[list[SliceHeader], set[str]]:
                 rescale=rescale,
                 has_modality_lut_sequence="ModalityLUTSequence" in ds,
                 has_voi_lut_sequence="VOILUTSequence" in ds,
+                burned_in=burned_in,
             )
         )
     return headers, phi

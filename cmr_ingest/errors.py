@@ -11,7 +11,7 @@
 
 Series-level reasons that are not errors of a single file are plain codes in
 :data:`REASONS` (``not_short_axis``, ``no_geometry``, ``duplicate_position``,
-``duplicate_instance``).
+``duplicate_instance``, ``burned_in_annotation``, ``burned_in_text``).
 Ingestion never raises these to the caller: each becomes an entry of the ingest report.
 """
 
@@ -32,6 +32,11 @@ REASONS: dict[str, str] = {
     "or a larger --orientation-tolerance)",
     "no_geometry": "no ImagePositionPatient/ImageOrientationPatient: cannot tell whether the "
     "series is short-axis (override with --any-orientation)",
+    "burned_in_annotation": "the header says the pixels may carry burned-in text "
+    "(BurnedInAnnotation YES, secondary capture or DERIVED\\SECONDARY); excluded so no "
+    "identifier drawn into an image leaves ingestion (keep with --include-burned-in)",
+    "burned_in_text": "text-like strokes found in the image margins by --check-pixels-for-text "
+    "(keep with --include-burned-in)",
 }
 
 

@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from cmr_ingest import dicom_io, geometry, ids, pixels
+from cmr_ingest.burned_in import text_near_borders
 from cmr_ingest.errors import REASONS, IngestError
 from cmr_ingest.manifest import MANIFEST_NAME, write_manifest
 
@@ -48,6 +49,8 @@ class IngestReport:
     stacks: list[dict[str, Any]] = field(default_factory=list)
     truth: dict[str, Any] | None = None
     seconds: float = 0.0
+    #: Slices flagged for burned-in text but kept (``include_burned_in``), by reason code.
+    burned_in_kept: dict[str, int] = field(default_factory=dict)
 
     def counts(self) -> dict[str, Any]:
         """Totals and the number of files per reason."""
@@ -62,6 +65,9 @@ class IngestReport:
             "files_skipped_with_series": sum(s["files"] for s in self.skipped_series),
             "bad_files": len(self.bad_files),
             "by_reason": dict(sorted(reasons.items())),
+            "burned_in_excluded": reasons.get("burned_in_annotation", 0)
+            + reasons.get("burned_in_text", 0),
+            "burned_in_kept": sum(self.burned_in_kept.values()),
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -99,6 +105,16 @@ class IngestReport:
         for s in self.skipped_series:
             lines.append(
                 f"  series {s['series']} ({s['files']} files): {s['reason']}: {s['detail']}"
+            )
+        if c["burned_in_excluded"]:
+            lines.append(
+                f"excluded {c['burned_in_excluded']} files/slices that may show burned-in text "
+                "(patient names, dates, ids drawn into the pixels); --include-burned-in keeps them"
+            )
+        if c["burned_in_kept"]:
+            lines.append(
+                f"WARNING: kept {c['burned_in_kept']} files/slices flagged for burned-in text "
+                "(--include-burned-in): check them before sharing the media root"
             )
         if self.truth:
             lines.append(f"ground truth joined for {self.truth['matched']} slices")
@@ -176,6 +192,8 @@ def ingest(
     any_orientation: bool = False,
     truth: str | os.PathLike[str] | None = None,
     png_compress_level: int = 1,
+    include_burned_in: bool = False,
+    check_pixels_for_text: bool = False,
     progress: bool = False,
 ) -> IngestReport:
     """Ingest every DICOM file under ``src`` into the media root ``out_dir``.
@@ -186,6 +204,10 @@ def ingest(
     from the typical LV long axis are skipped unless ``any_orientation``. ``truth`` is a
     ground-truth CSV keyed by SOPInstanceUID (``synth --dicom`` writes one into ``src``,
     used when ``truth`` is None) whose ``position`` and ``true_class`` go into the manifest.
+    Files whose header says their pixels may carry burned-in text (see
+    :func:`cmr_ingest.burned_in.header_risk`) and, with ``check_pixels_for_text``, slices with
+    text-like strokes in their margins are excluded and reported, unless
+    ``include_burned_in`` (then they are written and counted as kept).
     """
     t0 = time.perf_counter()
     src, out = Path(src), Path(out_dir)
@@ -216,6 +238,13 @@ def ingest(
                 bad.append((path, exc.code, str(exc)))
                 continue
             redact.add(phi)
+            if headers[0].burned_in:
+                if not include_burned_in:
+                    bad.append((path, "burned_in_annotation", headers[0].burned_in))
+                    continue
+                report.burned_in_kept["burned_in_annotation"] = (
+                    report.burned_in_kept.get("burned_in_annotation", 0) + 1
+                )
             key = (headers[0].sop_uid, 0)
             if headers[0].sop_uid and key in seen:
                 bad.append((path, "duplicate_instance", f"same SOPInstanceUID as {seen[key]}"))
@@ -241,7 +270,11 @@ def ingest(
     bar = tqdm(total=total, desc="ingest: slices", unit="slice", disable=not progress)
     with dicom_io.quiet_pydicom():
         for sid, kept, info in stacks:
-            written, window_source = _write_stack(kept, out, salt, png_compress_level, bad)
+            written, window_source = _write_stack(
+                kept, out, salt, png_compress_level, bad,
+                text_check=check_pixels_for_text, include_burned_in=include_burned_in,
+                kept_counts=report.burned_in_kept,
+            )  # fmt: skip
             bar.update(len(kept))
             if not written:
                 continue  # every file of it is already listed in bad_files
@@ -375,8 +408,16 @@ def _write_stack(
     salt: str,
     level: int,
     bad: list[tuple[Path, str, str]],
+    *,
+    text_check: bool = False,
+    include_burned_in: bool = False,
+    kept_counts: dict[str, int] | None = None,
 ) -> tuple[list[tuple[dicom_io.SliceHeader, str]], str]:
-    """Decode, window and write one ordered stack; returns (header, image_id) per slice."""
+    """Decode, window and write one ordered stack; returns (header, image_id) per slice.
+
+    With ``text_check`` each slice is searched for text in its margins before it is written;
+    one that has some is left out (listed in ``bad``) unless ``include_burned_in``.
+    """
     decoded: dict[Path, tuple[np.ndarray, Any] | None] = {}
     values: list[tuple[dicom_io.SliceHeader, np.ndarray, tuple[float, float]]] = []
     for h in kept:
@@ -419,9 +460,17 @@ def _write_stack(
         center, width = h.window or stack_window
         # Without an SOPInstanceUID (invalid, but seen) the file path keys the id instead.
         image_id = ids.image_id(salt, h.sop_uid or f"file:{h.path.resolve()}", h.frame)
-        Image.fromarray(pixels.rescale_window_to_uint8(arr, *rescale, center, width)).save(
-            out / "images" / f"{image_id}.png", compress_level=level
-        )
+        png = pixels.rescale_window_to_uint8(arr, *rescale, center, width)
+        # The check runs on the pixels as written: what a rater (or anyone) would see.
+        found = text_near_borders(png) if text_check else None
+        if found:
+            if not include_burned_in:
+                where = f"frame {h.frame + 1}: " if h.n_frames > 1 else ""
+                bad.append((h.path, "burned_in_text", where + found))
+                continue
+            if kept_counts is not None:
+                kept_counts["burned_in_text"] = kept_counts.get("burned_in_text", 0) + 1
+        Image.fromarray(png).save(out / "images" / f"{image_id}.png", compress_level=level)
         written.append((h, image_id))
     source = "header" if stack_window is None else "percentiles"
     return written, source

@@ -21,11 +21,16 @@ class IngestSettings:
     ``scan_id``; keep it secret and keep it the same between runs so ids stay stable.
     ``orientation_tolerance_deg`` (env ``SLICERANK_ORIENTATION_TOLERANCE``) and
     ``png_compress_level`` (env ``SLICERANK_PNG_COMPRESS_LEVEL``, 0–9) have defaults.
+    ``include_burned_in`` (env ``SLICERANK_INCLUDE_BURNED_IN``, default off) keeps slices
+    flagged for burned-in text; ``check_pixels_for_text`` (env
+    ``SLICERANK_CHECK_PIXELS_FOR_TEXT``, default off) also searches the pixels for text.
     """
 
     id_salt: str = field(repr=False)
     orientation_tolerance_deg: float = DEFAULT_TOLERANCE_DEG
     png_compress_level: int = 1
+    include_burned_in: bool = False
+    check_pixels_for_text: bool = False
 
     def __post_init__(self) -> None:
         if len(self.id_salt) < MIN_SALT_LENGTH:
@@ -48,6 +53,13 @@ class IngestSettings:
             kwargs["orientation_tolerance_deg"] = float(environ["SLICERANK_ORIENTATION_TOLERANCE"])
         if environ.get("SLICERANK_PNG_COMPRESS_LEVEL"):
             kwargs["png_compress_level"] = int(environ["SLICERANK_PNG_COMPRESS_LEVEL"])
+        for name, key in (("SLICERANK_INCLUDE_BURNED_IN", "include_burned_in"),
+                          ("SLICERANK_CHECK_PIXELS_FOR_TEXT", "check_pixels_for_text")):  # fmt: skip
+            value = environ.get(name, "").strip().lower()
+            if value in ("1", "true", "yes", "on"):
+                kwargs[key] = True
+            elif value not in ("", "0", "false", "no", "off"):
+                raise ValueError(f"{name}={value!r} is not a yes/no value; use 1 or 0")
         if not kwargs["id_salt"]:
             raise ValueError(
                 f"{salt_env} is not set: ingestion needs a secret salt for the id hashes, e.g. "

@@ -22,6 +22,9 @@ def _one(tmp_path, name, tag="", **kwargs):
     src.mkdir()
     shutil.copy(get_testdata_file(name), src / "file")
     out = tmp_path / f"out_{name}{tag}"
+    # These files are DERIVED\SECONDARY or secondary captures, which ingest excludes by default
+    # as burned-in text risks (test_burned_in.py); here they test decoding, so keep them.
+    kwargs.setdefault("include_burned_in", True)
     report = ingest(src, out, salt=SALT, **kwargs)
     return out, report
 
@@ -46,7 +49,7 @@ def test_percentile_window_when_header_has_none(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     ds.save_as(src / "nowindow.dcm")
-    report = ingest(src, tmp_path / "out", salt=SALT, any_orientation=True)
+    report = ingest(src, tmp_path / "out", salt=SALT, any_orientation=True, include_burned_in=True)
     assert report.stacks[0]["window"] == "percentiles"
     png = np.asarray(Image.open(tmp_path / "out" / read_manifest(tmp_path / "out")[0]["path"]))
     assert png.min() == 0 and png.max() == 255
