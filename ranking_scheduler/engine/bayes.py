@@ -190,8 +190,7 @@ class BayesModel:
     def update(self, order: Sequence[int], rater: str) -> None:
         """Apply one ranking (image indices, most basal first) submitted by ``rater``."""
         idx = list(order)
-        mu = [float(self.mu[i]) for i in idx]
-        var = [min(PRIOR_VAR, float(self.var[i]) + self.dynamics) for i in idx]
+        mu, var = self._cavity(idx)
         pairs = self._pairs.setdefault(rater, deque(maxlen=RATER_WINDOW))
         # All pairs, not just adjacent ones: adjacency in the submitted order selects pairs that
         # looked close to the rater, which biases the noise estimate upwards.
@@ -200,12 +199,30 @@ class BayesModel:
                 pairs.append((mu[a] - mu[b], var[a] + var[b]))
         beta = self.beta_of(rater)
         new_mu, new_var = ranking_update(mu, var, beta * beta)
-        for i, m, v in zip(idx, new_mu, new_var, strict=True):
-            self.mu[i] = m
-            self.var[i] = v
+        self._apply(idx, mu, var, new_mu, new_var)
         self._submissions += 1
         if self._submissions % REFIT_EVERY == 0:
             self._refit()
+
+    def _cavity(self, idx: Sequence[int]) -> tuple[list[float], list[float]]:
+        """Means and variances the ranking of ``idx`` updates (with the dynamics floor)."""
+        return (
+            [float(self.mu[i]) for i in idx],
+            [min(PRIOR_VAR, float(self.var[i]) + self.dynamics) for i in idx],
+        )
+
+    def _apply(
+        self,
+        idx: Sequence[int],
+        mu: Sequence[float],
+        var: Sequence[float],
+        new_mu: Sequence[float],
+        new_var: Sequence[float],
+    ) -> None:
+        """Store the posterior of a ranking (``StackModel`` turns it into sites instead)."""
+        for i, m, v in zip(idx, new_mu, new_var, strict=True):
+            self.mu[i] = m
+            self.var[i] = v
 
     def _refit(self) -> None:
         for rater, pairs in self._pairs.items():

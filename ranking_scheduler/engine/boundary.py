@@ -57,6 +57,10 @@ MIN_SEEN = 16
 """Seen images needed before the first question (too short a list says nothing)."""
 
 
+_PROBIT_REACH = 8.5
+"""Beyond this many widths from an answer's rank its probit is 0 or 1 to double precision."""
+
+
 @dataclass(frozen=True)
 class CutPosterior:
     """One cut's posterior on the current list: probabilities over positions 0..m."""
@@ -127,17 +131,32 @@ def cut_posterior(
     extra = [0.0] * len(labelled_ranks) if label_sd is None else list(label_sd)
     if len(extra) != len(labelled_ranks):
         raise ValueError(f"label_sd: {len(extra)} values for {len(labelled_ranks)} labelled images")
+    log_hit = math.log(1 - error_rate)
+    log_miss = math.log(error_rate)
     logs = []
     for w in widths:
+        # Far from an answer's rank its probit is 0 or 1 to double precision: there it adds a
+        # constant on each side (a difference array), and only the window around the rank is
+        # computed point by point.
+        step = np.zeros(m + 2)
         loglik = np.zeros(m + 1)
         for r, basal, s in zip(labelled_ranks, basal_side, extra, strict=True):
-            width = math.hypot(w, s)
+            width = math.hypot(w, s) * max(m, 1)
+            half = _PROBIT_REACH * width
+            lo = max(0, min(m + 1, math.ceil(r + 0.5 - half)))
+            hi = max(lo, min(m + 1, math.floor(r + 0.5 + half) + 1))
             if width <= 0:
-                p_basal = np.where(pos >= r + 1, 1.0, 0.0)
-            else:
-                p_basal = ndtr((pos - r - 0.5) / (width * max(m, 1)))
-            p = error_rate + (1 - 2 * error_rate) * (p_basal if basal else 1.0 - p_basal)
-            loglik += np.log(p)
+                lo = hi = min(m + 1, r + 1)  # a step: positions > r are on the basal side
+            # Left of the window p_basal = 0, right of it 1.
+            left, right = (log_miss, log_hit) if basal else (log_hit, log_miss)
+            step[0] += left
+            step[lo] -= left
+            step[hi] += right
+            if hi > lo:
+                p_basal = ndtr((pos[lo:hi] - r - 0.5) / width)
+                p = error_rate + (1 - 2 * error_rate) * (p_basal if basal else 1.0 - p_basal)
+                loglik[lo:hi] += np.log(p)
+        loglik += np.cumsum(step)[: m + 1]
         logs.append(loglik)
     stacked = np.vstack(logs)
     top = stacked.max(axis=0)

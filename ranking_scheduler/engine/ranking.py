@@ -19,7 +19,7 @@ Scores are on one axis where **higher means more basal** (the paper's rating dir
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -28,6 +28,11 @@ from scipy.special import ndtr, ndtri
 from ranking_scheduler.engine import boundary as bnd
 from ranking_scheduler.engine.bayes import PRIOR_VAR, BayesModel
 from ranking_scheduler.engine.glicko import PaperModel
+from ranking_scheduler.engine.stacks import (
+    StackModel,
+    monotone_classes,
+    stack_layout,
+)
 from slicerank_base import CLASSES
 
 STRATEGIES = ("paper", "bayes", "random")
@@ -50,6 +55,14 @@ QUERY_WIDTH = 0.02
 """Assumed expert disagreement about a cut (fraction of the list) when choosing what to ask."""
 MAX_PENDING = 4
 """Boundary questions left unanswered beyond this many are forgotten (the oldest first)."""
+STACK_CANDIDATES = 128
+"""With stacks: images scored per ``bayes`` batch (the most at risk, each valued for its stack)."""
+STACK_TARGET_MISCLASSIFIED = 0.003
+"""With stacks, ``bayes``'s default stop: the stack posterior shares each view among a scan's
+slices as if every rater's error were fresh, so it is overconfident, and at 1% it stopped near
+1,200 batches (4 h) while its accuracy was still climbing (seed 1, equal noise)."""
+STACK_CUT_EVERY = 4
+"""With stacks: batches between refreshes of the cuts that batch choice uses."""
 
 _GH_X, _GH_W = np.polynomial.hermite_e.hermegauss(8)
 _GH_W = _GH_W / _GH_W.sum()
@@ -77,6 +90,13 @@ class RankingEngine:
         ``paper``: views every image needs before it stops; ``random``: mean views at the stop.
     seed
         Seeds the tie-breaking and random choices.
+    stacks
+        Optional geometry: image id -> ``(scan_id, z)``, ``z`` the slice's position along its
+        stack (mm, increasing from base to apex; gaps and per-scan spacing allowed). With it
+        ``bayes``/``random`` use one Gaussian-process prior per scan (``stacks.py``), ``bayes``
+        values a view for what it teaches the whole stack, every batch holds 8 different
+        scans, and classes never step back along a stack (for every strategy; ``paper``'s
+        ratings stay the study's). Images missing from ``stacks`` stand alone.
     **options
         ``class_mix`` (3 fractions, prior for where the cuts lie; default the study's mix),
         ``boundary_budget`` (absolute labels, default 40), ``boundary_error_rate`` (lapse, 0.03),
@@ -93,6 +113,7 @@ class RankingEngine:
         batch_size: int = 8,
         target_views: int = 3,
         seed: int = 0,
+        stacks: Mapping[str, tuple[str, float]] | None = None,
         **options: Any,
     ) -> None:
         ids = list(image_ids)
@@ -124,7 +145,8 @@ class RankingEngine:
         err = float(options.get("boundary_error_rate", bnd.ERROR_RATE))
         if not 0 < err < 0.5:
             raise ValueError(f"boundary_error_rate: must be in (0, 0.5), got {err}")
-        target_mis = float(options.get("target_misclassified", TARGET_MISCLASSIFIED))
+        default_mis = TARGET_MISCLASSIFIED if stacks is None else STACK_TARGET_MISCLASSIFIED
+        target_mis = float(options.get("target_misclassified", default_mis))
         if not 0 < target_mis < 1:
             raise ValueError(f"target_misclassified: must be in (0, 1), got {target_mis}")
         pace = float(options.get("boundary_pace", BOUNDARY_PACE))
@@ -164,6 +186,10 @@ class RankingEngine:
         self._discord: dict[str, list[int]] = {}
         self._rater_seen: dict[str, np.ndarray] = {}
         self._cut_cache: dict[bool, tuple[tuple[int, int], Any]] = {}
+        self._layout = stack_layout(ids, stacks) if stacks is not None else None
+        if self._layout is not None:
+            self._padded = self._layout.padded()
+            self._scan_views = np.zeros(self._layout.n_scans, dtype=np.int64)
         if strategy == "paper":
             self._paper = PaperModel(
                 n,
@@ -172,7 +198,10 @@ class RankingEngine:
             )
         else:
             kw = {k: float(options[k]) for k in ("default_beta", "dynamics") if k in options}
-            self._bayes = BayesModel(n, **kw)
+            if self._layout is not None:
+                self._bayes = StackModel(self._layout, **kw)
+            else:
+                self._bayes = BayesModel(n, **kw)
 
     # ----------------------------------------------------------------- read-only views
     @property
@@ -301,8 +330,15 @@ class RankingEngine:
             chosen = list(self._paper.select(k, self._views, available, jitter))
         elif self.strategy == "random":
             cand = np.flatnonzero(available)
-            take = min(k, cand.size)
-            chosen = list(self._rng.choice(cand, size=take, replace=False)) if take else []
+            if self._layout is not None:
+                # Random order, then at most one slice per scan.
+                cand = cand[self._rng.permutation(cand.size)]
+                chosen = [int(x) for x in self._distinct_scans(cand, k)]
+            else:
+                take = min(k, cand.size)
+                chosen = list(self._rng.choice(cand, size=take, replace=False)) if take else []
+        elif self._layout is not None:
+            chosen = self._stack_select(rater, available, jitter)
         else:
             chosen = self._bayes_select(rater, available, jitter)
         if len(chosen) < k:
@@ -361,6 +397,107 @@ class RankingEngine:
             extra = rest[np.argsort(-mis[rest], kind="stable")[: self.batch_size - len(chosen)]]
             chosen += [int(x) for x in extra]
         return chosen
+
+    # ----------------------------------------------------------------- stacks
+    def _placed(self) -> np.ndarray:
+        """Images the ranking has placed: seen, or (with stacks) in a scan with a seen slice,
+        whose position the stack prior carries over from its neighbours."""
+        seen = self._views > 0
+        if self._layout is None:
+            return seen
+        return seen | (self._scan_views[self._layout.scan_of] > 0)
+
+    def _distinct_scans(self, order: np.ndarray, take: int, exclude: Iterable[int] = ()) -> list:
+        """The first ``take`` images of ``order`` from scans not yet used (nor in ``exclude``)."""
+        scan_of = self._layout.scan_of
+        used = {int(scan_of[i]) for i in exclude}
+        out = []
+        for i in order:
+            s = int(scan_of[i])
+            if s not in used:
+                used.add(s)
+                out.append(int(i))
+                if len(out) == take:
+                    break
+        return out
+
+    def _stack_select(self, rater: str, available: np.ndarray, jitter: np.ndarray) -> list[int]:
+        """``bayes`` batch choice with stacks: the images whose view teaches their stacks most,
+        one per scan (raters see 8 slices of 8 different scans), near one cut where possible,
+        plus anchors from yet other scans."""
+        cuts = self._cuts(fresh=False)
+        placed = self._placed()
+        n_anchor = self._n_anchors if int((self._views > 0).sum()) >= 2 * self.batch_size else 0
+        n_new = self.batch_size - n_anchor
+        cand = np.flatnonzero(available)
+        if cand.size == 0:
+            return []
+        mis = self._misclassification(cuts)
+        if cand.size > STACK_CANDIDATES:
+            # Most at risk first; the risk already includes what the neighbours have taught.
+            key = mis[cand] + jitter[cand] * 1e-9
+            cand = cand[np.argpartition(-key, STACK_CANDIDATES - 1)[:STACK_CANDIDATES]]
+        value = self._stack_view_value(cand, cuts) + jitter[cand] * 1e-9
+        mine = self._rater_seen.get(rater)
+        if mine is not None:
+            # A rater's errors are partly persistent: another rater's view is worth more.
+            value = np.where(mine[cand], value * OWN_VIEW_WEIGHT, value)
+        # The first view of a scan places its whole stack (see _bayes_select on the bonus).
+        value = value + (~placed[cand]) * self._coverage_bonus
+        mean, sd = self._score_arrays()
+        z = np.vstack([np.abs(mean[cand] - cuts[c]["score"]) / sd[cand] for c in bnd.CUTS])
+        group = np.where(placed[cand], np.argmin(z, axis=0), 2)
+        order = np.argsort(-value, kind="stable")
+        best, best_sum = [], -1.0
+        for g in (0, 1, 2):
+            picks = self._distinct_scans(cand[order[group[order] == g]], n_new)
+            total = float(value[np.isin(cand, picks)].sum())
+            if picks and total > best_sum:
+                best, best_sum = picks, total
+        chosen = best
+        if len(chosen) < n_new:
+            chosen += self._distinct_scans(cand[order], n_new - len(chosen), exclude=chosen)
+        if n_anchor:
+            chosen += self._anchors(chosen, n_anchor, available & (self._views > 0), cuts)
+        if len(chosen) < self.batch_size:
+            rest = np.flatnonzero(available)
+            rest = rest[np.argsort(-mis[rest], kind="stable")]
+            chosen += self._distinct_scans(rest, self.batch_size - len(chosen), exclude=chosen)
+        return chosen
+
+    def _stack_view_value(self, cand: np.ndarray, cuts: dict[str, Any]) -> np.ndarray:
+        """Expected drop in misclassified slices of each candidate's whole stack from one view.
+
+        As ``_view_value``, with the view a reading of variance ``2 beta^2`` of the candidate's
+        latent position, but propagated through its scan's posterior covariance: slice ``j``
+        of the stack moves by ``N(0, c_ij^2 / (v_i + 2 beta^2))`` and its variance shrinks by
+        as much (a rank-one Gaussian update), so a view is worth what it settles along the
+        stack, not just about itself.
+        """
+        mean, sd = self._score_arrays()
+        var = sd * sd
+        model = self._bayes
+        beta = model.mean_beta()
+        rows = model.cov_rows[cand]
+        mates = model.mates[cand]
+        move_var = rows * rows / (var[cand][:, None] + 2.0 * beta * beta)
+        mu_j, var_j = mean[mates], var[mates]
+        move_var = np.minimum(move_var, var_j * (1 - 1e-9))
+        new_sd = np.sqrt(var_j - move_var)
+        move = np.sqrt(move_var)
+        c1, c2 = cuts["basal_lv"]["score"], cuts["lv_apical"]["score"]
+
+        def mis(m: np.ndarray, s: np.ndarray) -> np.ndarray:
+            p_b = ndtr((m - c1) / s)
+            p_a = ndtr((c2 - m) / s)
+            p_l = np.clip(1.0 - p_b - p_a, 0.0, 1.0)
+            return 1.0 - np.maximum(np.maximum(p_b, p_l), p_a)
+
+        now = mis(mu_j, np.sqrt(var_j))
+        after = np.zeros_like(mu_j)
+        for x, w in zip(_GH_X, _GH_W, strict=True):
+            after += w * mis(mu_j + move * x, new_sd)
+        return (now - after).sum(axis=1)
 
     def _group_pick(
         self, cand: np.ndarray, value: np.ndarray, seen: np.ndarray, cuts: dict[str, Any], take: int
@@ -434,6 +571,9 @@ class RankingEngine:
             plan = ["basal_lv"] * n1 + ["lv_apical"] * (n_anchor - n1)
         mask = pool.copy()
         mask[idx] = False
+        if self._layout is not None:
+            # One slice per scan: no anchor from a scan already in the batch.
+            mask &= ~np.isin(self._layout.scan_of, self._layout.scan_of[idx])
         out: list[int] = []
         for name in plan:
             cand = np.flatnonzero(mask)
@@ -446,6 +586,8 @@ class RankingEngine:
             best = int(cand[int(np.argmin(cost))])
             out.append(best)
             mask[best] = False
+            if self._layout is not None:
+                mask &= self._layout.scan_of != self._layout.scan_of[best]
         return out
 
     def submit(self, rater: str, ordered: Sequence[str], *, require_open: bool = True) -> None:
@@ -472,6 +614,8 @@ class RankingEngine:
         else:
             self._bayes.update(idx, rater)
         self._views[idx] += 1
+        if self._layout is not None:
+            np.add.at(self._scan_views, self._layout.scan_of[idx], 1)
         if self.strategy == "bayes":
             self._rater_seen.setdefault(rater, np.zeros(self._n, dtype=bool))[idx] = True
         self._batches += 1
@@ -529,13 +673,17 @@ class RankingEngine:
         # Batch selection may reuse cuts a few batches old on big pools (the sort is O(n log n));
         # everything that reports uses fresh ones.
         step = 1 if fresh else max(1, self._n // 5000)
+        if not fresh and self._layout is not None:
+            # With stacks most of the pool is on the list at once: refreshing the selection's
+            # cuts every few batches keeps a batch's cost down, and they barely move meanwhile.
+            step = max(step, STACK_CUT_EVERY)
         key = (self._batches // step, len(self._labels))
         cached = self._cut_cache.get(fresh)
         if cached is not None and cached[0] == key:
             return cached[1]
         mean, sd = self._score_arrays()
         order = self._order()
-        seen_order = order[self._views[order] > 0]
+        seen_order = order[self._placed()[order]]
         m = int(seen_order.size)
         centers = (self._mix[0], self._mix[0] + self._mix[1])
         cuts: dict[str, Any] = {}
@@ -647,6 +795,10 @@ class RankingEngine:
             return None
         if not final and self._boundary_pace:
             seen_share = float((self._views > 0).mean())
+            if self._layout is not None:
+                # With stacks a few views place a whole scan and most slices far from the cuts
+                # are never shown: pace by views per image instead of the share seen.
+                seen_share = min(1.0, float(self._views.sum()) / self._n)
             if asked >= math.ceil(self._budget * seen_share * self._boundary_pace):
                 return None
         cuts = self._cuts(fresh=True)
@@ -691,7 +843,8 @@ class RankingEngine:
         cuts = self._cuts(fresh=True)
         name = bnd.CUTS[0]
         if cuts["m"] >= bnd.MIN_SEEN:
-            rank = int(np.flatnonzero(cuts["seen_order"] == i)[0]) if self._views[i] else 0
+            placed = self._placed()[i]
+            rank = int(np.flatnonzero(cuts["seen_order"] == i)[0]) if placed else 0
             name = min(bnd.CUTS, key=lambda c: abs(rank - cuts[c]["position"]))
         self._pending[i] = name
 
@@ -762,6 +915,11 @@ class RankingEngine:
         mean, _ = self._score_arrays()
         c1, c2 = cuts["basal_lv"]["score"], cuts["lv_apical"]["score"]
         cls = np.where(mean > c1, 0, np.where(mean < c2, 2, 1))
+        if self._layout is not None:
+            # Along a stack the classes read too_basal... lv... too_apical: the most probable
+            # such sequence (the cut uncertainty included), not each slice on its own.
+            probs = np.column_stack(self._class_probs(cuts, with_cut_sd=True))
+            cls = monotone_classes(np.log(np.clip(probs, 1e-12, 1.0)), self._padded)
         return {i: CLASSES[int(c)] for i, c in zip(self._ids, cls, strict=True)}
 
     def class_probabilities(self) -> dict[str, tuple[float, float, float]]:

@@ -15,7 +15,7 @@ import numpy as np
 
 from ranking_scheduler.engine.ranking import RankingEngine
 from ranking_scheduler.simulator.raters import RaterParams
-from ranking_scheduler.simulator.simulate import Cohort, simulate, study_cohort
+from ranking_scheduler.simulator.simulate import Cohort, simulate, stack_cohort, study_cohort
 
 CAP_FRACTION = 0.4
 """``bayes`` gets this share of the batches ``paper`` needs to reach its own stop."""
@@ -23,6 +23,21 @@ BUDGET_HOURS = 5.0
 """The study's labelling budget per strategy."""
 RUNS = ("one_at_a_time", "paper", "random", "bayes", "bayes_capped")
 """Runs per seed in the study (``bayes`` up to the 5-hour budget, ``bayes_capped`` at 40%)."""
+STACK_CAPS = (0.25, 0.2)
+"""With stacks, ``bayes`` gets these shares of ``paper``'s batches (target 25%, moonshot 20%)."""
+ACCURACY_TARGET = 0.96
+"""With stacks, ``bayes`` at the 5-hour budget should reach this accuracy."""
+STACK_RUNS = (
+    "one_at_a_time",
+    "one_at_a_time_stacks",
+    "paper",
+    "bayes",
+    "bayes_capped",
+    "bayes_stacks",
+    "bayes_stacks_25",
+    "bayes_stacks_20",
+)
+"""Runs per seed in the stack study: the same cohort with and without its geometry."""
 
 
 def study(
@@ -110,6 +125,126 @@ def study(
     }
 
 
+def stack_study(
+    cohort: Cohort,
+    seeds: Sequence[int],
+    *,
+    n_raters: int = 3,
+    params: RaterParams | None = None,
+    on_progress: Callable[[str, int], None] | None = None,
+) -> dict[str, Any]:
+    """The study on a cohort of whole stacks, with and without its geometry, per seed.
+
+    Runs: one-at-a-time (random order, and the stack-aware ``StackLabeller``; 5 h), ``paper``
+    (no geometry: the study's heuristic, the reference), ``bayes`` without stacks at 5 h and at
+    40% of ``paper``'s batches (the old claim), and ``bayes`` with stacks at 5 h and at 25% and
+    20% of ``paper``'s batches. Checks per seed: does each capped run reach ``paper``'s final
+    accuracy, and does ``bayes`` with stacks reach ``ACCURACY_TARGET`` at 5 h.
+    """
+    if cohort.stacks is None:
+        raise ValueError("cohort: no stack geometry (use simulate.stack_cohort)")
+
+    def bar(label: str) -> Any:
+        class _Bar:
+            def update(self, n: int) -> None:
+                if on_progress is not None:
+                    on_progress(label, n)
+
+        return _Bar()
+
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in STACK_RUNS}
+    checks = []
+    for seed in seeds:
+        kw = {"n_raters": n_raters, "seed": seed, "params": params}
+        res = {"one_at_a_time": simulate(cohort, "one_at_a_time", progress=bar("one"), **kw)}
+        res["one_at_a_time_stacks"] = simulate(
+            cohort, "one_at_a_time", stacks=True, progress=bar("one_stacks"), **kw
+        )
+        res["paper"] = simulate(cohort, "paper", progress=bar("paper"), **kw)
+        paper_batches = res["paper"]["final"]["batches"]
+        res["bayes"] = simulate(
+            cohort, "bayes", hours_cap=BUDGET_HOURS, progress=bar("bayes"), **kw
+        )
+        res["bayes_capped"] = simulate(
+            cohort,
+            "bayes",
+            batch_cap=int(CAP_FRACTION * paper_batches),
+            progress=bar("bayes_capped"),
+            **kw,
+        )
+        res["bayes_stacks"] = simulate(
+            cohort, "bayes", stacks=True, hours_cap=BUDGET_HOURS, progress=bar("stacks"), **kw
+        )
+        for share in STACK_CAPS:
+            name = f"bayes_stacks_{round(share * 100)}"
+            res[name] = simulate(
+                cohort,
+                "bayes",
+                stacks=True,
+                batch_cap=int(share * paper_batches),
+                progress=bar(name),
+                **kw,
+            )
+        for name, r in res.items():
+            runs[name].append(r)
+        paper_acc = res["paper"]["final"]["accuracy"]
+        final = {name: r["final"] for name, r in res.items()}
+        checks.append(
+            {
+                "seed": seed,
+                "paper_batches": paper_batches,
+                "paper_accuracy": paper_acc,
+                **{f"{name}_accuracy": f["accuracy"] for name, f in final.items()},
+                **{
+                    f"{name}_batches": final[name]["batches"]
+                    for name in (
+                        "bayes_capped",
+                        "bayes_stacks",
+                        "bayes_stacks_25",
+                        "bayes_stacks_20",
+                    )
+                },
+                "bayes_stacks_boundary_labels": final["bayes_stacks"]["boundary_labels"],
+                "capped_beats_paper": final["bayes_capped"]["accuracy"] >= paper_acc,
+                "stacks_25_beats_paper": final["bayes_stacks_25"]["accuracy"] >= paper_acc,
+                "stacks_20_beats_paper": final["bayes_stacks_20"]["accuracy"] >= paper_acc,
+                "stacks_5h_meets_target": final["bayes_stacks"]["accuracy"] >= ACCURACY_TARGET,
+            }
+        )
+    summary = {
+        name: {
+            key: _mean_sd([r["final"][key] for r in res])
+            for key in (
+                "accuracy",
+                "macro_f1",
+                "kendall_tau",
+                "hours",
+                "batches",
+                "boundary_labels",
+            )
+        }
+        for name, res in runs.items()
+    }
+    premise = params.abs_difficulty if params is not None else RaterParams().abs_difficulty
+    return {
+        "seeds": list(seeds),
+        "images": len(cohort.ids),
+        "scans": len({s for s, _ in cohort.stacks.values()}),
+        "raters": n_raters,
+        "abs_difficulty": premise,
+        "summary": summary,
+        "checks": checks,
+        "all_stacks_25_beat_paper": all(c["stacks_25_beats_paper"] for c in checks),
+        "all_stacks_20_beat_paper": all(c["stacks_20_beats_paper"] for c in checks),
+        "all_capped_beat_paper": all(c["capped_beats_paper"] for c in checks),
+        "all_stacks_5h_meet_target": all(c["stacks_5h_meets_target"] for c in checks),
+        "max_boundary_labels": max(
+            r["final"]["boundary_labels"] for res in runs.values() for r in res
+        ),
+        "runs": runs,
+    }
+
+
 def _at_hours(curve: list[dict[str, Any]], hours: float) -> dict[str, Any]:
     """The last curve point within ``hours``."""
     within = [p for p in curve if p["hours"] <= hours + 1e-9]
@@ -132,15 +267,17 @@ def speed(
     warm_batches: int = 300,
     timed: int = 200,
     seed: int = 0,
+    stacks: bool = False,
 ) -> dict[str, Any]:
     """Median / p95 milliseconds of ``next_batch`` + ``submit`` after ``warm_batches``.
 
     The ranking comes from the true positions plus noise (the rater's own cost is excluded).
+    ``stacks``: a cohort of whole stacks, its geometry given to the engine.
     """
-    cohort = study_cohort(n_images, seed)
+    cohort = stack_cohort(n_images, seed) if stacks else study_cohort(n_images, seed)
     pos = cohort.positions
     rng = np.random.default_rng(seed)
-    engine = RankingEngine(cohort.ids, strategy=strategy, seed=seed)
+    engine = RankingEngine(cohort.ids, strategy=strategy, seed=seed, stacks=cohort.stacks)
     times = []
     for b in range(warm_batches + timed):
         rater = f"r{b % 3 + 1}"
@@ -160,6 +297,7 @@ def speed(
     return {
         "images": n_images,
         "strategy": strategy,
+        "stacks": stacks,
         "calls": int(ms.size),
         "median_ms": float(np.median(ms)),
         "p95_ms": float(np.percentile(ms, 95)),
@@ -167,14 +305,18 @@ def speed(
 
 
 def replay_speed(
-    n_images: int = 3323, n_batches: int = 2000, strategy: str = "bayes", seed: int = 0
+    n_images: int = 3323,
+    n_batches: int = 2000,
+    strategy: str = "bayes",
+    seed: int = 0,
+    stacks: bool = False,
 ) -> dict[str, Any]:
     """Seconds to rebuild an engine by replaying ``n_batches`` submissions, and whether the
-    rebuilt scores equal the live engine's exactly."""
-    cohort = study_cohort(n_images, seed)
+    rebuilt scores equal the live engine's exactly (``stacks``: as in ``speed``)."""
+    cohort = stack_cohort(n_images, seed) if stacks else study_cohort(n_images, seed)
     pos = cohort.positions
     rng = np.random.default_rng(seed)
-    live = RankingEngine(cohort.ids, strategy=strategy, seed=seed)
+    live = RankingEngine(cohort.ids, strategy=strategy, seed=seed, stacks=cohort.stacks)
     log = []
     for b in range(n_batches):
         rater = f"r{b % 3 + 1}"
@@ -189,7 +331,7 @@ def replay_speed(
             live.submit(rater, ordered)
         log.append((rater, ordered))
     t0 = time.perf_counter()
-    rebuilt = RankingEngine(cohort.ids, strategy=strategy, seed=seed)
+    rebuilt = RankingEngine(cohort.ids, strategy=strategy, seed=seed, stacks=cohort.stacks)
     for rater, ordered in log:
         rebuilt.submit(rater, ordered, require_open=False)
     seconds = time.perf_counter() - t0
@@ -197,6 +339,7 @@ def replay_speed(
         "images": n_images,
         "batches": n_batches,
         "strategy": strategy,
+        "stacks": stacks,
         "seconds": seconds,
         "identical_scores": rebuilt.scores() == live.scores(),
     }

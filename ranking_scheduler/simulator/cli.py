@@ -55,21 +55,28 @@ def register_bench(bench_subparsers: argparse._SubParsersAction) -> None:
     """Add the ``engine`` benchmark target."""
     p = bench_subparsers.add_parser(
         "engine",
-        help="engine speed and the label-efficiency study (bayes vs paper vs one-at-a-time)",
+        help="engine speed and the label-efficiency study (bayes vs paper vs one-at-a-time, "
+        "with and without stack geometry, at equal noise and at the study's premise)",
     )
-    p.add_argument("--seeds", type=int, default=10, help="seeds of the study (default 10)")
-    p.add_argument("--images", type=int, default=3323)
     p.add_argument(
-        "--sweep-seeds",
+        "--seeds",
         type=int,
-        default=3,
-        help="seeds per value of the absolute-vs-comparison difficulty sweep (0: skip)",
+        default=5,
+        help="tuning seeds 0..N-1 of the study, at equal noise only (default 5; 0: skip)",
     )
+    p.add_argument("--images", type=int, default=3323, help="slices of the stack cohort")
     p.add_argument(
         "--holdout-seeds",
         type=int,
         default=10,
-        help="further seeds (1000..) not looked at while tuning the engine (0: skip)",
+        help="further seeds (1000..) not looked at while tuning the engine, at every premise "
+        "(0: skip)",
+    )
+    p.add_argument(
+        "--premises",
+        default="1.0,1.5",
+        help="abs_difficulty values of the held-out study: how many times noisier an "
+        "absolute label is than a comparison (default 1.0,1.5: equal noise, the study's)",
     )
     p.add_argument("--skip-study", action="store_true", help="speed numbers only")
     p.add_argument("--out", default="runs/bench/engine", help="folder for tables and plots")
@@ -218,6 +225,62 @@ def study_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def stack_study_table(result: dict[str, Any], kind: str = "") -> str:
+    """Markdown for ``bench.stack_study``: one row per run (mean ± sd over seeds), then the
+    per-seed checks against ``paper`` and the 5-hour target."""
+    seeds = result["seeds"]
+    lines = [
+        f"{kind + ' ' if kind else ''}seeds {seeds[0]}..{seeds[-1]}, {result['images']} slices "
+        f"in {result['scans']} scans, {result['raters']} raters, abs_difficulty "
+        f"{result['abs_difficulty']}.",
+        "",
+        "| run | accuracy | macro F1 | Kendall tau | hours | batches | boundary labels |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, s in result["summary"].items():
+        cells = [
+            f"{s[k]['mean']:.3f} ± {s[k]['sd']:.3f}"
+            for k in ("accuracy", "macro_f1", "kendall_tau")
+        ]
+        cells += [
+            f"{s['hours']['mean']:.2f}",
+            f"{s['batches']['mean']:.0f}",
+            f"{s['boundary_labels']['mean']:.1f}",
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+
+    def yes(flag: bool) -> str:
+        return "yes" if flag else "NO"
+
+    lines += [
+        "",
+        "| seed | paper batches | paper acc | no stacks @40% | stacks @25% | stacks @20% | "
+        "stacks @5h (labels) | one-at-a-time | one-at-a-time + stacks |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in result["checks"]:
+        lines.append(
+            f"| {c['seed']} | {c['paper_batches']} | {c['paper_accuracy']:.3f} | "
+            f"{c['bayes_capped_accuracy']:.3f} {yes(c['capped_beats_paper'])} | "
+            f"{c['bayes_stacks_25_accuracy']:.3f} {yes(c['stacks_25_beats_paper'])} | "
+            f"{c['bayes_stacks_20_accuracy']:.3f} {yes(c['stacks_20_beats_paper'])} | "
+            f"{c['bayes_stacks_accuracy']:.3f} ({c['bayes_stacks_boundary_labels']}) | "
+            f"{c['one_at_a_time_accuracy']:.3f} | {c['one_at_a_time_stacks_accuracy']:.3f} |"
+        )
+    n = len(result["checks"])
+    lines += [
+        "",
+        f"Reach paper's final accuracy: without stacks at 40% of its batches on "
+        f"{sum(c['capped_beats_paper'] for c in result['checks'])} / {n} seeds; with stacks at "
+        f"25% on {sum(c['stacks_25_beats_paper'] for c in result['checks'])} / {n}, at 20% on "
+        f"{sum(c['stacks_20_beats_paper'] for c in result['checks'])} / {n}. With stacks at 5 h "
+        f"≥ 0.96 on {sum(c['stacks_5h_meets_target'] for c in result['checks'])} / {n}; most "
+        f"boundary labels in any run: {result['max_boundary_labels']}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def plot_curves(result: dict[str, Any], path: Path) -> None:
     """Accuracy vs labelling hours, one line per run type (mean), band = min..max over seeds."""
     import matplotlib
@@ -260,9 +323,9 @@ def _bench(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from ranking_scheduler.simulator.bench import replay_speed, speed, study
+    from ranking_scheduler.simulator.bench import STACK_RUNS, replay_speed, speed, stack_study
     from ranking_scheduler.simulator.raters import RaterParams
-    from ranking_scheduler.simulator.simulate import study_cohort
+    from ranking_scheduler.simulator.simulate import stack_cohort
     from slicerank_base.jsonout import write_json
 
     out = Path(args.out)
@@ -271,65 +334,67 @@ def _bench(args: argparse.Namespace) -> int:
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "speed": [],
     }
-    cases = [(n, s) for n in (3323, 100_000) for s in ("bayes", "paper", "random")]
-    for n, s in tqdm(cases, desc="speed", unit="case"):
-        result["speed"].append(speed(n, s))
-    result["replay"] = [replay_speed(3323, 2000, s) for s in ("bayes", "paper")]
+    try:
+        premises = [float(x) for x in args.premises.split(",") if x.strip()]
+    except ValueError:
+        print(f"error: --premises: expected numbers like 1.0,1.5, got {args.premises!r}")
+        return 2
+    if not premises or min(premises) <= 0:
+        print(f"error: --premises: need positive values, got {args.premises!r}")
+        return 2
+    cases = [
+        (n, s, st)
+        for n in (3323, 100_000)
+        for s, st in (("bayes", False), ("bayes", True), ("paper", False), ("random", True))
+    ]
+    for n, s, st in tqdm(cases, desc="speed", unit="case"):
+        result["speed"].append(speed(n, s, stacks=st))
+    result["replay"] = [
+        replay_speed(3323, 2000, s, stacks=st)
+        for s, st in (("bayes", False), ("bayes", True), ("paper", False))
+    ]
     for row in result["speed"]:
         print(
-            f"next_batch+submit {row['strategy']:6s} {row['images']:>6} images: median "
-            f"{row['median_ms']:.2f} ms, p95 {row['p95_ms']:.2f} ms"
+            f"next_batch+submit {row['strategy']:6s}{' +stacks' if row['stacks'] else '        '} "
+            f"{row['images']:>6} images: median {row['median_ms']:.2f} ms, "
+            f"p95 {row['p95_ms']:.2f} ms"
         )
     for row in result["replay"]:
         print(
-            f"replay {row['batches']} batches ({row['strategy']}): {row['seconds']:.2f} s, "
+            f"replay {row['batches']} batches ({row['strategy']}"
+            f"{' +stacks' if row['stacks'] else ''}): {row['seconds']:.2f} s, "
             f"identical scores: {row['identical_scores']}"
         )
+    write_json(out / "engine.json", result)
     if not args.skip_study:
-        cohort = study_cohort(args.images, 0)
-        bar, on_progress = _progress_bar(args.seeds * 5)
-        with bar:
-            st = study(cohort, list(range(args.seeds)), on_progress=on_progress)
-            bar.update(bar.total - bar.n)
-        (out / "study.md").write_text(study_table(st))
-        plot_curves(st, out / "accuracy_vs_hours.png")
-        print(study_table(st))
-        result["study"] = {k: v for k, v in st.items() if k != "runs"}
-        result["study_curves"] = {
-            name: [r["curve"] for r in runs] for name, runs in st["runs"].items()
-        }
-        write_json(out / "engine.json", result)  # keep what is done if a later phase fails
+        cohort = stack_cohort(args.images, 0)
+        phases = []
+        if args.seeds > 0:
+            # The stack model's defaults were chosen while looking at these, at equal noise.
+            phases.append(("tuning", 1.0, list(range(args.seeds))))
         if args.holdout_seeds > 0:
-            # The engine's defaults were tuned while looking at seeds 0..9; these were not.
             held = list(range(1000, 1000 + args.holdout_seeds))
-            bar, on_progress = _progress_bar(len(held) * 5)
-            with bar:
-                bar.set_description("held-out seeds")
-                ho = study(cohort, held, on_progress=on_progress)
-                bar.update(bar.total - bar.n)
-            (out / "study_holdout.md").write_text(study_table(ho))
-            print(study_table(ho))
-            result["study_holdout"] = {k: v for k, v in ho.items() if k != "runs"}
-            write_json(out / "engine.json", result)
-        sweep = []
-        for h in (1.0, 1.5, 2.0, 3.0) if args.sweep_seeds > 0 else ():
+            phases += [("holdout", h, held) for h in premises]
+        result["study"] = []
+        for kind, h, seeds in phases:
             params = RaterParams(abs_difficulty=h, cuts=cohort.cuts)
-            bar, on_progress = _progress_bar(args.sweep_seeds * 5)
+            bar, on_progress = _progress_bar(len(seeds) * len(STACK_RUNS))
             with bar:
-                bar.set_description(f"difficulty {h}")
-                sw = study(
-                    cohort,
-                    list(range(100, 100 + args.sweep_seeds)),
-                    params=params,
-                    on_progress=on_progress,
-                )
+                bar.set_description(f"{kind} seeds, abs_difficulty {h}")
+                st = stack_study(cohort, seeds, params=params, on_progress=on_progress)
                 bar.update(bar.total - bar.n)
-            sweep.append({"abs_difficulty": h, **{k: v for k, v in sw.items() if k != "runs"}})
-            print(
-                f"difficulty {h}: "
-                + ", ".join(f"{k} {v['accuracy']['mean']:.3f}" for k, v in sw["summary"].items())
+            table = stack_study_table(st, kind)
+            (out / f"study_{kind}_{h}.md").write_text(table)
+            plot_curves(st, out / f"accuracy_vs_hours_{kind}_{h}.png")
+            print(table)
+            result["study"].append(
+                {
+                    "kind": kind,
+                    **{k: v for k, v in st.items() if k != "runs"},
+                    "curves": {name: [r["curve"] for r in rs] for name, rs in st["runs"].items()},
+                }
             )
-        result["difficulty_sweep"] = sweep
+            write_json(out / "engine.json", result)  # keep what is done if a later phase fails
     write_json(out / "engine.json", result)
     if args.json:
         write_json(args.json, result)

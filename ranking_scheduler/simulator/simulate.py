@@ -34,6 +34,7 @@ from ranking_scheduler.simulator.raters import (
     study_positions,
     true_class,
 )
+from ranking_scheduler.simulator.stack_labels import StackLabeller
 from slicerank_base import CLASSES
 
 SIM_STRATEGIES = ("one_at_a_time", "paper", "random", "bayes")
@@ -44,11 +45,13 @@ CURVE_KEYS = ("batches", "views", "hours", "boundary_labels", "accuracy", "macro
 
 @dataclass(frozen=True)
 class Cohort:
-    """Images with true positions (0 basal .. 1 apical) and true classes."""
+    """Images with true positions (0 basal .. 1 apical) and true classes; ``stacks`` maps each
+    image to ``(scan_id, z)`` (mm along its stack, base to apex) where the geometry is known."""
 
     ids: list[str]
     positions: dict[str, float]
     classes: dict[str, str]
+    stacks: dict[str, tuple[str, float]] | None = None
 
     @property
     def cuts(self) -> tuple[float, float]:
@@ -60,6 +63,60 @@ def study_cohort(n: int = 3323, seed: int = 0) -> Cohort:
     """A synthetic study-like cohort (uniform positions, the study's 20/73/7 class mix)."""
     pos = study_positions(n, seed)
     return Cohort(list(pos), pos, {i: true_class(x) for i, x in pos.items()})
+
+
+STACK_SPACING_MM = (7.0, 10.5)
+"""Slice spacing of a simulated scan (thickness plus gap), uniform in this range."""
+STACK_MISSING = 0.05
+"""Chance that a planned slice is missing from its stack (a gap)."""
+HEART_MM = (105.0, 12.0)
+"""Mean and sd of the mm one unit of true position spans in a scan (the heart's size)."""
+
+
+def stack_cohort(n: int = 3323, seed: int = 0) -> Cohort:
+    """A study-like cohort of whole short-axis stacks (about 300 scans for 3,323 slices).
+
+    Each scan covers true positions ``a ~ U(0, 0.25)`` (from above the base) to
+    ``b ~ U(0.89, 1)`` (past the apex) over ``(b - a) L`` mm, ``L ~ N(105, 12)`` mm (the
+    heart's size), at its own slice spacing (7-10.5 mm, so 7-14 slices); each planned slice
+    goes missing with probability 0.05 (gaps). Along a stack the true position rises
+    monotonically but not linearly: ``x = a + (b - a) w(t)`` with ``t`` the planned slice's
+    place in 0..1 and a scan-specific warp ``w(t) = (t + c t (1 - t))^g``,
+    ``c ~ U(-0.8, 0.8)``, ``log g ~ N(0.3, 0.25)``. With the study's cuts the class mix is
+    about 19/75/6 (the study: 20/73/7). Image ids are shuffled so that nothing but ``stacks``
+    tells which slices share a scan.
+    """
+    if n < 1:
+        raise ValueError(f"n: need at least 1 image, got {n}")
+    rng = np.random.default_rng([seed, 13])
+    rows: list[tuple[str, float, float]] = []
+    scan = 0
+    while len(rows) < n:
+        a = rng.uniform(0.0, 0.25)
+        b = rng.uniform(0.89, 1.0)
+        c = rng.uniform(-0.8, 0.8)
+        g = rng.lognormal(0.3, 0.25)
+        heart = max(60.0, rng.normal(*HEART_MM))
+        spacing = rng.uniform(*STACK_SPACING_MM)
+        planned = max(3, round((b - a) * heart / spacing) + 1)
+        z0 = rng.uniform(-30.0, 30.0)  # where the stack starts in the scanner's frame
+        t = np.linspace(0.0, 1.0, planned)
+        x = a + (b - a) * (t + c * t * (1 - t)) ** g
+        keep = rng.random(planned) >= STACK_MISSING
+        for k in np.flatnonzero(keep):
+            rows.append((f"scan{scan:04d}", float(z0 + spacing * k), float(x[k])))
+        scan += 1
+    rows = rows[:n]
+    names = [f"img{k:05d}" for k in rng.permutation(n)]
+    pos = {name: x for name, (_, _, x) in zip(names, rows, strict=True)}
+    stacks = {name: (sid, z) for name, (sid, z, _) in zip(names, rows, strict=True)}
+    ids = sorted(pos)
+    return Cohort(
+        ids,
+        {i: pos[i] for i in ids},
+        {i: true_class(pos[i]) for i in ids},
+        {i: stacks[i] for i in ids},
+    )
 
 
 def read_cohort(manifest: str | Path) -> Cohort:
@@ -74,7 +131,10 @@ def read_cohort(manifest: str | Path) -> Cohort:
     missing = {"image_id", "position", "true_class"} - set(rows[0])
     if missing:
         raise ValueError(f"manifest: {path} lacks columns {sorted(missing)} (synthetic data only)")
-    pos, cls = {}, {}
+    pos, cls, stacks = {}, {}, {}
+    # The manifest gives each slice's scan and its index from the base; the index stands in
+    # for z (the engine only needs the order and the relative spacing within a scan).
+    geometry = {"scan_id", "slice_index"} <= set(rows[0])
     for n, row in enumerate(rows, start=2):
         try:
             pos[row["image_id"]] = float(row["position"])
@@ -83,7 +143,14 @@ def read_cohort(manifest: str | Path) -> Cohort:
         if row["true_class"] not in CLASSES:
             raise ValueError(f"manifest: {path} line {n}: true_class {row['true_class']!r}")
         cls[row["image_id"]] = row["true_class"]
-    return Cohort(list(pos), pos, cls)
+        if geometry and row["scan_id"] and row["slice_index"]:
+            try:
+                stacks[row["image_id"]] = (row["scan_id"], float(row["slice_index"]))
+            except ValueError:
+                raise ValueError(
+                    f"manifest: {path} line {n}: slice_index {row['slice_index']!r}"
+                ) from None
+    return Cohort(list(pos), pos, cls, stacks or None)
 
 
 def score(
@@ -121,10 +188,14 @@ def simulate(
     boundary_every: int = 8,
     engine_options: Mapping[str, Any] | None = None,
     progress: Any = None,
+    stacks: bool = False,
 ) -> dict[str, Any]:
     """Run one strategy on ``cohort`` with a simulated panel; returns the JSON-ready result.
 
     ``progress`` is an optional tqdm-like bar (``update(n)``) advanced per batch or label.
+    ``stacks``: use the cohort's stack geometry (the engine gets ``stacks=``; one-at-a-time
+    becomes the stack-aware ``StackLabeller``, which asks where a scan's classes are least
+    certain, until the hours cap or 5 hours).
     """
     if strategy not in SIM_STRATEGIES:
         raise ValueError(f"strategy: {strategy!r} is not one of {', '.join(SIM_STRATEGIES)}")
@@ -132,8 +203,12 @@ def simulate(
         raise ValueError(f"checkpoint_hours: must be > 0, got {checkpoint_hours}")
     if params is None:
         params = RaterParams(cuts=cohort.cuts)
+    if stacks and cohort.stacks is None:
+        raise ValueError("stacks: this cohort has no stack geometry (use stack_cohort)")
     panel = RaterPanel.from_positions(cohort.positions, n_raters, seed, params)
-    if strategy == "one_at_a_time":
+    if strategy == "one_at_a_time" and stacks:
+        curve = _stack_labels(cohort, panel, seed, hours_cap, checkpoint_hours, progress)
+    elif strategy == "one_at_a_time":
         curve = _one_at_a_time(cohort, panel, seed, hours_cap, checkpoint_hours, progress)
     else:
         curve = _engine_run(
@@ -145,7 +220,7 @@ def simulate(
             hours_cap,
             checkpoint_hours,
             boundary_every,
-            dict(engine_options or {}),
+            {**(engine_options or {}), **({"stacks": cohort.stacks} if stacks else {})},
             progress,
         )
     return {"strategy": strategy, "seed": seed, "curve": curve, "final": curve[-1]}
@@ -186,6 +261,32 @@ def _one_at_a_time(
             progress.update(1)
         if j % every == 0 or j == limit:
             curve.append(_point(0, j, j, 0, score(cohort, labels, None)))
+    return curve
+
+
+def _stack_labels(
+    cohort: Cohort,
+    panel: RaterPanel,
+    seed: int,
+    hours_cap: float | None,
+    checkpoint_hours: float,
+    progress: Any,
+) -> list[dict[str, Any]]:
+    """One label at a time, each where a scan's classes are least certain (``stack_labels``)."""
+    labeller = StackLabeller(cohort.ids, cohort.stacks or {}, seed=seed)
+    every = max(1, round(checkpoint_hours * 3600 / SECONDS_PER_LABEL))
+    limit = int((hours_cap if hours_cap is not None else 5.0) * 3600 / SECONDS_PER_LABEL)
+    curve = [_point(0, 0, 0, 0, score(cohort, labeller.classes(), None))]
+    for j in range(1, limit + 1):
+        rater = panel.raters[(j - 1) % len(panel.raters)]
+        image_id = labeller.next_query(rater.name)
+        if image_id is None:
+            break
+        labeller.submit(image_id, rater.name, rater.classify(image_id))
+        if progress is not None:
+            progress.update(1)
+        if j % every == 0 or j == limit:
+            curve.append(_point(0, j, j, 0, score(cohort, labeller.classes(), None)))
     return curve
 
 

@@ -99,5 +99,5 @@ def test_bench_engine_target_and_its_options():
     from slicerank.cli import build_parser
 
     args = build_parser().parse_args(["bench", "engine", "--seeds", "12", "--holdout-seeds", "0"])
-    assert (args.seeds, args.holdout_seeds, args.sweep_seeds) == (12, 0, 3)
+    assert (args.seeds, args.holdout_seeds, args.premises) == (12, 0, "1.0,1.5")
     assert callable(args.func)
