@@ -40,6 +40,7 @@ from slicerank.demo_labelling import scheduler_stats_fn, stage_consensus
 from slicerank.demo_progress import progress_bar, whole_seconds
 from slicerank.demo_raters import (
     LabelStudioREST,
+    LeadTimes,
     labelling_budget,
     make_panel,
     simulate_classify,
@@ -149,12 +150,16 @@ def run_demo(
         }
         budget = labelling_budget(result["cohort"]["images"], cfg.hours)
         result["budget"] = budget
+        # Measured labelling time: every simulated annotation carries a plausible lead_time.
+        lead_times = LeadTimes([r.name for r in panel.raters], cfg.seed)
+        result["lead_times"] = {"median_s": lead_times.median_s, "rater_speed": lead_times.speed}
 
         t = time.monotonic()
         bar = progress_bar(budget["single_labels"], "one-at-a-time labels", unit="label")
         result["classify"] = simulate_classify(
-            rest, projects["Classify"], panel, user_ids, budget["single_labels"], bar.update
-        )
+            rest, projects["Classify"], panel, user_ids, budget["single_labels"], bar.update,
+            lead_times=lead_times,
+        )  # fmt: skip
         bar.close()
         mark("one-at-a-time labelling", t)
 
@@ -163,7 +168,7 @@ def run_demo(
         result["ranking"] = simulate_ranking(
             rest, projects, panel, user_ids, budget["seconds"],
             scheduler_stats_fn(http, services["scheduler_url"], creds["webhook_secret"]),
-            procs.check_alive, whole_seconds(bar.update),
+            procs.check_alive, whole_seconds(bar.update), lead_times=lead_times,
         )  # fmt: skip
         bar.close()
         result["consensus"] = stage_consensus(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -121,6 +122,48 @@ def ranker_result(order: list[str]) -> list[dict]:
     ]
 
 
+#: Spread (log scale) of the raters' typical speeds: one rater about 1.3x as fast as another.
+RATER_SPEED_SD = 0.25
+#: Spread (log scale) of one rater's times from task to task.
+TASK_TIME_SD = 0.35
+#: Fewer seconds than this is no real look at a task; more is a coffee break.
+LEAD_TIME_RANGE_S = (1.5, 120.0)
+
+
+class LeadTimes:
+    """Plausible ``lead_time``s (seconds on a task) for the simulated clinicians' annotations.
+
+    Median at the study's exchange rate (5 h = 3,323 single labels = about 1,575 ranked
+    batches: 5.4 s per label, 11.4 s per batch), with a fixed speed per rater and log-normal
+    variation from task to task, so the scheduler's measured medians per rater differ as a real
+    team's would. Deterministic for a seed; each rater draws from its own stream, so the
+    threads that label in parallel cannot change one another's draws.
+    """
+
+    def __init__(self, rater_names: list[str], seed: int = 0) -> None:
+        import numpy as np
+
+        from ranking_scheduler.simulator.raters import SECONDS_PER_BATCH, SECONDS_PER_LABEL
+
+        self.median_s = {"rank": SECONDS_PER_BATCH, "label": SECONDS_PER_LABEL}
+        speeds = np.random.default_rng([seed, 7]).normal(0.0, RATER_SPEED_SD, len(rater_names))
+        self.speed = {name: float(np.exp(s)) for name, s in zip(rater_names, speeds, strict=True)}
+        self._rng = {
+            name: np.random.default_rng([seed, 11, i]) for i, name in enumerate(rater_names)
+        }
+
+    def draw(self, rater: str, kind: str) -> float:
+        """Seconds ``rater`` spends on one task of ``kind`` (``"rank"`` or ``"label"``)."""
+        if kind not in self.median_s:
+            raise ValueError(f"lead time kind {kind!r} is not 'rank' or 'label'")
+        if rater not in self._rng:
+            raise ValueError(f"rater {rater!r} is not one of {sorted(self._rng)}")
+        noise = float(self._rng[rater].normal(0.0, TASK_TIME_SD))
+        seconds = self.median_s[kind] * self.speed[rater] * math.exp(noise)
+        low, high = LEAD_TIME_RANGE_S
+        return round(min(max(seconds, low), high), 2)
+
+
 def is_open(task: dict) -> bool:
     """A task nobody has annotated (or skipped) yet."""
     return not task.get("total_annotations") and not task.get("cancelled_annotations")
@@ -154,14 +197,15 @@ def simulate_classify(
     user_ids: dict[str, int],
     n_labels: int,
     progress: Callable[[int], None] = lambda n: None,
+    lead_times: LeadTimes | None = None,
 ) -> dict[str, Any]:
     """One-at-a-time: the raters label Classify tasks in turn until ``n_labels`` exist.
 
     Labels already in Label Studio (a re-run) count toward the budget. Tasks are visited in
     import order (shuffled by provisioning); a second pass gives an image a second rater.
+    Each label carries a ``lead_time`` from ``lead_times`` (default: seeded with 0).
     """
-    from ranking_scheduler.simulator.raters import SECONDS_PER_LABEL
-
+    lead_times = lead_times or LeadTimes([r.name for r in panel.raters])
     tasks = rest.tasks(project_id)
     if not tasks:
         raise RuntimeError(f"Classify project {project_id} has no tasks: provisioning failed")
@@ -178,7 +222,8 @@ def simulate_classify(
     def work(rater) -> int:
         for task in plan[rater.name]:
             label = rater.classify(task["data"]["image_id"])
-            rest.annotate(task["id"], choice_result(label), user_ids[rater.name], SECONDS_PER_LABEL)
+            seconds = lead_times.draw(rater.name, "label")
+            rest.annotate(task["id"], choice_result(label), user_ids[rater.name], seconds)
             progress(1)
         return len(plan[rater.name])
 
@@ -197,15 +242,20 @@ def simulate_ranking(
     check_alive: Callable[[], None],
     progress: Callable[[float], None] = lambda s: None,
     wait_s: float = 60.0,
+    lead_times: LeadTimes | None = None,
 ) -> dict[str, Any]:
     """Multiple-image ranking: raters take turns on the scheduler's open Rank tasks.
 
     Each ranked batch costs ``SECONDS_PER_BATCH`` of the budget and each boundary answer
     ``SECONDS_PER_LABEL``; annotations already in Label Studio count. Boundary questions are
     answered first. Stops when the budget is spent, or when the scheduler has published its
-    classes (its stopping rule held and every boundary question was answered).
+    classes (its stopping rule held and every boundary question was answered). The budget
+    is counted at the study's exchange rate, so both strategies buy the same number of tasks
+    whatever the draws; each annotation's ``lead_time`` comes from ``lead_times``.
     """
     from ranking_scheduler.simulator.raters import SECONDS_PER_BATCH, SECONDS_PER_LABEL
+
+    lead_times = lead_times or LeadTimes([r.name for r in panel.raters])
 
     rank_pid, boundary_pid = projects["Rank"], projects["Boundary"]
     batches = sum(int(t.get("total_annotations") or 0) for t in rest.tasks(rank_pid))
@@ -228,6 +278,7 @@ def simulate_ranking(
             task = open_boundary[0]
             label = rater.classify(task["data"]["image_id"])
             kind, result, cost = "boundary", choice_result(label), SECONDS_PER_LABEL
+            seconds = lead_times.draw(rater.name, "label")
         else:
             if not queue:
                 queue = [t for t in rest.tasks(rank_pid) if is_open(t)]
@@ -246,8 +297,9 @@ def simulate_ranking(
             task = queue.pop(0)
             order = rater.rank([item["id"] for item in task["data"]["images"]])
             kind, result, cost = "rank", ranker_result(order), SECONDS_PER_BATCH
+            seconds = lead_times.draw(rater.name, "rank")
         try:
-            rest.annotate(task["id"], result, user_ids[rater.name], cost)
+            rest.annotate(task["id"], result, user_ids[rater.name], seconds)
         except TaskGone:
             gone += 1
             continue

@@ -119,6 +119,38 @@ def test_redis_url_password_is_redacted():
     assert demo._redact("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
 
 
+def test_simulated_lead_times_are_plausible_and_differ_between_raters():
+    import statistics
+
+    from ranking_scheduler.simulator.raters import SECONDS_PER_BATCH, SECONDS_PER_LABEL
+
+    names = ["rater1", "rater2", "rater3"]
+    times = demo_raters.LeadTimes(names, seed=0)
+    draws = {
+        (r, kind): [times.draw(r, kind) for _ in range(2000)]
+        for r in names
+        for kind in ("rank", "label")
+    }
+    for kind, study in (("rank", SECONDS_PER_BATCH), ("label", SECONDS_PER_LABEL)):
+        # The team's median sits at the study's exchange rate (11.4 s a batch, 5.4 s a label) ...
+        team = statistics.median(x for r in names for x in draws[r, kind])
+        assert 0.75 * study < team < 1.33 * study, (kind, team)
+        # ... each rater has a speed of their own, and times vary from task to task.
+        medians = [statistics.median(draws[r, kind]) for r in names]
+        assert max(medians) / min(medians) > 1.1
+        for r in names:
+            spread = statistics.quantiles(draws[r, kind], n=10)
+            assert spread[-1] / spread[0] > 1.8
+            assert min(draws[r, kind]) >= demo_raters.LEAD_TIME_RANGE_S[0]
+    # Deterministic for a seed, whatever order the raters' threads draw in.
+    same = demo_raters.LeadTimes(names, seed=0)
+    assert [same.draw("rater2", "rank") for _ in range(3)] == draws["rater2", "rank"][:3]
+    with pytest.raises(ValueError, match="'boundary' is not 'rank' or 'label'"):
+        times.draw("rater1", "boundary")
+    with pytest.raises(ValueError, match="rater 'nobody'"):
+        times.draw("nobody", "rank")
+
+
 def test_annotation_results_have_label_studio_shape():
     (choice,) = demo_raters.choice_result("lv")
     assert choice["from_name"] == "slice_class" and choice["value"] == {"choices": ["lv"]}
