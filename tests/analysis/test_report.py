@@ -307,3 +307,30 @@ def test_settings_come_from_the_environment_and_flags_override_them(tmp_path, mo
     assert "Accuracy (90% CI)" in md and "95% CI" not in md
     monkeypatch.setenv("SLICERANK_ANALYSIS_N_BOOT", "many")
     assert main(args) == 2
+
+
+def test_stack_decoded_predictions_get_their_own_side_by_side_table(tmp_path):
+    from analysis.report import STACK_SUFFIX
+
+    truth, good, weak, _ = _cohort()
+    ids = sorted(truth)
+    # A "decoded" copy that fixes ten of the weak model's errors (as a stack decoder might).
+    wrong = [i for i in ids if max(weak[i]) != weak[i][CLASSES.index(truth[i])]][:10]
+    fixed = {i: (tuple(float(c == truth[i]) for c in CLASSES) if i in wrong else weak[i])
+             for i in ids}  # fmt: skip
+    preds = {
+        "weak": Predictions.from_probabilities(weak),
+        "weak" + STACK_SUFFIX: Predictions.from_probabilities(fixed),
+        "good": Predictions.from_probabilities(good),
+    }
+    result = build_report(truth, preds, tmp_path, n_boot=N_BOOT)
+    text = result.markdown.read_text()
+    assert "Per-slice vs stack-decoded predictions" in text
+    section = text.split("Per-slice vs stack-decoded predictions", 1)[1]
+    row = next(line for line in section.splitlines() if line.startswith("| weak |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    acc = result.summary["models"]["weak"]["overall"]["accuracy"]["value"]
+    assert cells[1] == f"{acc:.3f}" and cells[3] == f"{10 / N_IMAGES:+.3f}"
+    # No decoded partner, no table.
+    plain = build_report(truth, {"good": preds["good"]}, tmp_path / "plain", n_boot=N_BOOT)
+    assert "stack-decoded" not in plain.markdown.read_text()
