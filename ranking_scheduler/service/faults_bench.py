@@ -302,10 +302,15 @@ class Scheduler:
                 self.kill()
 
     def log_tail(self, n: int = 5) -> str:
-        """The last lines of its log (an error message when it refused to start)."""
+        """The last lines of its log."""
         with suppress(OSError):
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
         return ""
+
+    def refusal(self) -> str | None:
+        """The ``error: ...`` line it printed when it refused to start, if any."""
+        errors = [line for line in self.log_tail(40).splitlines() if line.startswith("error:")]
+        return errors[-1][:400] if errors else None
 
 
 @dataclass
@@ -344,6 +349,7 @@ class CaseRun:
     projects: dict[str, int] = field(default_factory=dict)
     positions: dict[str, float] = field(default_factory=dict)
     secret: str = ""
+    reader_token: str = ""
     scheduler: Scheduler | None = None
     raters: Raters | None = None
     runs: list[dict[str, Any]] = field(default_factory=list)
@@ -379,6 +385,7 @@ class CaseRun:
 
         self._port = free_port()
         self.secret = secrets.token_urlsafe(18)
+        self.reader_token = secrets.token_urlsafe(18)
         first = self.provision()
         self.prefix = first.pop("prefix")
         self.projects = first
@@ -401,6 +408,7 @@ class CaseRun:
             "LABEL_STUDIO_URL": self.bench.ls.url,
             "LABEL_STUDIO_API_KEY": self.bench.ls.api_key,
             "SCHEDULER_WEBHOOK_SECRET": self.secret,
+            "SCHEDULER_DASHBOARD_TOKEN": self.reader_token,  # the dashboard's read-only token
             "SCHEDULER_DB_URL": self.db_url,
             "SCHEDULER_OUT_DIR": str(self.bench.work / f"{self.name}-out"),
             "SCHEDULER_PROJECT_PREFIX": self.prefix if prefix is None else prefix,
@@ -419,12 +427,16 @@ class CaseRun:
         return self.scheduler.start().wait_ready()
 
     def api(self, path: str) -> Any:
-        """GET ``path`` of the scheduler with the secret as bearer token."""
-        r = httpx.get(
-            f"{self.scheduler.url}{path}",
-            headers={"Authorization": f"Bearer {self.secret}"},
-            timeout=60,
-        )
+        """GET ``path`` of the scheduler with the dashboard token as bearer token (a scheduler
+        that has no separate dashboard token takes the webhook secret)."""
+        for token in (self.reader_token, self.secret):
+            r = httpx.get(
+                f"{self.scheduler.url}{path}",
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=60,
+            )
+            if r.status_code != 401:
+                break
         r.raise_for_status()
         return r.json()
 
@@ -737,7 +749,7 @@ def case_foreign_project(case: CaseRun, runs: int, rng: random.Random) -> None:
         case.raters.pause()
         copy = case.bench.client().projects.create(title=_foreign_title(case))
         status = case.restart()
-        message = case.scheduler.log_tail(3) if status is not None else None
+        message = case.scheduler.refusal() if status is not None else None
         if status is None:  # it started: keep working against whatever it bound
             case.raters.resume()
             time.sleep(4.0)
@@ -764,7 +776,7 @@ def case_other_prefix(case: CaseRun, runs: int, rng: random.Random) -> None:
         time.sleep(3.0)
         case.raters.pause()
         status = case.restart(prefix=other)
-        message = case.scheduler.log_tail(3) if status is not None else None
+        message = case.scheduler.refusal() if status is not None else None
         if status is None:
             time.sleep(float(BENCH_SETTINGS["SCHEDULER_FULL_RECONCILE_INTERVAL_S"]) + 2)
         status2 = case.restart()
@@ -775,6 +787,7 @@ def case_other_prefix(case: CaseRun, runs: int, rng: random.Random) -> None:
 def case_retired_held(case: CaseRun, runs: int, rng: random.Random) -> None:
     """A clinician opens a Rank task and submits it only after the scheduler retired it."""
     from ls_config.webclient import ranker_result
+    from ranking_scheduler.service.store import SubmissionStore
 
     pid = case.projects["Rank"]
     stale = float(case.settings["SCHEDULER_STALE_AFTER_S"])
@@ -788,11 +801,14 @@ def case_retired_held(case: CaseRun, runs: int, rng: random.Random) -> None:
         time.sleep(stale + 2 * float(BENCH_SETTINGS["SCHEDULER_RECONCILE_INTERVAL_S"]) + 2)
         ids = [item["id"] for item in task["data"]["images"]]
         order = sorted(ids, key=case.positions.__getitem__)
+        with SubmissionStore(case.db_url) as store:
+            record = store.get_task(task["id"])
+        status_when_submitted = record.status if record is not None else None
         try:
             user.submit(task["id"], pid, ranker_result(order), lead_time=stale + 8)
         except httpx.HTTPStatusError as exc:
             case.raters.refused.append(f"task {task['id']}: {exc.response.status_code} on Submit")
-        case.check(f"held {k + 1}", task_id=task["id"])
+        case.check(f"held {k + 1}", task_id=task["id"], task_status=status_when_submitted)
 
 
 # ---------------------------------------------------------------------- the bench
