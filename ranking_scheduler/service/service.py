@@ -197,6 +197,11 @@ class SchedulerService:
         options = dict(self.engine_options)
         if s.boundary_budget >= 0:
             options.setdefault("boundary_budget", s.boundary_budget)
+        if s.manifest and "stacks" not in options:
+            from ranking_scheduler.service.geometry import load_stacks
+
+            # Scan and slice order of every pool image: the engine ranks with stack geometry.
+            options["stacks"] = load_stacks(s.manifest, self.pool)
         return RankingEngine(
             list(self.pool),
             strategy=s.strategy,

@@ -45,6 +45,8 @@ class SchedulerSettings:
     (SCHEDULER_PROJECT_PREFIX, as given to ``slicerank provision --prefix``);
     ``strategy`` (SCHEDULER_STRATEGY), ``target_views`` (SCHEDULER_TARGET_VIEWS),
     ``batch_size`` (SCHEDULER_BATCH_SIZE), ``seed`` (SCHEDULER_SEED);
+    ``manifest`` (SCHEDULER_MANIFEST): the media root's manifest.csv (or its folder); when set
+    the engine gets each image's scan and slice order (``service.geometry``);
     ``open_per_rater`` (SCHEDULER_OPEN_PER_RATER) open Rank tasks per active rater,
     ``min_open_tasks`` (SCHEDULER_MIN_OPEN_TASKS) and ``max_open_tasks``
     (SCHEDULER_MAX_OPEN_TASKS) bounds, ``active_window_s`` (SCHEDULER_ACTIVE_WINDOW_S): a rater
@@ -74,6 +76,7 @@ class SchedulerSettings:
     target_views: int = 3
     batch_size: int = 8
     seed: int = 0
+    manifest: str = ""
     open_per_rater: int = 3
     # Raters who start together all ask for a task before any has submitted (so none counts
     # as active yet): the floor covers ~10 at once with spares; 8 let 5 of 1,000 submissions
@@ -124,6 +127,7 @@ class SchedulerSettings:
             target_views=_int(environ, "SCHEDULER_TARGET_VIEWS", d.target_views, 1),
             batch_size=_int(environ, "SCHEDULER_BATCH_SIZE", d.batch_size, 2),
             seed=_int(environ, "SCHEDULER_SEED", d.seed),
+            manifest=environ.get("SCHEDULER_MANIFEST", ""),
             open_per_rater=_int(environ, "SCHEDULER_OPEN_PER_RATER", d.open_per_rater, 1),
             min_open_tasks=_int(environ, "SCHEDULER_MIN_OPEN_TASKS", d.min_open_tasks, 1),
             max_open_tasks=_int(environ, "SCHEDULER_MAX_OPEN_TASKS", d.max_open_tasks, 1),
