@@ -40,6 +40,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="how many times noisier an absolute label is than a comparison (default 1.5)",
     )
+    p.add_argument(
+        "--stacks",
+        action="store_true",
+        help="use stack geometry: a cohort of whole scans (or the manifest's scan_id and "
+        "slice_index) given to the engine; one_at_a_time asks where a scan is least certain",
+    )
     p.add_argument("--json", help="write the result (strategy, seed, curve, final) here")
     p.add_argument(
         "--compare",
@@ -85,12 +91,14 @@ def register_bench(bench_subparsers: argparse._SubParsersAction) -> None:
 
 
 def _cohort(args: argparse.Namespace):
-    from ranking_scheduler.simulator.simulate import read_cohort, study_cohort
+    from ranking_scheduler.simulator.simulate import read_cohort, stack_cohort, study_cohort
 
     if args.manifest:
         return read_cohort(args.manifest)
     if args.images < 16:
         raise ValueError(f"--images: need at least 16, got {args.images}")
+    if getattr(args, "stacks", False):
+        return stack_cohort(args.images, 0)
     return study_cohort(args.images, 0)
 
 
@@ -129,6 +137,7 @@ def _simulate(args: argparse.Namespace) -> int:
             batch_cap=args.batch_cap,
             hours_cap=args.hours_cap,
             progress=bar,
+            stacks=args.stacks,
         )
     f = result["final"]
     print(

@@ -197,3 +197,16 @@ def test_simulate_with_stacks_runs_every_strategy(cohort):
         from ranking_scheduler.simulator.simulate import study_cohort
 
         simulate(study_cohort(50), "bayes", stacks=True)
+
+
+def test_simulate_cli_with_stacks_writes_the_agreed_json(tmp_path):
+    import json
+
+    from slicerank.cli import main
+
+    out = tmp_path / "sim.json"
+    args = ["simulate", "--stacks", "--strategy", "bayes", "--images", "200", "--seed", "2"]
+    assert main([*args, "--hours-cap", "0.3", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result) == {"strategy", "seed", "curve", "final"}
+    assert result["final"]["batches"] > 0 and result["final"]["hours"] <= 0.3 + 1e-9
