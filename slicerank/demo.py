@@ -167,12 +167,12 @@ def run_demo(
         bar = progress_bar(round(budget["seconds"]), "ranking (labelling s)", unit="s")
         result["ranking"] = simulate_ranking(
             rest, projects, panel, user_ids, budget["seconds"],
-            scheduler_stats_fn(http, services["scheduler_url"], creds["webhook_secret"]),
+            scheduler_stats_fn(http, services["scheduler_url"], creds["dashboard_token"]),
             procs.check_alive, whole_seconds(bar.update), lead_times=lead_times,
         )  # fmt: skip
         bar.close()
         result["consensus"] = stage_consensus(
-            http, services["scheduler_url"], creds["webhook_secret"],
+            http, services["scheduler_url"], creds["dashboard_token"],
             layout.scheduler / "demo-consensus.json",
         )  # fmt: skip
         mark("ranking", t)
@@ -240,7 +240,7 @@ def print_access(out, urls: dict[str, str], creds: dict[str, str], layout: Layou
     out(f"  rank slices  {urls['rank_project']}")
     out(f"  classify     {urls['classify_project']}")
     out(f"dashboard      {urls['dashboard']}")
-    out("  login        any user name, password = webhook_secret in credentials.json")
+    out(f"  sign in      with dashboard_token from {layout.credentials} (read-only)")
     if simulated:
         out(f"report         {urls['report']}")
     out(f"logs           {layout.logs}")

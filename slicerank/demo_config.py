@@ -117,6 +117,8 @@ def load_credentials(path: Path) -> dict[str, str]:
         "password": lambda: secrets.token_urlsafe(12),
         "api_key": lambda: secrets.token_hex(20),
         "webhook_secret": lambda: secrets.token_urlsafe(24),
+        # Read-only: the dashboard and the scheduler's JSON; never the webhook secret (issue 15).
+        "dashboard_token": lambda: secrets.token_urlsafe(24),
         "backend_user": lambda: "labelstudio",
         "backend_pass": lambda: secrets.token_urlsafe(18),
     }

@@ -10,29 +10,30 @@ from pathlib import Path
 from typing import Any
 
 
-def scheduler_stats_fn(http, scheduler_url: str, secret: str) -> Callable[[], dict]:
+def scheduler_stats_fn(http, scheduler_url: str, token: str) -> Callable[[], dict]:
     """A function returning the scheduler's ``/api/stats`` (the dashboard's numbers)."""
 
     def stats() -> dict:
-        resp = http.get(f"{scheduler_url}/api/stats", headers=_bearer(secret))
+        resp = http.get(f"{scheduler_url}/api/stats", headers=_bearer(token))
         resp.raise_for_status()
         return resp.json()
 
     return stats
 
 
-def _bearer(secret: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {secret}"}
+def _bearer(token: str) -> dict[str, str]:
+    # The scheduler's read-only dashboard token, never its webhook secret.
+    return {"Authorization": f"Bearer {token}"}
 
 
-def stage_consensus(http, scheduler_url: str, secret: str, out_path: Path) -> dict[str, Any]:
+def stage_consensus(http, scheduler_url: str, token: str, out_path: Path) -> dict[str, Any]:
     """The scheduler's consensus (``GET /api/consensus``), saved to ``out_path``.
 
     When the scheduler has published (its stopping rule held and the boundary questions were
     answered) its classes are also predictions on the Classify tasks; when the budget ran out
     first, this file is what the ranking-trained model learns from.
     """
-    resp = http.get(f"{scheduler_url}/api/consensus", headers=_bearer(secret))
+    resp = http.get(f"{scheduler_url}/api/consensus", headers=_bearer(token))
     if resp.status_code != 200:
         raise RuntimeError(
             f"the scheduler has no consensus to train on ({resp.status_code}: {resp.text[:300]})"

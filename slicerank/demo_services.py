@@ -100,6 +100,7 @@ def service_env(
             "LABEL_STUDIO_API_KEY": creds["api_key"],
             # scheduler
             "SCHEDULER_WEBHOOK_SECRET": creds["webhook_secret"],
+            "SCHEDULER_DASHBOARD_TOKEN": creds["dashboard_token"],
             "SCHEDULER_DB_URL": f"sqlite:///{layout.scheduler / 'scheduler.sqlite3'}",
             "SCHEDULER_STRATEGY": cfg.strategy,
             "SCHEDULER_OUT_DIR": str(layout.scheduler),

@@ -13,7 +13,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Serve POST /webhook for Label Studio, GET /dashboard and /api/stats for project "
             "leads and /api/consensus. Settings come from the environment (LABEL_STUDIO_URL, "
-            "LABEL_STUDIO_API_KEY, SCHEDULER_WEBHOOK_SECRET, SCHEDULER_DB_URL, ...; see "
+            "LABEL_STUDIO_API_KEY, SCHEDULER_WEBHOOK_SECRET, SCHEDULER_DASHBOARD_TOKEN, "
+            "SCHEDULER_DB_URL, ...; see "
             "docs/guide/label-studio.md)."
         ),
     )
@@ -167,6 +168,7 @@ def run_bench(
     positions = {r["image_id"]: float(r["position"]) for r in rows}
     port = free_port()
     secret = secrets.token_urlsafe(18)
+    dashboard_token = secrets.token_urlsafe(18)  # the reads; the secret only posts webhooks
     result: dict = {
         "raters": raters,
         "batches": batches,
@@ -206,13 +208,14 @@ def run_bench(
             "LABEL_STUDIO_URL": ls.url,
             "LABEL_STUDIO_API_KEY": ls.api_key,
             "SCHEDULER_WEBHOOK_SECRET": secret,
+            "SCHEDULER_DASHBOARD_TOKEN": dashboard_token,
             "SCHEDULER_DB_URL": db_url,
             "SCHEDULER_OUT_DIR": str(work / "out"),
             "SCHEDULER_STRATEGY": strategy,
         }
         api = httpx.Client(
             base_url=f"http://127.0.0.1:{port}",
-            headers={"Authorization": f"Bearer {secret}"},
+            headers={"Authorization": f"Bearer {dashboard_token}"},
             timeout=60,
         )
 

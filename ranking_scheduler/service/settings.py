@@ -39,8 +39,9 @@ class SchedulerSettings:
     """Everything the scheduler service is configured with (env var in brackets).
 
     ``label_studio_url`` (LABEL_STUDIO_URL), ``api_key`` (LABEL_STUDIO_API_KEY),
-    ``secret`` (SCHEDULER_WEBHOOK_SECRET, or SCHEDULER_SECRET): the webhook header value and
-    the dashboard/API token; ``db_url`` (SCHEDULER_DB_URL, SQLite by default);
+    ``secret`` (SCHEDULER_WEBHOOK_SECRET, or SCHEDULER_SECRET): the webhook header value, taken
+    on ``POST /webhook`` only; ``dashboard_token`` (SCHEDULER_DASHBOARD_TOKEN): the read-only
+    credential of the dashboard and the JSON reads (see ``service.auth``); ``db_url`` (SCHEDULER_DB_URL, SQLite by default);
     ``out_dir`` (SCHEDULER_OUT_DIR: consensus.json/csv); ``project_prefix``
     (SCHEDULER_PROJECT_PREFIX, as given to ``slicerank provision --prefix``);
     ``strategy`` (SCHEDULER_STRATEGY), ``target_views`` (SCHEDULER_TARGET_VIEWS),
@@ -69,6 +70,7 @@ class SchedulerSettings:
     label_studio_url: str = "http://127.0.0.1:8080"
     api_key: str = ""
     secret: str = ""
+    dashboard_token: str = ""
     db_url: str = "sqlite:///runs/scheduler.db"
     out_dir: str = "runs/scheduler"
     project_prefix: str = ""
@@ -120,6 +122,7 @@ class SchedulerSettings:
             label_studio_url=environ.get("LABEL_STUDIO_URL", d.label_studio_url),
             api_key=environ.get("LABEL_STUDIO_API_KEY", ""),
             secret=environ.get("SCHEDULER_WEBHOOK_SECRET") or environ.get("SCHEDULER_SECRET", ""),
+            dashboard_token=environ.get("SCHEDULER_DASHBOARD_TOKEN", ""),
             db_url=environ.get("SCHEDULER_DB_URL", d.db_url),
             out_dir=environ.get("SCHEDULER_OUT_DIR", d.out_dir),
             project_prefix=environ.get("SCHEDULER_PROJECT_PREFIX", ""),
@@ -159,6 +162,7 @@ class SchedulerSettings:
             for name, value in (
                 ("LABEL_STUDIO_API_KEY", self.api_key),
                 ("SCHEDULER_WEBHOOK_SECRET", self.secret),
+                ("SCHEDULER_DASHBOARD_TOKEN", self.dashboard_token),
             )
             if not value
         ]
@@ -166,8 +170,17 @@ class SchedulerSettings:
             raise ValueError(f"set {' and '.join(missing)} in the environment")
         if len(self.secret) < 12:
             raise ValueError("SCHEDULER_WEBHOOK_SECRET must be at least 12 characters")
+        if len(self.dashboard_token) < 12:
+            raise ValueError("SCHEDULER_DASHBOARD_TOKEN must be at least 12 characters")
+        if self.dashboard_token == self.secret:
+            # One secret doing both jobs would let every dashboard reader forge annotations.
+            raise ValueError(
+                "SCHEDULER_DASHBOARD_TOKEN must differ from SCHEDULER_WEBHOOK_SECRET (readers "
+                "of the dashboard must not be able to post webhooks)"
+            )
 
     def __repr__(self) -> str:
         # Never print the secrets (settings end up in logs and tracebacks).
-        shown = {k: v for k, v in self.__dict__.items() if k not in ("api_key", "secret")}
-        return f"SchedulerSettings({shown}, api_key=***, secret=***)"
+        hidden = ("api_key", "secret", "dashboard_token")
+        shown = {k: v for k, v in self.__dict__.items() if k not in hidden}
+        return f"SchedulerSettings({shown}, api_key=***, secret=***, dashboard_token=***)"

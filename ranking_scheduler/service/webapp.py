@@ -1,53 +1,84 @@
 """The scheduler's web app: its routes and who may call them, in one place.
 
-``POST /webhook`` (Label Studio; the shared secret in a header), ``GET /health`` (open),
-``GET /dashboard``, ``/api/stats`` and ``/api/consensus`` (the secret as a bearer token, an
-HTTP basic password, or ``?token=``, which also sets a cookie for the browser). A webhook is
-only checked and queued here: the worker applies it after the answer, so Label Studio's ~1 s
+``POST /webhook`` (Label Studio; the webhook secret in a header, nowhere else),
+``GET /health`` (open), ``GET /dashboard``, ``/api/stats`` and ``/api/consensus`` (read-only:
+the dashboard token as a bearer token, or the session cookie ``POST /login`` gives for it; see
+:mod:`ranking_scheduler.service.auth`). A webhook is only checked and queued here: the worker applies it after the answer, so Label Studio's ~1 s
 webhook timeout is never at risk.
 """
 
 from __future__ import annotations
 
-import base64
-import hmac
+import html
 import json
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 from fastapi import Request  # module level: FastAPI resolves the string annotations here
 
 from ls_config.provision import SECRET_HEADER
+from ranking_scheduler.service.auth import (
+    SESSION_COOKIE,
+    DashboardSessions,
+    bearer,
+    same_secret,
+)
 
 if TYPE_CHECKING:
     from ranking_scheduler.service.service import SchedulerService
 
-TOKEN_COOKIE = "slicerank_token"
+#: Largest login form accepted (a token is ~30 characters).
+MAX_LOGIN_BYTES = 4096
 
 
-def _authorised(request, secret: str) -> bool:
-    candidates = [request.query_params.get("token"), request.cookies.get(TOKEN_COOKIE)]
-    header = request.headers.get("authorization", "")
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() == "bearer":
-        candidates.append(value.strip())
-    elif scheme.lower() == "basic":
-        with suppress(ValueError, UnicodeDecodeError):
-            candidates.append(base64.b64decode(value).decode().partition(":")[2])
-    return any(c and hmac.compare_digest(c.encode(), secret.encode()) for c in candidates)
+def webhook_problem(payload: object) -> str | None:
+    """What makes a webhook body unfit to queue (None when nothing): the worker's intake reads
+    ``annotation``/``task`` as objects and ``annotations`` as a list, so other shapes are
+    refused here, with a 400, instead of failing later where nobody sees it."""
+    if not isinstance(payload, dict):
+        return "webhook body must be a JSON object"
+    action = payload.get("action")
+    if not action:
+        return "webhook body has no 'action'"
+    if not isinstance(action, str) or len(action) > 64:
+        return "webhook 'action' must be a short string"
+    for key, kind in (("annotation", dict), ("task", dict), ("annotations", list)):
+        value = payload.get(key)
+        if value is not None and not isinstance(value, kind):
+            return f"webhook '{key}' must be a JSON {'object' if kind is dict else 'array'}"
+    project = payload.get("project")
+    if project is not None and not isinstance(project, (dict, int, str)):
+        return "webhook 'project' must be an object or an id"
+    return None
+
+
+def login_page(message: str = "") -> str:
+    """The dashboard's sign-in form (the token is posted, never put in a URL)."""
+    note = f'<p role="alert">{html.escape(message)}</p>' if message else ""
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>slicerank scheduler: sign in"
+        "</title></head><body><h1>slicerank scheduler</h1>"
+        f"{note}<form method='post' action='/login'><label>Dashboard token "
+        "<input type='password' name='token' autocomplete='current-password' autofocus>"
+        "</label> <button type='submit'>Sign in</button></form></body></html>"
+    )
 
 
 def create_app(service: SchedulerService):
-    """The FastAPI app: ``POST /webhook`` (secret header), ``GET /health`` (open),
-    ``GET /dashboard``, ``/api/stats``, ``/api/consensus`` (secret as a bearer token, HTTP basic
-    password, or ``?token=`` which also sets a cookie for the browser)."""
+    """The FastAPI app: ``POST /webhook`` (webhook secret header), ``GET /health`` (open),
+    ``GET/POST /login``, ``POST /logout``, and the reads ``GET /dashboard``, ``/api/stats``,
+    ``/api/consensus`` (dashboard token as a bearer token, or the session cookie)."""
+    from urllib.parse import parse_qs
+
     from fastapi import FastAPI, HTTPException
-    from fastapi.responses import HTMLResponse, JSONResponse
+    from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 
     from ranking_scheduler.service.dashboard import render_dashboard
     from ranking_scheduler.service.stats import jsonable
 
     secret = service.settings.secret
+    dashboard_token = getattr(service.settings, "dashboard_token", "")
+    sessions = DashboardSessions(dashboard_token)
 
     @asynccontextmanager
     async def lifespan(_app):
@@ -63,13 +94,49 @@ def create_app(service: SchedulerService):
         lifespan=lifespan,
     )
 
+    def reader(request: Request) -> bool:
+        # The webhook secret is not a reader's credential: only the dashboard token is.
+        given = bearer(request.headers.get("authorization"))
+        return same_secret(given, dashboard_token) or sessions.valid(
+            request.cookies.get(SESSION_COOKIE)
+        )
+
     def require_auth(request: Request) -> None:
-        if not _authorised(request, secret):
+        if not reader(request):
             raise HTTPException(
                 401,
-                "send the scheduler secret as a bearer token, HTTP basic password or ?token=",
-                headers={"WWW-Authenticate": 'Basic realm="slicerank scheduler"'},
+                "sign in at /login with the dashboard token (SCHEDULER_DASHBOARD_TOKEN), or send "
+                "it as 'Authorization: Bearer <token>'",
+                headers={"WWW-Authenticate": 'Bearer realm="slicerank scheduler"'},
             )
+
+    @app.get("/login")
+    def login_form():
+        return HTMLResponse(login_page())
+
+    @app.post("/login")
+    async def login(request: Request):
+        raw = await request.body()
+        if len(raw) > MAX_LOGIN_BYTES:
+            raise HTTPException(413, "login form too large")
+        try:
+            token = (parse_qs(raw.decode(), max_num_fields=5).get("token") or [""])[-1]
+        except (UnicodeDecodeError, ValueError):
+            token = ""
+        if not same_secret(token, dashboard_token):
+            return HTMLResponse(login_page("That is not the dashboard token."), status_code=401)
+        page = RedirectResponse("/dashboard", status_code=303)
+        page.set_cookie(
+            SESSION_COOKIE, sessions.issue(), max_age=int(sessions.ttl_s), path="/",
+            httponly=True, samesite="strict", secure=request.url.scheme == "https",
+        )  # fmt: skip
+        return page
+
+    @app.post("/logout")
+    def logout():
+        page = RedirectResponse("/login", status_code=303)
+        page.delete_cookie(SESSION_COOKIE, path="/")
+        return page
 
     @app.get("/health")
     def health():
@@ -77,16 +144,17 @@ def create_app(service: SchedulerService):
 
     @app.post("/webhook")
     async def webhook(request: Request):
-        given = request.headers.get(SECRET_HEADER, "")
-        if not given or not hmac.compare_digest(given.encode(), secret.encode()):
+        # The header only: a secret in the URL would end up in access logs and proxies.
+        if not same_secret(request.headers.get(SECRET_HEADER), secret):
             raise HTTPException(401, f"missing or wrong {SECRET_HEADER} header")
         try:
             payload = json.loads(await request.body())
-        except ValueError:
+        except (ValueError, RecursionError):
             raise HTTPException(400, "webhook body is not JSON") from None
-        action = payload.get("action") if isinstance(payload, dict) else None
-        if not action:
-            raise HTTPException(400, "webhook body has no 'action'")
+        problem = webhook_problem(payload)
+        if problem:
+            raise HTTPException(400, problem)
+        action = payload["action"]
         service.enqueue(action, payload)
         return {"queued": action}
 
@@ -105,11 +173,9 @@ def create_app(service: SchedulerService):
 
     @app.get("/dashboard")
     def dashboard(request: Request):
-        require_auth(request)
-        page = HTMLResponse(render_dashboard(jsonable(service.stats())))
-        token = request.query_params.get("token")
-        if token:
-            page.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
-        return page
+        if not reader(request):
+            # A browser without a session signs in first; the token is never read from a URL.
+            return RedirectResponse("/login", status_code=303)
+        return HTMLResponse(render_dashboard(jsonable(service.stats())))
 
     return app

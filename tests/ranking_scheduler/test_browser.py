@@ -127,14 +127,19 @@ def test_dashboard_shows_the_api_stats(running, label_studio, browser):
     assert sched.service.wait_idle()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page = browser.new_page(viewport={"width": 1400, "height": 1800})
-    page.goto(f"{setup.url}/dashboard?token={setup.secret}")
+    # A lead signs in with the dashboard token (a form post: the token is in no URL).
+    page.goto(f"{setup.url}/dashboard")
+    assert page.url.endswith("/login")
+    page.fill("input[name=token]", setup.dashboard_token)
+    page.click("button[type=submit]")
     page.wait_for_selector("body[data-rendered]", timeout=30_000)
+    assert page.url.endswith("/dashboard") and setup.dashboard_token not in page.url
     shown = page.eval_on_selector_all(
         "[data-stat][data-value]",
         "els => Object.fromEntries(els.map(e => [e.dataset.stat, e.dataset.value]))",
     )
     stats = httpx.get(
-        f"{setup.url}/api/stats", headers={"Authorization": f"Bearer {setup.secret}"}
+        f"{setup.url}/api/stats", headers={"Authorization": f"Bearer {setup.dashboard_token}"}
     ).json()
 
     def get(path):
@@ -154,8 +159,10 @@ def test_dashboard_shows_the_api_stats(running, label_studio, browser):
         assert path in shown, path
         assert json.loads(shown[path]) == get(path), path
     assert json.loads(shown["headline.batches_done"]) == 3
-    # The page refreshes itself from /api/stats with the cookie the token set.
-    cookie = {c["name"] for c in page.context.cookies()}
-    assert "slicerank_token" in cookie
+    # The page refreshes itself from /api/stats with the session cookie, which holds no secret.
+    cookies = {c["name"]: c for c in page.context.cookies()}
+    session = cookies["slicerank_session"]
+    assert session["httpOnly"] and session["sameSite"] == "Strict"
+    assert setup.dashboard_token not in session["value"] and setup.secret not in session["value"]
     page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
     page.close()

@@ -185,18 +185,22 @@ def test_webhooks_drive_the_stream(label_studio, tmp_path):
         assert set(missed) <= log_ids
         assert log_ids == set(_ls_rank_annotations(client, rank_pid)) - {rej.annotation_id}
 
-        # Stats and the dashboard need the secret; the figures match the log.
+        # Stats and the dashboard need the dashboard token (not the webhook secret); the
+        # figures match the log.
         assert httpx.get(f"{setup.url}/api/stats").status_code == 401
+        webhook_secret = {"Authorization": f"Bearer {setup.secret}"}
+        assert httpx.get(f"{setup.url}/api/stats", headers=webhook_secret).status_code == 401
         stats = httpx.get(
-            f"{setup.url}/api/stats", headers={"Authorization": f"Bearer {setup.secret}"}
+            f"{setup.url}/api/stats", headers={"Authorization": f"Bearer {setup.dashboard_token}"}
         ).json()
         assert stats["headline"]["batches_done"] == 8
         assert stats["rejections"]["total"] == 2
         assert stats["service"]["own_ms_p95"] is not None
-        page = httpx.get(f"{setup.url}/dashboard", params={"token": setup.secret})
-        assert page.status_code == 200 and "slicerank_token" in page.headers["set-cookie"]
-        assert httpx.get(f"{setup.url}/dashboard", auth=("lead", setup.secret)).status_code == 200
-        assert httpx.get(f"{setup.url}/dashboard", auth=("lead", "nope")).status_code == 401
+        with httpx.Client(base_url=setup.url) as browser:
+            login = browser.post("/login", data={"token": setup.dashboard_token})
+            assert login.status_code == 303 and "HttpOnly" in login.headers["set-cookie"]
+            assert browser.get("/dashboard").status_code == 200
+        assert httpx.get(f"{setup.url}/dashboard").status_code == 303  # to /login
     finally:
         sched.stop()
 
@@ -246,7 +250,8 @@ def test_done_engine_asks_boundaries_then_publishes(label_studio, tmp_path):
         assert (setup.out_dir / "consensus.csv").read_text().startswith("image_id,rank,")
         assert service.ls.consensus_predictions() == len(truth)
         api = httpx.get(
-            f"{setup.url}/api/consensus", headers={"Authorization": f"Bearer {setup.secret}"}
+            f"{setup.url}/api/consensus",
+            headers={"Authorization": f"Bearer {setup.dashboard_token}"},
         ).json()
         assert [im["image_id"] for im in api["images"]] == [
             im["image_id"] for im in consensus["images"]
@@ -373,7 +378,7 @@ def test_killed_scheduler_loses_and_double_counts_nothing(label_studio, tmp_path
         # Raters went on working while the scheduler was down (from the open tasks).
         assert any(killed_at < t < restarted_at for t in submitted_at)
         # The final webhooks reach the restarted service; then a reconciliation pass settles.
-        headers = {"Authorization": f"Bearer {setup.secret}"}
+        headers = {"Authorization": f"Bearer {setup.dashboard_token}"}
         deadline = time.monotonic() + 60
         ls_annotations = _ls_rank_annotations(client, setup.projects["Rank"])
         while time.monotonic() < deadline:
@@ -403,6 +408,7 @@ def test_settings_from_env_validate_and_hide_secrets():
     env = {
         "LABEL_STUDIO_API_KEY": "k" * 40,
         "SCHEDULER_WEBHOOK_SECRET": "a-long-shared-secret",
+        "SCHEDULER_DASHBOARD_TOKEN": "a-long-reader-token",
         "SCHEDULER_OPEN_PER_RATER": "3",
         "SCHEDULER_STRATEGY": "paper",
     }
@@ -410,6 +416,7 @@ def test_settings_from_env_validate_and_hide_secrets():
     settings.require_secrets()
     assert settings.open_per_rater == 3 and settings.strategy == "paper"
     assert "a-long-shared-secret" not in repr(settings) and "k" * 40 not in repr(settings)
+    assert "a-long-reader-token" not in repr(settings)
     with pytest.raises(ValueError, match="SCHEDULER_OPEN_PER_RATER='two' is not an integer"):
         SchedulerSettings.from_env({**env, "SCHEDULER_OPEN_PER_RATER": "two"})
     with pytest.raises(ValueError, match="SCHEDULER_STRATEGY='best'"):

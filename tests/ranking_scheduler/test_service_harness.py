@@ -35,6 +35,8 @@ class Setup:
     db_url: str
     out_dir: Path
     env: dict = field(default_factory=dict)
+    #: The read-only credential of the dashboard and the JSON reads (issue 15).
+    dashboard_token: str = ""
 
     @property
     def url(self) -> str:
@@ -52,6 +54,7 @@ def provision_setup(label_studio, tmp_path: Path, *, n_scans=4, n_slices=8, **en
     rows = write_cohort(media, n_scans=n_scans, n_slices=n_slices)
     port = free_port()
     secret = secrets.token_urlsafe(18)
+    dashboard_token = secrets.token_urlsafe(18)
     prefix = label_studio.unique_prefix()
     report = provision(
         label_studio.client(),
@@ -67,6 +70,7 @@ def provision_setup(label_studio, tmp_path: Path, *, n_scans=4, n_slices=8, **en
         "LABEL_STUDIO_URL": label_studio.url,
         "LABEL_STUDIO_API_KEY": label_studio.api_key,
         "SCHEDULER_WEBHOOK_SECRET": secret,
+        "SCHEDULER_DASHBOARD_TOKEN": dashboard_token,
         "SCHEDULER_DB_URL": db_url,
         "SCHEDULER_OUT_DIR": str(tmp_path / "out"),
         "SCHEDULER_PROJECT_PREFIX": prefix,
@@ -84,6 +88,7 @@ def provision_setup(label_studio, tmp_path: Path, *, n_scans=4, n_slices=8, **en
         db_url,
         tmp_path / "out",
         full_env,
+        dashboard_token,
     )
 
 

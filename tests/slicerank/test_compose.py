@@ -34,7 +34,7 @@ PACKAGES = (
 SLICERANK_IMAGE_DEFAULT = "slicerank:"
 ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]{2,}$")
 INTERPOLATION = re.compile(r"\$\{([A-Z0-9_]+)(?::?[-?][^}]*)?\}")
-SECRET_WORDS = ("PASSWORD", "SECRET", "API_KEY", "_PASS")
+SECRET_WORDS = ("PASSWORD", "SECRET", "API_KEY", "_PASS", "TOKEN")
 
 
 def compose() -> dict:
@@ -131,7 +131,10 @@ def resolved_config(tmp_path) -> dict:
     if exe is None:
         pytest.skip("docker-compose is not installed (scripts/setup.sh installs it)")
     env = {
-        k: v or "x" * 24 for k, v in env_example().items() if v or any(w in k for w in SECRET_WORDS)
+        # A different dummy per secret: the scheduler refuses one value for two credentials.
+        k: v or "x" * 24 + k.lower()
+        for k, v in env_example().items()
+        if v or any(w in k for w in SECRET_WORDS)
     }
     env_file = tmp_path / "env"
     env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))

@@ -277,7 +277,7 @@ def test_demo_end_to_end(tmp_path):
         assert ls_url in printed and creds["username"] in printed
         assert result["urls"]["dashboard"] in printed
         # No secret is printed or written into the summary.
-        for key in ("password", "api_key", "webhook_secret", "backend_pass"):
+        for key in ("password", "api_key", "webhook_secret", "dashboard_token", "backend_pass"):
             assert creds[key] not in printed
             assert creds[key] not in summary_path.read_text()
 
@@ -351,7 +351,7 @@ def test_demo_end_to_end(tmp_path):
             stats_url = f"{result['services']['scheduler_url']}/api/stats"
             assert httpx.get(stats_url).status_code == 401
             stats = httpx.get(
-                stats_url, headers={"Authorization": f"Bearer {creds['webhook_secret']}"}
+                stats_url, headers={"Authorization": f"Bearer {creds['dashboard_token']}"}
             )
             assert stats.status_code == 200
 
