@@ -81,17 +81,29 @@ def find_project(client, title: str):
     return None
 
 
-def find_projects(client, prefix: str = "") -> dict[str, int]:
-    """Ids of the provisioned projects by kind; raises ``LookupError`` naming any that is missing."""
+def find_projects(
+    client, prefix: str = "", *, prefer: dict[str, int] | None = None
+) -> dict[str, int]:
+    """Ids of the provisioned projects by kind; raises ``LookupError`` naming any that is missing,
+    or a title several projects share (a copy, a colleague's test) unless ``prefer`` (kind ->
+    id, e.g. the ids a scheduler's log is pinned to) names one of them: never a silent pick."""
     titles = {project_title(kind, prefix): kind for kind in KINDS}
-    found = {}
+    found: dict[str, list[int]] = {}
     for project in client.projects.list():
         if project.title in titles:
-            found[titles[project.title]] = project.id
+            found.setdefault(titles[project.title], []).append(project.id)
     missing = [project_title(k, prefix) for k in KINDS if k not in found]
     if missing:
         raise LookupError(f"Label Studio has no project titled {missing}; run slicerank provision")
-    return found
+    chosen = {}
+    for kind, ids in found.items():
+        if len(ids) > 1 and (prefer or {}).get(kind) not in ids:
+            raise LookupError(
+                f"Label Studio has {len(ids)} projects titled {project_title(kind, prefix)!r} "
+                f"(ids {sorted(ids)}); rename or delete the copies so that one is left"
+            )
+        chosen[kind] = (prefer or {}).get(kind) if len(ids) > 1 else ids[0]
+    return chosen
 
 
 @dataclass

@@ -20,6 +20,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on")
     p.add_argument("--port", type=int, default=8700, help="port to listen on")
+    p.add_argument(
+        "--rebind-projects",
+        action="store_true",
+        help="move the log to the Label Studio projects found now (the log is pinned to the "
+        "project ids of its first start, and a start that finds others refuses; same as "
+        "SCHEDULER_REBIND_PROJECTS=1)",
+    )
     p.set_defaults(func=_scheduler)
 
 
@@ -76,6 +83,8 @@ def _scheduler(args: argparse.Namespace) -> int:
     try:
         settings = SchedulerSettings.from_env(os.environ)
         settings.require_secrets()
+        if getattr(args, "rebind_projects", False):
+            settings = settings.with_(rebind_projects=True)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -41,6 +41,15 @@ def _data(obj: Any) -> dict:
     return obj if isinstance(obj, dict) else obj.dict()
 
 
+def _prediction_class(prediction: dict) -> str | None:
+    """The one class a consensus prediction holds, or None."""
+    for r in prediction.get("result") or []:
+        choices = (r.get("value") or {}).get("choices") if isinstance(r, dict) else None
+        if choices and len(choices) == 1:
+            return choices[0]
+    return None
+
+
 class LabelStudioAdapter:
     """Project lookup, task creation/deletion, annotation listing and predictions."""
 
@@ -91,10 +100,11 @@ class LabelStudioAdapter:
             }
         return out
 
-    def connect(self) -> dict[str, int]:
-        """Find the three provisioned projects (raises ``LookupError`` naming a missing one)."""
+    def connect(self, prefer: dict[str, int] | None = None) -> dict[str, int]:
+        """Find the three provisioned projects by title (raises ``LookupError`` naming a missing
+        one, or a title several projects share unless ``prefer``, kind -> id, names one)."""
         with self._timed("connect"):
-            self.projects = find_projects(self.client, self.prefix)
+            self.projects = find_projects(self.client, self.prefix, prefer=prefer)
         return self.projects
 
     def kind_of_project(self, project_id: int | None) -> str | None:
@@ -105,10 +115,11 @@ class LabelStudioAdapter:
         return None
 
     def unlabelled_tasks(self, kind: str) -> int:
-        """How many tasks of a project have no annotation yet (one cheap project request)."""
+        """How many tasks of a project are still in the labelling stream (not ``is_labeled``:
+        neither answered nor retired; one cheap project request)."""
         with self._timed("project_counts"):
             project = self.client.projects.get(self.projects[kind])
-        return int(project.task_number or 0) - int(project.num_tasks_with_annotations or 0)
+        return int(project.task_number or 0) - int(project.finished_task_number or 0)
 
     def pool(self) -> list[PoolImage]:
         """Every image of the Classify project (the pool the engine ranks), in task order."""
@@ -162,8 +173,28 @@ class LabelStudioAdapter:
             )
         return task.id
 
+    def retire_task(self, task_id: int) -> bool:
+        """Take a task out of the labelling stream without deleting it; ``False`` if it is gone.
+
+        Label Studio 1.23 serves only tasks with ``is_labeled`` false, and recomputes that flag
+        on every annotation change as "distinct annotators >= ``overlap``": with ``overlap`` 0
+        it stays true for good. The task, its annotations and drafts stay; a rater who has it
+        open can still submit, and the scheduler counts the answer. (Deleting would take the
+        answers with it and make that rater's Submit fail.)"""
+        from label_studio_sdk.core.api_error import ApiError
+
+        with self._timed("retire_task"):
+            try:
+                self.client.tasks.update(task_id, overlap=0, is_labeled=True)
+            except ApiError as exc:
+                if exc.status_code == 404:
+                    return False
+                raise
+        return True
+
     def delete_task(self, task_id: int) -> bool:
-        """Delete a task; ``False`` if it was already gone."""
+        """Delete a task; ``False`` if it was already gone. The scheduler itself never deletes
+        a task (see :meth:`retire_task`); tests and tools use this."""
         from label_studio_sdk.core.api_error import ApiError
 
         with self._timed("delete_task"):
@@ -194,8 +225,9 @@ class LabelStudioAdapter:
         return out
 
     def publish_predictions(self, classes: dict[str, tuple[str, float]], pool: list[PoolImage]):
-        """Write each image's consensus class (and its probability) as a prediction on its
-        Classify task, model version ``ranking-consensus``; returns how many were written."""
+        """Write each image's consensus class (and its probability) as a new prediction on its
+        Classify task, model version ``ranking-consensus``; returns how many were written. Not
+        idempotent by itself: the scheduler calls it through :meth:`sync_predictions`."""
         requests = []
         for img in pool:
             if img.image_id not in classes:
@@ -223,6 +255,39 @@ class LabelStudioAdapter:
                     self.projects[CLASSIFY], request=requests[start : start + 500]
                 )
         return len(requests)
+
+    def sync_predictions(
+        self, classes: dict[str, tuple[str, float]], pool: list[PoolImage]
+    ) -> dict[str, int]:
+        """Bring the ``ranking-consensus`` predictions on the Classify tasks to ``classes``:
+        exactly one per task, holding its class. A prediction already right is kept, a wrong or
+        surplus one deleted, a missing one created. Idempotent (run it twice, or after a crash
+        half-way, and nothing is duplicated); returns how many were kept, deleted, created."""
+        have: dict[int, list[dict]] = {}
+        with self._timed("list_classify"):
+            for task in self.client.tasks.list(
+                project=self.projects[CLASSIFY], fields="all", page_size=1000
+            ):
+                d = _data(task)
+                have[d["id"]] = [
+                    p
+                    for p in (_data(p) for p in d.get("predictions") or [])
+                    if p.get("model_version") == MODEL_VERSION
+                ]
+        keep, drop, want = 0, [], {}
+        for img in pool:
+            existing = have.get(img.classify_task_id, [])
+            label = classes.get(img.image_id, (None, 0.0))[0]
+            right = [p for p in existing if label is not None and _prediction_class(p) == label]
+            keep += bool(right)
+            drop += [p["id"] for p in existing if not right or p is not right[0]]
+            if label is not None and not right:
+                want[img.image_id] = classes[img.image_id]
+        with self._timed("delete_predictions"):
+            for prediction_id in drop:
+                self.client.predictions.delete(prediction_id)
+        created = self.publish_predictions(want, pool) if want else 0
+        return {"kept": keep, "deleted": len(drop), "created": created}
 
     def consensus_predictions(self) -> int:
         """How many Classify tasks already carry a ``ranking-consensus`` prediction."""

@@ -100,6 +100,7 @@ class TaskPool:
         worker: WorkerStats,
         post: Callable[[tuple, int], None],
         post_priority: int,
+        on_question_failed: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -111,6 +112,7 @@ class TaskPool:
         self.worker = worker
         self._post = post
         self._post_priority = post_priority
+        self._on_question_failed = on_question_failed
         self.images: dict[str, Any] = {}
         self.open: dict[int, TaskRecord] = {}
         self.creator: ThreadPoolExecutor | None = None
@@ -210,7 +212,7 @@ class TaskPool:
         open_rank = [t for t in self.open.values() if t.kind == "rank"]
         if done:
             for record in open_rank:
-                self.close(record, "retired", delete=True)
+                self.close(record, "retired", retire=True)
         else:
             self._top_up_rank(len(open_rank))
         self._ask_boundary()
@@ -307,7 +309,17 @@ class TaskPool:
                 if image_id is None:
                     return
                 cut = self._nearest_cut(image_id)
-            task_id = self.ls.create_boundary_task(self.images[image_id], cut)
+            try:
+                task_id = self.ls.create_boundary_task(self.images[image_id], cut)
+            except Exception as exc:  # noqa: BLE001 - asked again at the next top-up
+                # The engine counted the question against its label budget when it chose it;
+                # a question that never reached Label Studio must not use up the budget. The
+                # shell rebuilds the engine, whose pending questions are then the open ones.
+                self.counts["errors"] += 1
+                log.warning("creating a boundary question for %s failed: %r", image_id, exc)
+                if self._on_question_failed is not None:
+                    self._on_question_failed()
+                return
             rec = self.store.add_task(
                 task_id, "boundary", [image_id], meta={"created_by": CREATED_BY, "boundary": cut}
             )
@@ -336,12 +348,13 @@ class TaskPool:
         cutoff = datetime.fromtimestamp(self.clock() - self.settings.stale_after_s, UTC)
         stale = [t for t in self.open.values() if t.kind == "rank" and t.created_at < cutoff]
         for record in stale:
-            self.close(record, "retired", delete=True)
+            self.close(record, "retired", retire=True)
         return len(stale)
 
-    def close(self, record, status: str, *, delete: bool, release: bool = True) -> None:
+    def close(self, record, status: str, *, retire: bool, release: bool = True) -> None:
         """Take a task out of the open set with ``status``; ``release`` gives its batch back to
-        the engine, ``delete`` removes it from Label Studio."""
+        the engine, ``retire`` takes it out of Label Studio's labelling stream. A task is never
+        deleted: an answer to it (a rater who had it open) still arrives and counts."""
         self.open.pop(record.task_id, None)
         if release and record.kind == "rank":
             with self.lock:
@@ -351,8 +364,8 @@ class TaskPool:
         self.store.set_task_status(record.task_id, status)
         if status in ("retired", "skipped"):
             self.counts["tasks_retired"] += 1
-        if delete:
-            self.ls.delete_task(record.task_id)
+        if retire:
+            self.ls.retire_task(record.task_id)
 
     # ------------------------------------------------------------------ adoption
     def adopt(self, kind: str, task: dict) -> None:

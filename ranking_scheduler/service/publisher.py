@@ -2,12 +2,20 @@
 
 :meth:`Publisher.consensus` is the export of INTERFACES.md; :meth:`Publisher.maybe_publish`
 writes ``consensus.json``/``.csv`` and the Classify predictions once the engine is done and no
-boundary question is open.
+boundary question is open, and again, as a new ``version``, whenever the classes change after
+that (a late answer, an edit, a deletion), so the files, ``/api/consensus`` and the predictions
+the ML backend trains on never go stale.
+
+Publishing is idempotent: Label Studio is brought to the wanted state (one ``ranking-consensus``
+prediction per Classify task, holding its class) rather than sent a batch of new predictions,
+so a crash between the import and saving the state, and the republish after it, leaves no
+duplicates.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import threading
@@ -45,6 +53,7 @@ class Publisher:
         self.lock = lock
         self._images = images
         self.published: dict | None = None
+        self._checked: int | None = None  # the engine generation last compared
 
     def load(self) -> None:
         """Read what was published before a restart."""
@@ -86,14 +95,28 @@ class Publisher:
             "images": images,
         }
 
-    def maybe_publish(self, *, questions_open: bool) -> bool:
+    def maybe_publish(self, *, questions_open: bool, generation: int | None = None) -> bool:
         """Once the engine is done and no boundary question is open (``questions_open``), write
-        consensus.json/csv and the Classify predictions (once)."""
-        if self.published is not None:
-            return False
+        consensus.json/csv and the Classify predictions if the classes differ from what was
+        published last (a new ``version``); returns whether it published. ``generation``
+        changes whenever the engine does: an unchanged one skips the comparison."""
         if questions_open:
             return False
+        if generation is not None and generation == self._checked:
+            return False
         consensus = self.consensus()
+        order = {c: i for i, c in enumerate(CLASSES)}
+        classes = {
+            im["image_id"]: (im["class"], im[f"p_{im['class']}"])
+            for im in consensus["images"]
+            if im["class"] in order
+        }
+        digest = classes_digest(classes)
+        if self.published is not None and self.published.get("classes_digest") == digest:
+            self._checked = generation
+            return False
+        version = int((self.published or {}).get("version", 0)) + 1
+        consensus["version"] = version
         out = Path(self.settings.out_dir)
         out.mkdir(parents=True, exist_ok=True)
         tmp = out / "consensus.json.tmp"
@@ -105,18 +128,29 @@ class Publisher:
             writer.writeheader()
             writer.writerows(consensus["images"])
         (out / "consensus.csv.tmp").replace(out / "consensus.csv")
-        order = {c: i for i, c in enumerate(CLASSES)}
-        classes = {
-            im["image_id"]: (im["class"], im[f"p_{im['class']}"])
-            for im in consensus["images"]
-            if im["class"] in order
-        }
-        n = self.ls.publish_predictions(classes, list(self._images().values()))
+        changes = self.ls.sync_predictions(classes, list(self._images().values()))
         self.published = {
             "at": datetime.now(UTC).isoformat(),
-            "predictions": n,
+            "version": version,
+            "classes_digest": digest,
+            "predictions": len(classes),
+            "changes": changes,
             "path": str(out / "consensus.json"),
         }
         self.store.set_state("published", self.published)
-        log.info("published %d consensus classes to %s and Label Studio", n, out)
+        self._checked = generation
+        log.info(
+            "published consensus version %d (%d classes; Label Studio: %s) to %s",
+            version,
+            len(classes),
+            changes,
+            out,
+        )
         return True
+
+
+def classes_digest(classes: dict[str, tuple[str, float]]) -> str:
+    """A fingerprint of the image -> class map (the probabilities do not count: they move with
+    every answer, while the predictions only need to follow the classes)."""
+    blob = json.dumps(sorted((image_id, c[0]) for image_id, c in classes.items()))
+    return hashlib.sha256(blob.encode()).hexdigest()

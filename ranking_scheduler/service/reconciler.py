@@ -11,17 +11,34 @@ takes, so a listing can never do what a webhook could not. Three passes, cheapes
 
 The reads run on the tick thread (``read_*``); the worker applies them (``apply_*``), so it
 never waits for a listing.
+
+A listing can only *suggest* that an annotation is gone (it is not shown); Label Studio never
+said so. A pass that would drop more than a small share of the log (``max_delete_share`` of the
+logged annotations, and more than ``RECONCILE_DELETE_FLOOR``) is therefore refused and
+reported, not applied: that is what a wrong project, a wrong prefix or a broken listing looks
+like, never what raters do. A drop that was wrong is undone anyway once a listing shows the
+annotation again (the ledger restores it), but a refused pass never needs undoing.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from ls_config.provision import BOUNDARY, RANK
 from ranking_scheduler.service import intake
 from ranking_scheduler.service.pool import TaskPool
 from ranking_scheduler.service.store import SubmissionStore
+
+log = logging.getLogger(__name__)
+
+RECONCILE_DELETE_FLOOR = 3
+"""A pass may always drop this many annotations (a small log has no meaningful share)."""
+
+REFUSED_STATE_KEY = "reconcile_refused"
+"""Store state key of the last refused reconciliation pass (shown in the service stats)."""
 
 
 class Reconciler:
@@ -38,6 +55,7 @@ class Reconciler:
         apply: Callable[[intake.AnnotationEvent], str],
         rebuild: Callable[[], None],
         counts: dict[str, int],
+        max_delete_share: float = 0.05,
     ) -> None:
         self.store = store
         self.ls = ls
@@ -45,6 +63,7 @@ class Reconciler:
         self._apply = apply
         self._rebuild = rebuild
         self.counts = counts
+        self.max_delete_share = max_delete_share
         self._watch_short: list = []
 
     # ------------------------------------------------------------------ watch
@@ -92,7 +111,7 @@ class Reconciler:
             gone = set(ids) - {t["id"] for t in found}
             for task_id in gone:
                 if task_id in self.pool.open:
-                    self.pool.close(self.pool.open[task_id], "retired", delete=False)
+                    self.pool.close(self.pool.open[task_id], "retired", retire=False)
         return {"applied": applied, "deleted": 0}
 
     # ------------------------------------------------------------------ full pass
@@ -126,7 +145,7 @@ class Reconciler:
                     if intake.unchanged(known.get(event.annotation_id), event):
                         if task_id in self.pool.open:
                             self.pool.close(
-                                self.pool.open[task_id], "answered", delete=False, release=False
+                                self.pool.open[task_id], "answered", retire=False, release=False
                             )
                         continue
                     applied += self._apply(event) in ("created", "updated")
@@ -134,16 +153,48 @@ class Reconciler:
         unseen = {t for t in read["open_before"] - seen_tasks if t in self.pool.open}
         if missing or unseen:
             self._confirm_gone(missing, unseen, seen_annotations, seen_tasks)
+        gone = sorted(missing - seen_annotations)
+        if self._refuse(gone, len(known)):
+            return {"applied": applied, "deleted": 0, "refused": len(gone)}
         deleted = 0
-        for annotation_id in sorted(missing - seen_annotations):
+        for annotation_id in gone:
             deleted += self.store.delete_annotation(annotation_id).status == "deleted"
         if deleted:
             self.counts["deleted"] += deleted
             self._rebuild()
         for task_id in unseen - seen_tasks:
             if task_id in self.pool.open:
-                self.pool.close(self.pool.open[task_id], "retired", delete=False)
+                self.pool.close(self.pool.open[task_id], "retired", retire=False)
         return {"applied": applied, "deleted": deleted}
+
+    def allowed_deletes(self, logged: int) -> int:
+        """How many annotations one pass may drop from a log of ``logged``."""
+        return max(RECONCILE_DELETE_FLOOR, int(self.max_delete_share * logged))
+
+    def _refuse(self, gone: list[int], logged: int) -> bool:
+        """Whether dropping ``gone`` is too much to be real; if so, report it."""
+        if len(gone) <= self.allowed_deletes(logged):
+            return False
+        report = {
+            "at": datetime.now(UTC).isoformat(),
+            "would_delete": len(gone),
+            "logged": logged,
+            "allowed": self.allowed_deletes(logged),
+            "projects": dict(self.ls.projects),
+            "examples": gone[:10],
+        }
+        self.counts["reconcile_refused"] = self.counts.get("reconcile_refused", 0) + 1
+        self.store.set_state(REFUSED_STATE_KEY, report)
+        log.error(
+            "reconciliation refused: Label Studio projects %s do not show %d of the %d logged "
+            "annotations (at most %d may go in one pass); nothing was dropped. Check the "
+            "project prefix and Label Studio; SCHEDULER_RECONCILE_MAX_DELETE_SHARE sets the limit",
+            report["projects"],
+            len(gone),
+            logged,
+            report["allowed"],
+        )
+        return True
 
     def _confirm_gone(self, missing, unseen, seen_annotations, seen_tasks) -> None:
         # The listing is paged: a task deleted while it ran (a skip, a retirement) shifts the

@@ -37,6 +37,7 @@ import queue
 import threading
 import time
 from collections import deque
+from datetime import UTC, datetime
 from typing import Any
 
 from ls_config.provision import BOUNDARY, RANK
@@ -45,7 +46,7 @@ from ranking_scheduler.service import intake
 from ranking_scheduler.service.ls_adapter import LabelStudioAdapter
 from ranking_scheduler.service.pool import TaskPool
 from ranking_scheduler.service.publisher import Publisher
-from ranking_scheduler.service.reconciler import Reconciler
+from ranking_scheduler.service.reconciler import REFUSED_STATE_KEY, Reconciler
 from ranking_scheduler.service.settings import SchedulerSettings
 from ranking_scheduler.service.store import SubmissionStore
 from ranking_scheduler.service.worker_stats import PROCESSING_SAMPLES, WorkerStats, percentile
@@ -60,6 +61,13 @@ SLOW_EVENT_S = 0.5
 
 PRIO_CREATED, PRIO_WEBHOOK, PRIO_PERIODIC, PRIO_STOP = range(4)
 """Worker queue priorities: recorded creations first, then webhooks, then periodic passes."""
+
+PROJECTS_KEY = "projects"
+"""Store state key of the Label Studio project ids the log is pinned to."""
+
+
+def _ids(projects: dict[str, int]) -> str:
+    return ", ".join(f"{kind}={pid}" for kind, pid in sorted(projects.items()))
 
 
 class SchedulerService:
@@ -89,7 +97,9 @@ class SchedulerService:
         self._queue: queue.PriorityQueue = queue.PriorityQueue()
         self._seq = itertools.count()
         self._parked: list[tuple] = []  # webhooks about tasks not recorded yet
-        self._rejected: set[int] = set()
+        # Annotation id -> the version (intake.AnnotationEvent.version_key) last refused for its
+        # content: only that version is refused again without a look; an edit is read anew.
+        self._rejected: dict[int, str] = {}
         self._own_ms: deque[float] = deque(maxlen=PROCESSING_SAMPLES)
         self._counts = {
             "webhooks": 0,
@@ -108,6 +118,8 @@ class SchedulerService:
             "errors": 0,
         }
         self._deferred = 0
+        self._generation = 0  # bumped whenever the engine's state changes (the publisher skips
+        # its comparison while it is unchanged)
         self._worker = WorkerStats()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -122,6 +134,7 @@ class SchedulerService:
             worker=self._worker,
             post=self._put,
             post_priority=PRIO_CREATED,
+            on_question_failed=self.rebuild,
         )
         self.reconciler = Reconciler(
             store,
@@ -130,6 +143,7 @@ class SchedulerService:
             apply=self.apply_event,
             rebuild=self.rebuild,
             counts=self._counts,
+            max_delete_share=settings.reconcile_max_delete_share,
         )
         self.publisher = Publisher(
             settings,
@@ -156,7 +170,7 @@ class SchedulerService:
         the periodic reconciliation) in background threads. The first reconciliation is queued
         by the web app once it listens (so no webhook falls between the two); without
         ``background`` it runs here."""
-        self.ls.connect()
+        self._bind_projects()
         pool = self.ls.pool()
         if not pool:
             raise ValueError(
@@ -164,7 +178,6 @@ class SchedulerService:
             )
         self.tasks.load({img.image_id: img for img in pool})
         self.rebuild()
-        self._rejected = {r.annotation_id for r in self.store.rejections() if r.annotation_id}
         self.publisher.load()
         if not background:
             self.reconcile()
@@ -180,6 +193,33 @@ class SchedulerService:
                 timer.start()
                 self._threads.append(timer)
         return self
+
+    def _bind_projects(self) -> None:
+        """Find the projects and hold them to the ids the log is pinned to (pin them on the
+        first start). The log is only meaningful against the projects it was written from: a
+        reconciliation against others would take every logged annotation for deleted."""
+        pinned = self.store.get_state(PROJECTS_KEY)
+        pinned_ids = pinned.get("ids") if isinstance(pinned, dict) else None
+        rebind = self.settings.rebind_projects
+        found = self.ls.connect(prefer=None if rebind else pinned_ids)
+        prefix = self.settings.project_prefix
+        record = {"ids": dict(found), "prefix": prefix, "at": datetime.now(UTC).isoformat()}
+        if pinned_ids is None:
+            self.store.set_state(PROJECTS_KEY, record)
+            log.info("log pinned to Label Studio projects %s", found)
+            return
+        if pinned_ids == found:
+            return
+        if not rebind:
+            raise ValueError(
+                f"the scheduler's log {self.store!r} belongs to Label Studio projects "
+                f"{_ids(pinned_ids)} (prefix {pinned.get('prefix', '')!r}), but prefix "
+                f"{prefix!r} finds {_ids(found)}. Start with the prefix and Label Studio the "
+                "log was written for, or set SCHEDULER_REBIND_PROJECTS=1 (slicerank scheduler "
+                "--rebind-projects) to move the log to these projects on purpose"
+            )
+        log.warning("log moved from Label Studio projects %s to %s (rebind)", pinned_ids, found)
+        self.store.set_state(PROJECTS_KEY, {**record, "rebound_from": pinned})
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the threads after the events already queued and the task creations in flight
@@ -221,6 +261,7 @@ class SchedulerService:
         with self.lock:
             self.engine = engine
             self.tasks.restore_open_questions(engine)
+            self._generation += 1
         self._counts["rebuilds"] += 1
 
     # ------------------------------------------------------------------ queue and threads
@@ -363,7 +404,7 @@ class SchedulerService:
 
     def _reject(self, reason: str, *, kind, event: intake.AnnotationEvent) -> str:
         ann_id = event.annotation_id
-        self.store.record_rejection(
+        new = self.store.record_rejection(
             reason,
             kind=kind,
             annotation_id=ann_id,
@@ -371,10 +412,9 @@ class SchedulerService:
             rater=event.rater,
             payload=event.result,
         )
-        if ann_id is not None:
-            self._rejected.add(int(ann_id))
-        self._counts["rejected"] += 1
-        log.warning("rejected annotation %s on task %s: %s", ann_id, event.task_id, reason)
+        if new:  # the ledger records a refusal once per annotation, reason and content
+            self._counts["rejected"] += 1
+            log.warning("rejected annotation %s on task %s: %s", ann_id, event.task_id, reason)
         return "rejected"
 
     def _adopt_landed_late(self, kind: str, event: intake.AnnotationEvent) -> None:
@@ -400,8 +440,6 @@ class SchedulerService:
         store_kind = "rank" if kind == RANK else "boundary"
         if event.annotation_id is None or event.task_id is None:
             return self._reject(event.problem, kind=store_kind, event=event)
-        if event.annotation_id in self._rejected:
-            return "rejected"
         if event.problem:
             return self._reject(event.problem, kind=store_kind, event=event)
         rater, task_id = event.rater, event.task_id
@@ -415,6 +453,12 @@ class SchedulerService:
                 kind=store_kind,
                 event=event,
             )
+        # A refusal is about one version of the annotation: the same version again is refused
+        # without a look, an edit (a clinician completing the ranking) is read anew. Refusals
+        # that depend on the scheduler's state, not the content (a task not recorded yet),
+        # are looked at again every time, above.
+        if self._rejected.get(event.annotation_id) == event.version_key:
+            return "rejected"
         if event.cancelled:
             return self._skipped(record)
         try:
@@ -423,9 +467,12 @@ class SchedulerService:
             else:
                 label = intake.parse_boundary(event.result)
         except ValueError as exc:
+            self._rejected[event.annotation_id] = event.version_key
             status = self._reject(str(exc), kind=store_kind, event=event)
-            self.tasks.close(record, "retired", delete=False)
+            if record.task_id in self.tasks.open:
+                self.tasks.close(record, "retired", retire=False)
             return status
+        self._rejected.pop(event.annotation_id, None)
         # A listing is Label Studio showing the annotation now: it may bring back one that a
         # reconciliation had judged gone (see SubmissionStore.append_ranking).
         times = {
@@ -454,11 +501,12 @@ class SchedulerService:
                     self._submit_ranking(rater, ordered)
                 else:
                     self.engine.submit_boundary(record.image_ids[0], label)
+                self._generation += 1
             self.tasks.saw_submission(rater, store_kind)
         elif res.needs_rebuild:
             self.rebuild()
         if record.status == "open" or record.task_id in self.tasks.open:
-            self.tasks.close(record, "answered", delete=False, release=False)
+            self.tasks.close(record, "answered", retire=False, release=False)
         return res.status
 
     def apply_annotation(self, project_id: Any, task_id: Any, ann: dict) -> str:
@@ -476,7 +524,7 @@ class SchedulerService:
     def _skipped(self, record) -> str:
         self._counts["skipped"] += 1
         if record.status == "open":
-            self.tasks.close(record, "skipped", delete=True)
+            self.tasks.close(record, "skipped", retire=True)
         return "skipped"
 
     def delete_annotation(self, annotation_id: Any, task_id: Any = None) -> str:
@@ -489,9 +537,10 @@ class SchedulerService:
             self.rebuild()
             record = self.store.get_task(task_id) if task_id is not None else None
             if record is not None and record.status == "answered":
-                # The task is back in Label Studio's queue with a stale batch: withdraw it.
+                # The task is back in Label Studio's queue with a stale batch: take it out of
+                # the stream (never delete it: its other answers and drafts stay).
                 self.store.set_task_status(record.task_id, "retired")
-                self.ls.delete_task(record.task_id)
+                self.ls.retire_task(record.task_id)
         return res.status
 
     # ------------------------------------------------------------------ pool and publisher
@@ -520,7 +569,9 @@ class SchedulerService:
     def maybe_publish(self) -> bool:
         """Once the engine is done and no boundary question is open or wanted, write
         consensus.json/csv and the Classify predictions (once)."""
-        return self.publisher.maybe_publish(questions_open=bool(self.tasks.open_ids("boundary")))
+        return self.publisher.maybe_publish(
+            questions_open=bool(self.tasks.open_ids("boundary")), generation=self._generation
+        )
 
     # ------------------------------------------------------------------ reconciliation
     def reconcile(self, *, full: bool = True, read: dict | None = None) -> dict[str, int]:
@@ -559,6 +610,7 @@ class SchedulerService:
             "wanted_open_rank_tasks": self.tasks.wanted_open_tasks(),
             "active_raters": self.tasks.active_raters(),
             "counts": dict(self._counts),
+            "reconcile_refused": self.store.get_state(REFUSED_STATE_KEY),
             "published": self.published,
             "projects": self.ls.projects,
         }

@@ -423,3 +423,18 @@ def test_settings_from_env_validate_and_hide_secrets():
         SchedulerSettings.from_env({**env, "SCHEDULER_STRATEGY": "best"})
     with pytest.raises(ValueError, match="set LABEL_STUDIO_API_KEY and SCHEDULER_WEBHOOK_SECRET"):
         SchedulerSettings.from_env({}).require_secrets()
+
+
+def test_settings_for_the_project_pin_and_the_reconcile_guard():
+    from ranking_scheduler.service.settings import SchedulerSettings
+
+    s = SchedulerSettings.from_env({})
+    assert (s.rebind_projects, s.reconcile_max_delete_share) == (False, 0.05)
+    s = SchedulerSettings.from_env(
+        {"SCHEDULER_REBIND_PROJECTS": "1", "SCHEDULER_RECONCILE_MAX_DELETE_SHARE": "0.2"}
+    )
+    assert (s.rebind_projects, s.reconcile_max_delete_share) == (True, 0.2)
+    with pytest.raises(ValueError, match="SCHEDULER_REBIND_PROJECTS='maybe' is not a yes/no"):
+        SchedulerSettings.from_env({"SCHEDULER_REBIND_PROJECTS": "maybe"})
+    with pytest.raises(ValueError, match="SCHEDULER_RECONCILE_MAX_DELETE_SHARE=1.5 must be"):
+        SchedulerSettings.from_env({"SCHEDULER_RECONCILE_MAX_DELETE_SHARE": "1.5"})

@@ -114,10 +114,11 @@ class FakeLabelStudio:
         self.read_delay = 0.0  # seconds each task listing takes
         self.reading = threading.Event()  # set while a listing is under way
         self.hidden: set[int] = set()  # tasks a full listing skips (a page shifted under it)
+        self.retired: set[int] = set()  # out of the labelling stream (overlap 0), still there
 
     wait_s = 0.0
 
-    def connect(self):
+    def connect(self, prefer=None):
         return self.projects
 
     def pool(self):
@@ -160,9 +161,17 @@ class FakeLabelStudio:
         with self.lock:
             return self.tasks.pop(task_id, None) is not None
 
-    def unanswered(self) -> list[int]:
+    def retire_task(self, task_id):
         with self.lock:
-            return [t for t, d in self.tasks.items() if not d["annotations"]]
+            self.retired.add(task_id)
+            return task_id in self.tasks
+
+    def unanswered(self) -> list[int]:
+        """Tasks in the labelling stream: not answered, not retired."""
+        with self.lock:
+            return [
+                t for t, d in self.tasks.items() if not d["annotations"] and t not in self.retired
+            ]
 
     def unlabelled_tasks(self, kind):
         return len(self.unanswered()) if kind == RANK else 0
@@ -180,8 +189,18 @@ class FakeLabelStudio:
                 if (t in task_ids if task_ids is not None else t not in self.hidden)
             ]
 
-    def create_boundary_task(self, image, boundary):  # pragma: no cover - not reached here
-        raise AssertionError("no boundary questions in these tests")
+    boundary_failures = 0  # how many boundary creations fail before they work
+
+    def create_boundary_task(self, image, boundary):
+        with self.lock:
+            if self.boundary_failures > 0:
+                self.boundary_failures -= 1
+                raise RuntimeError("Label Studio answered 500")
+            task_id = self.next_id
+            self.next_id += 1
+            self.tasks[task_id] = {"id": task_id, "images": [image.image_id], "annotations": []}
+            self.retired.add(task_id)  # not a Rank task: keep it out of unanswered()
+        return task_id
 
     def annotate(self, task_id: int, ann_id: int, rater: int, images: list[str]) -> dict:
         """A rater submits ``task_id`` (in image order); the webhook payload Label Studio sends."""
@@ -261,7 +280,7 @@ def test_a_held_import_does_not_hold_up_the_replacements_after_it(service):
     # Everything recorded once; three raters active -> 2 x 3 open tasks, none lost.
     assert [s.annotation_id for s in store.effective_submissions("rank")] == [101, 102, 103]
     assert store.event_count() == 3
-    open_ids = {t.task_id for t in store.tasks(status="open")}
+    open_ids = {t.task_id for t in store.tasks(status="open", kind="rank")}
     assert open_ids == set(fake.unanswered())
     assert len(open_ids) == 6
     assert svc.service_stats()["creating_rank_tasks"] == 0
@@ -309,7 +328,7 @@ def test_a_failed_import_releases_its_batches_and_the_next_event_retries(service
     assert len(svc.engine.open_batches()) == open_before - 1  # the failed batch was released
     _answer(svc, fake, fake.unanswered()[0], 302)
     assert svc.wait_idle(10)
-    assert len(store.tasks(status="open")) == len(fake.unanswered()) == 4
+    assert len(store.tasks(status="open", kind="rank")) == len(fake.unanswered()) == 4
     assert store.event_count() == 2
 
 
@@ -410,3 +429,26 @@ def test_the_lead_time_of_a_submission_reaches_the_log(service):
     assert svc.wait_idle(10)
     (sub,) = store.effective_submissions("rank")
     assert (sub.annotation_id, sub.lead_time) == (801, 12.5)
+
+
+def test_a_failed_boundary_question_does_not_use_up_the_label_budget(tmp_path):
+    # 'paper' with one view per image is done after 8 batches of the 64 images; then the
+    # engine asks boundary questions (at most 2 open), the first creation fails.
+    svc, fake, store = _start(tmp_path, target_views=1, boundary_open=2)
+    try:
+        fake.boundary_failures = 1
+        ann = 900
+        while not svc.engine.done:
+            task_id = fake.unanswered()[0]
+            ann += 1
+            _answer(svc, fake, task_id, ann)
+            assert svc.wait_idle(10)
+        pending = sum(c["pending"] for c in svc.engine.boundary_status().values())
+        open_questions = store.tasks(kind="boundary", status="open")
+        assert len(open_questions) == 2
+        # Only the questions that exist in Label Studio count against the budget.
+        assert pending == len(open_questions)
+        assert svc.service_stats()["counts"]["errors"] == 1
+    finally:
+        svc.stop()
+        store.close()
