@@ -148,7 +148,8 @@ def audit(
     rejected: set[int],
     engine_batches: int | None,
 ) -> Audit:
-    """Compare Label Studio's valid Rank answers (annotation id → order) with the log's
+    """Compare Label Studio's valid Rank answers (annotation id → order, or None when only
+    its existence is known) with the log's
     effective rankings (annotation id → order). ``rejected`` holds the annotation ids the log
     rejected, ``engine_batches`` the live engine's batch count (None when it could not be
     read): batches beyond the log's rankings were counted twice (the log itself holds one
@@ -163,7 +164,9 @@ def audit(
         double_counted=max(0, (engine_batches or 0) - len(log_answers)),
         unknown_in_log=len(set(log_answers) - set(ls_answers)),
         order_mismatches=sum(
-            1 for a, o in log_answers.items() if a in ls_answers and list(ls_answers[a]) != list(o)
+            1
+            for a, o in log_answers.items()
+            if ls_answers.get(a) is not None and list(ls_answers[a]) != list(o)
         ),
         lost_ids=tuple(sorted(missing - wrongly)),
         rejected_ids=tuple(sorted(wrongly)),

@@ -205,7 +205,7 @@ class Raters:
                 ids = [item["id"] for item in task["data"]["images"]]
                 order = sorted(ids, key=lambda i: self.case.positions[i] + rng.gauss(0, 0.05))
                 try:
-                    user.submit(task["id"], pid, ranker_result(order), lead_time=think)
+                    ann = user.submit(task["id"], pid, ranker_result(order), lead_time=think)
                 except httpx.HTTPStatusError as exc:
                     if exc.response.status_code == 404:
                         with self._lock:
@@ -214,6 +214,7 @@ class Raters:
                     raise
                 with self._lock:
                     self.submitted += 1
+                    self.case.expected.add(int(ann["id"]))
             except (httpx.HTTPError, RuntimeError, KeyError, ValueError) as exc:
                 with self._lock:
                     self.errors.append(repr(exc)[:200])
@@ -354,6 +355,8 @@ class CaseRun:
     raters: Raters | None = None
     runs: list[dict[str, Any]] = field(default_factory=list)
     probe: WebhookProbe | None = None
+    expected: set[int] = field(default_factory=set)  # every answer Label Studio accepted
+    deleted: set[int] = field(default_factory=set)  # answers the bench deleted on purpose
 
     def provision(self, prefix: str | None = None) -> dict[str, int]:
         """A project set of its own (webhooks to this case's scheduler port)."""
@@ -484,13 +487,19 @@ class CaseRun:
         self.settle()
         stats = self.api("/api/stats")
         ls_answers = _answers_in_label_studio(self.bench.client(), self.projects["Rank"])
+        # What should be counted: every answer Label Studio accepted (the raters saw it saved),
+        # minus those the bench deleted on purpose, plus any it holds that the bench missed.
+        # An accepted answer that Label Studio no longer has was destroyed (a task deleted
+        # under it): it is checked against the log too, and reported on its own.
+        gone = self.expected - self.deleted - set(ls_answers)
+        truth = {**ls_answers, **{a: None for a in gone}}
         with SubmissionStore(self.db_url) as store:
             log_answers = {
                 s.annotation_id: list(s.ordered) for s in store.effective_submissions("rank")
             }
             rejected = {r.annotation_id for r in store.rejections() if r.annotation_id}
         result = audit(
-            ls_answers,
+            truth,
             log_answers,
             rejected=rejected,
             engine_batches=(stats.get("headline") or {}).get("batches_done"),
@@ -500,9 +509,14 @@ class CaseRun:
         # Answers Label Studio refused to save (the task was deleted under the clinician) are
         # lost too, though the log cannot show them: counted per run.
         record = {"run": label, **result, "refused": len(refused), "refused_why": refused[:5]}
+        record["gone_from_label_studio"] = len(gone)
         record.update(extra)
         record["clean"] = not (
-            result["lost"] or refused or result["wrongly_rejected"] or result["double_counted"]
+            result["lost"]
+            or refused
+            or gone
+            or result["wrongly_rejected"]
+            or result["double_counted"]
         )
         self.runs.append(record)
         log.info("%s %s: %s", self.name, label, record)
@@ -653,6 +667,7 @@ def _submit_without_webhook(case: CaseRun, n: int) -> list[int]:
         ids = [item["id"] for item in task["data"]["images"]]
         order = sorted(ids, key=case.positions.__getitem__)
         out.append(user.submit(task["id"], pid, ranker_result(order), lead_time=9.0)["id"])
+        case.expected.add(int(out[-1]))
     return out
 
 
@@ -723,6 +738,7 @@ def case_edits(case: CaseRun, runs: int, rng: random.Random) -> None:
                 r.raise_for_status()
             if len(picks) > 1:  # a real delete
                 http.delete(f"/api/annotations/{picks[1][0]}/").raise_for_status()
+                case.deleted.add(int(picks[1][0]))
             if len(picks) > 2:  # a delete webhook for an answer that is still there
                 a = picks[2][0]
                 case.post_webhook({"action": "ANNOTATIONS_DELETED", "annotations": [{"id": a}],
@@ -747,6 +763,15 @@ def case_foreign_project(case: CaseRun, runs: int, rng: random.Random) -> None:
         case.raters.resume()
         time.sleep(3.0)
         case.raters.pause()
+        # Label Studio lists pinned projects first, then the newest: every other run the lead
+        # has pinned our Rank project, so the copy comes after ours in the listing.
+        pinned = k % 2 == 1
+        if pinned:
+            with case.bench.http() as http:
+                http.patch(
+                    f"/api/projects/{case.projects['Rank']}/",
+                    json={"pinned_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+                ).raise_for_status()
         copy = case.bench.client().projects.create(title=_foreign_title(case))
         status = case.restart()
         message = case.scheduler.refusal() if status is not None else None
@@ -758,9 +783,15 @@ def case_foreign_project(case: CaseRun, runs: int, rng: random.Random) -> None:
         else:
             mid = None
         case.bench.client().projects.delete(copy.id)
+        if pinned:
+            with case.bench.http() as http:
+                http.patch(
+                    f"/api/projects/{case.projects['Rank']}/", json={"pinned_at": None}
+                ).raise_for_status()
         status2 = case.restart()
         case.check(
             f"foreign {k + 1}",
+            ours_pinned=pinned,
             refused_start=status,
             refusal=message,
             clean_while_copy_present=None if mid is None else mid["clean"],
@@ -797,15 +828,21 @@ def case_retired_held(case: CaseRun, runs: int, rng: random.Random) -> None:
         while task is None:
             task = user.next_task(pid)
             time.sleep(0 if task else 0.2)
-        # Held past the stale age and two reconciliations (which retire stale tasks).
-        time.sleep(stale + 2 * float(BENCH_SETTINGS["SCHEDULER_RECONCILE_INTERVAL_S"]) + 2)
+        # Held until the scheduler has retired it (stale tasks are retired after each
+        # reconciliation pass), then a moment longer for the Label Studio call that follows.
+        deadline = time.monotonic() + stale + 60
+        status_when_submitted = None
+        while time.monotonic() < deadline and status_when_submitted not in ("retired", "hidden"):
+            time.sleep(0.5)
+            with SubmissionStore(case.db_url) as store:
+                record = store.get_task(task["id"])
+            status_when_submitted = record.status if record is not None else None
+        time.sleep(2.0)
         ids = [item["id"] for item in task["data"]["images"]]
         order = sorted(ids, key=case.positions.__getitem__)
-        with SubmissionStore(case.db_url) as store:
-            record = store.get_task(task["id"])
-        status_when_submitted = record.status if record is not None else None
         try:
-            user.submit(task["id"], pid, ranker_result(order), lead_time=stale + 8)
+            ann = user.submit(task["id"], pid, ranker_result(order), lead_time=stale + 8)
+            case.expected.add(int(ann["id"]))
         except httpx.HTTPStatusError as exc:
             case.raters.refused.append(f"task {task['id']}: {exc.response.status_code} on Submit")
         case.check(f"held {k + 1}", task_id=task["id"], task_status=status_when_submitted)
@@ -930,6 +967,7 @@ def _tally(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "refused_submits": sum(r["refused"] for r in runs),
         "double_counted": max((r["double_counted"] for r in runs), default=0),
         "wrongly_rejected": max((r["wrongly_rejected"] for r in runs), default=0),
+        "gone_from_label_studio": max((r["gone_from_label_studio"] for r in runs), default=0),
         "lost_at_end": last.get("lost", 0),
         "answers_at_end": last.get("label_studio_answers", 0),
     }
