@@ -279,6 +279,23 @@ def train_job(request_dict: dict[str, Any]) -> dict[str, Any]:
             _release_lock(conn, job.meta["lock"], job.id)
 
 
+def job_label_studio_url(requested: str, own: str | None) -> str:
+    """The Label Studio a job talks to, and so sends the worker's token to: the worker's own
+    LABEL_STUDIO_URL when its environment sets one, else the URL the request names.
+
+    A request comes from Redis: whoever can write there must not be able to point the worker's
+    token at a host of theirs (and a remote worker reaches Label Studio by its own address).
+    """
+    if own:
+        if requested and requested.rstrip("/") != own.rstrip("/"):
+            log.warning(
+                "job asked for Label Studio at %.100r; using the worker's LABEL_STUDIO_URL",
+                requested,
+            )
+        return own.rstrip("/")
+    return requested
+
+
 def _ls_client(url: str, api_key: str):
     from label_studio_sdk import LabelStudio
 
@@ -313,7 +330,8 @@ def _train(request: TrainRequest, settings, progress: _Progress) -> dict[str, An
     config = config.replace(**changes)
     if device.type != "cuda" and (config.amp or config.data_on_device):
         log.warning("preset %s asks for CUDA features but runs on %s", config.name, device)
-    ls_url = request.label_studio_url or settings.label_studio_url
+    ls_url = job_label_studio_url(request.label_studio_url, os.environ.get("LABEL_STUDIO_URL"))
+    ls_url = ls_url or settings.label_studio_url
 
     progress.update(stage="labels", project=request.project_id, label_source=request.label_source)
     tasks = None
