@@ -165,8 +165,13 @@ class LeadTimes:
 
 
 def is_open(task: dict) -> bool:
-    """A task nobody has annotated (or skipped) yet."""
-    return not task.get("total_annotations") and not task.get("cancelled_annotations")
+    """A task nobody has annotated (or skipped) yet and still in the labelling stream (the
+    scheduler retires a task, never deletes it, by marking it labelled)."""
+    return (
+        not task.get("is_labeled")
+        and not task.get("total_annotations")
+        and not task.get("cancelled_annotations")
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -267,7 +272,8 @@ def simulate_ranking(
     stop_reason = "budget spent"
     # Open Rank tasks from the last listing: listing the growing project after every
     # submission would cost more than the submission itself. A task the scheduler retired
-    # meanwhile answers 404 and is skipped.
+    # meanwhile is still answered and counts (like a clinician who had it open); one deleted
+    # by hand answers 404 and is skipped.
     queue: list[dict] = []
     gone = 0
     while spent < budget_seconds:
