@@ -271,7 +271,8 @@ def create_app(
     async def body(request: Request) -> dict[str, Any]:
         try:
             data = await request.json()
-        except ValueError:
+        except (ValueError, RecursionError):
+            # RecursionError: nesting deeper than the JSON parser goes (an attack, not a task).
             raise HTTPException(400, "request body is not JSON") from None
         if not isinstance(data, dict):
             raise HTTPException(400, "request body must be a JSON object")

@@ -121,7 +121,9 @@ class Fuzzer:
 def post_raw(client: TestClient, path: str, payload: Any, rng: random.Random):
     """Post ``payload`` as JSON, or now and then as broken bytes."""
     if rng.random() < 0.05:
-        content = rng.choice([b"{", b"\xff\xfe", b"null", b"[]" * 1000, b'{"tasks": [' * 50])
+        content = rng.choice(
+            [b"{", b"\xff\xfe", b"null", b"[]" * 1000, b'{"tasks": [' * 50, b"[" * 100_000]
+        )
         return client.post(path, content=content, auth=AUTH,
                            headers={"Content-Type": "application/json"})  # fmt: skip
     return client.post(path, content=json.dumps(payload), auth=AUTH,
