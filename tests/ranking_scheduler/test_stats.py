@@ -419,3 +419,20 @@ def test_stats_from_a_snapshot_while_the_worker_changes_the_engine(store):
         stop.set()
         thread.join()
     assert not errors, errors
+
+
+def test_labelling_time_from_the_lead_times_in_the_log(store):
+    # Label Studio's lead_time travels with each answer into the log; the stats read it there.
+    for n, lead in enumerate([10.0, 12.0, 20.0]):
+        store.append_ranking(500 + n, ["i1", "i2"], rater="r1", created_at=T0, lead_time=lead)
+    store.append_ranking(510, ["i1", "i2"], rater="r2", created_at=T0)  # no lead time
+    store.append_boundary(520, "i5", "lv", rater="r2", created_at=T0, lead_time=6.5)
+    store.append_ranking(503, ["i3", "i4"], rater="r1", created_at=T0, lead_time=30.0)
+    store.delete_annotation(503)  # a deleted answer's time does not count
+    t = compute_stats(_engine(), store, target_views=3, now=NOW)["labelling_time"]
+    rank = t["by_strategy"]["ranking"]
+    assert (rank["n"], rank["median_s"], rank["not_measured"]) == (3, 12.0, 1)
+    assert t["by_strategy"]["single_label"]["median_s"] == 6.5
+    rows = {r["rater"]: r for r in t["by_rater"]}
+    assert rows["r1"]["median_s_per_batch"] == 12.0 and rows["r2"]["median_s_per_label"] == 6.5
+    assert t["cohort"]["images"] == 10 and t["cohort"]["batches"] == round(10 * 1575 / 3323)
