@@ -27,6 +27,13 @@ Idempotence: every annotation is appended by id, so a duplicate webhook or a rec
 that sees an annotation again is a no-op; an edited or deleted annotation rebuilds the engine
 from the log. A restart rebuilds from the log and reconciles with Label Studio, so a webhook
 missed while the service was down is picked up.
+
+Nothing is lost by design: the log is pinned to the project ids of its first start (a start
+that finds others refuses, unless ``rebind_projects``); a deletion inferred from a listing is
+reversible (the ledger restores an annotation Label Studio shows again) and a pass that would
+infer many is refused (reconciler.py); a rejection holds for one version of an annotation
+only; tasks are retired, never deleted (pool.py); the consensus follows the classes
+(publisher.py).
 """
 
 from __future__ import annotations
@@ -61,6 +68,9 @@ SLOW_EVENT_S = 0.5
 
 PRIO_CREATED, PRIO_WEBHOOK, PRIO_PERIODIC, PRIO_STOP = range(4)
 """Worker queue priorities: recorded creations first, then webhooks, then periodic passes."""
+
+ANSWER_ACTIONS = frozenset({"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED"})
+"""Webhook actions that bring answers: their arrival shows deliveries work (stats.webhook_health)."""
 
 PROJECTS_KEY = "projects"
 """Store state key of the Label Studio project ids the log is pinned to."""
@@ -101,6 +111,12 @@ class SchedulerService:
         # content: only that version is refused again without a look; an edit is read anew.
         self._rejected: dict[int, str] = {}
         self._own_ms: deque[float] = deque(maxlen=PROCESSING_SAMPLES)
+        # When the last answer webhook came, and the answers only a reconciliation found.
+        self._webhook_times: dict[str, Any] = {
+            "last_delivery_at": None,
+            "found_by_reconciliation": 0,
+            "last_found_at": None,
+        }
         self._counts = {
             "webhooks": 0,
             "created": 0,
@@ -268,6 +284,8 @@ class SchedulerService:
     def enqueue(self, action: str, payload: dict) -> None:
         """Queue one webhook event for the worker (returns at once)."""
         self._counts["webhooks"] += 1
+        if action in ANSWER_ACTIONS:
+            self._webhook_times["last_delivery_at"] = time.time()  # for the dashboard's alert
         self._put(("webhook", action, payload, time.perf_counter()), PRIO_WEBHOOK)
         self._worker.saw_depth(self._queue.qsize())
 
@@ -495,6 +513,10 @@ class SchedulerService:
                 **times,
             )
         self._counts[res.status] = self._counts.get(res.status, 0) + 1
+        if res.status == "created" and event.source != "webhook":
+            # An answer no webhook brought: the dashboard says so if webhooks have stopped.
+            self._webhook_times["found_by_reconciliation"] += 1
+            self._webhook_times["last_found_at"] = time.time()
         if res.status == "created":
             with self.lock:
                 if kind == RANK:
@@ -619,7 +641,14 @@ class SchedulerService:
         """The dashboard figures (``compute_stats``) plus :meth:`service_stats`."""
         from ranking_scheduler.service.stats import compute_stats
 
-        with self.lock:
-            stats = compute_stats(self.engine, self.store, target_views=self.settings.target_views)
+        # Only the engine's figures are copied under the lock (a few ms); the log is read and
+        # everything summed after it, so a dashboard refresh never holds up a submission.
+        stats = compute_stats(
+            self.engine,
+            self.store,
+            target_views=self.settings.target_views,
+            engine_lock=self.lock,
+            webhooks=dict(self._webhook_times),
+        )
         stats["service"] = self.service_stats()
         return stats
