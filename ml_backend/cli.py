@@ -132,6 +132,38 @@ def redis_password_warning(redis_url: str) -> str | None:
     )
 
 
+def owner_token_warning(label_studio_url: str, api_key: str, *, timeout: float = 5.0) -> str | None:
+    """A warning when ``api_key`` is the token of the Label Studio organisation's owner (the
+    admin who created it), else None; None too when Label Studio cannot be asked. Workers
+    should hold a separate user's token: the GPU machines then never hold the admin's."""
+    import httpx
+
+    from ml_backend.media import auth_header
+
+    if not label_studio_url or not api_key:
+        return None
+    try:
+        me = httpx.get(
+            f"{label_studio_url.rstrip('/')}/api/current-user/whoami",
+            headers=auth_header(api_key),
+            timeout=timeout,
+            follow_redirects=False,
+        )
+        me.raise_for_status()
+        data = me.json()
+    except (httpx.HTTPError, ValueError):
+        return None  # unreachable or another auth scheme: the worker says so when it trains
+    email = str(data.get("email") or "").lower()
+    owner = str((data.get("active_organization_meta") or {}).get("email") or "").lower()
+    if email and email == owner:
+        return (
+            "LABEL_STUDIO_API_KEY is the Label Studio organisation owner's token: give workers "
+            "the token of a separate, non-admin user (WORKER_LABEL_STUDIO_API_KEY in compose; "
+            "README security notes)"
+        )
+    return None
+
+
 def _warn_redis_password(redis_url: str, who: str) -> None:
     message = redis_password_warning(redis_url)
     if message:
@@ -145,6 +177,10 @@ def _worker(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     _warn_redis_password(settings.redis_url, "worker")
+    if os.environ.get("LABEL_STUDIO_URL"):
+        message = owner_token_warning(settings.label_studio_url, settings.label_studio_api_key)
+        if message:
+            log.warning("worker: %s", message)
     # The job reads its own settings from this environment; pass the overrides on.
     os.environ["MODEL_DIR"] = str(settings.model_dir)
     os.environ["SLICERANK_DEVICE"] = settings.device

@@ -396,3 +396,15 @@ def test_a_job_from_redis_cannot_send_the_workers_token_elsewhere(
     # Without a URL of its own (a single-machine set-up) the worker follows the request.
     assert job_label_studio_url("http://ls:8080", None) == "http://ls:8080"
     assert job_label_studio_url("http://ls:8080", "http://10.0.0.5:8080/") == "http://10.0.0.5:8080"
+
+
+@pytest.mark.integration
+def test_worker_token_of_the_label_studio_owner_is_warned_about(label_studio):
+    from ml_backend.cli import owner_token_warning
+
+    # The session's Label Studio token is the organisation owner's (the lead who set it up).
+    warning = owner_token_warning(label_studio.url, label_studio.api_key)
+    assert warning and "owner" in warning and "non-admin" in warning
+    # Nothing to say when Label Studio cannot be asked (the worker still starts).
+    assert owner_token_warning("http://127.0.0.1:1", label_studio.api_key, timeout=1) is None
+    assert owner_token_warning(label_studio.url, "not-a-token") is None
