@@ -13,6 +13,11 @@ through ``post`` (the shell's queue); the worker records them with :meth:`TaskPo
 
 Boundary questions are asked here too, while the engine wants them. The pool reacts to the
 engine's state; it never changes the log's submissions.
+
+A task is never deleted in Label Studio: a task that is no longer wanted (skipped, stale, the
+engine done, its answer deleted) is *retired*, taken out of the labelling stream with its
+annotations and drafts kept (``LabelStudioAdapter.retire_task``), so a clinician who still has
+it open can submit, and that answer counts.
 """
 
 from __future__ import annotations
@@ -84,7 +89,9 @@ class TaskPool:
 
     Runs on the worker thread except :meth:`_create_job` (creator threads) and the read-only
     figures. ``engine`` returns the live engine, ``lock`` guards it; ``post(item, priority)``
-    queues an item for the worker; ``counts`` is the service's counter dict.
+    queues an item for the worker; ``counts`` is the service's counter dict;
+    ``on_question_failed()`` is called when Label Studio refused a boundary question (the shell
+    rebuilds the engine, so the question it counted does not use up the label budget).
     """
 
     def __init__(
