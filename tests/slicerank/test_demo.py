@@ -233,6 +233,12 @@ def _tasks(http, url: str, project: int) -> list[dict]:
     return resp.json()["tasks"]
 
 
+def _ctrl_c_reaches_it() -> None:  # pragma: no cover - runs in the forked child
+    """A shell that starts pytest in the background makes it (and so the demo) ignore SIGINT;
+    the demo is a foreground program that Ctrl-C must reach, as it does in a terminal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupt(proc: subprocess.Popen, output: _Output) -> set[int]:
     """Ctrl-C the demo; assert it exits 0 and that none of its descendants outlives it.
     Returns the descendants it had."""
@@ -263,6 +269,7 @@ def test_demo_end_to_end(tmp_path):
         stderr=subprocess.STDOUT,
         text=True,
         env=env,
+        preexec_fn=_ctrl_c_reaches_it,
     )  # fmt: skip
     try:
         output = _Output(proc.stdout)
@@ -354,6 +361,17 @@ def test_demo_end_to_end(tmp_path):
                 stats_url, headers={"Authorization": f"Bearer {creds['dashboard_token']}"}
             )
             assert stats.status_code == 200
+            # Measured labelling time: the simulated clinicians' lead_times reach the log and
+            # the dashboard's figures (median per batch and per label, per rater, cohort hours).
+            timing = stats.json()["labelling_time"]
+            ranking = timing["by_strategy"]["ranking"]
+            assert ranking["n"] == result["ranking"]["ranked_batches"]
+            assert 5.0 < ranking["median_s"] < 25.0  # the study: 11.4 s a batch
+            per_rater = {r["rater"]: r for r in timing["by_rater"]}
+            assert len(per_rater) == 3
+            assert all(r["median_s_per_batch"] for r in per_rater.values())
+            assert len({r["median_s_per_batch"] for r in per_rater.values()}) == 3
+            assert timing["cohort"]["hours_ranking"] > 0
 
         # The report is written, with the held-out comparison and McNemar's test.
         report = result["report"]
@@ -378,6 +396,7 @@ def test_demo_end_to_end(tmp_path):
             [sys.executable, "-m", "slicerank", "demo", "--out", str(out), "--scans", "4",
              "--test-scans", "2", "--no-simulate", "--json", str(again_path)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+            preexec_fn=_ctrl_c_reaches_it,
         )  # fmt: skip
         output = _Output(proc.stdout)
         output.wait_for(proc, "services are running", timeout=400)
