@@ -452,3 +452,20 @@ def test_a_failed_boundary_question_does_not_use_up_the_label_budget(tmp_path):
     finally:
         svc.stop()
         store.close()
+
+
+def test_a_rejection_that_depends_on_the_log_not_the_answer_is_looked_at_again(service):
+    # A task whose creation the log learns late (an import that landed around a crash):
+    # its answer is refused at first, and counted once the log knows the task.
+    svc, fake, store = service
+    images = [img.image_id for img in fake.images[:8]]
+    with fake.lock:
+        fake.tasks[999] = {"id": 999, "images": images, "annotations": []}
+    svc.enqueue("ANNOTATION_CREATED", fake.annotate(999, 901, 1, images))
+    assert svc.wait_idle(10)
+    (rej,) = store.rejections()
+    assert rej.annotation_id == 901 and "was not created by the scheduler" in rej.reason
+    store.add_task(999, "rank", images)  # the log learns the task
+    svc.reconcile()
+    assert 901 in {s.annotation_id for s in store.effective_submissions("rank")}
+    assert len(store.rejections()) == 1  # the refusal stays on record, once
