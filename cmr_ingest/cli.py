@@ -89,6 +89,11 @@ def register_bench(bench_subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--scans", type=int, default=300, help="cohort size (default 300)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", metavar="DIR", help="keep the cohorts here (default: a temp dir)")
+    p.add_argument(
+        "--text-check",
+        action="store_true",
+        help="instead: false alarms and detections of --check-pixels-for-text on a PNG cohort",
+    )
     p.add_argument("--json", metavar="FILE", help="write the numbers here")
     p.set_defaults(func=_bench)
 
@@ -177,9 +182,12 @@ def _ingest(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from cmr_ingest.bench import run_bench
+    from cmr_ingest.bench import run_bench, run_text_check_bench
 
-    result = run_bench(args.scans, seed=args.seed, workdir=args.workdir)
+    if args.text_check:
+        result = run_text_check_bench(args.scans, seed=args.seed, workdir=args.workdir)
+    else:
+        result = run_bench(args.scans, seed=args.seed, workdir=args.workdir)
     for key, value in result.items():
         print(f"{key}: {value}")
     if args.json:
