@@ -144,3 +144,11 @@ def test_cli_flags(cohort_with_text, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SLICERANK_CHECK_PIXELS_FOR_TEXT", "maybe")
     assert main(["ingest", str(src), "--out", str(tmp_path / "c")]) == 2
     assert "SLICERANK_CHECK_PIXELS_FOR_TEXT='maybe'" in capsys.readouterr().err
+
+
+def test_text_check_bench_counts(tmp_path):
+    from cmr_ingest.bench import run_text_check_bench
+
+    out = run_text_check_bench(2, seed=1, workdir=str(tmp_path))
+    assert out["slices"] > 10 and out["false_alarms"] == 0
+    assert out["with_overlay_detected"] == out["slices"] and out["with_overlay_missed"] == []
