@@ -314,6 +314,11 @@ def _classify_images_load(browser, demo: DemoRun, kind: str, screen: str) -> Non
     _close_instructions(page)
     boxes = _boxes(page, ".lsf-image img")
     assert boxes and all(b["natural"] > 0 for b in boxes)
+    # The slice and the three buttons are on screen together, above the Submit bar.
+    submit_top = page.locator("[data-testid=bottombar-submit-button]").bounding_box()["y"]
+    choices = page.locator(".lsf-choices").bounding_box()
+    assert choices["y"] + choices["height"] <= submit_top, (choices, submit_top)
+    assert boxes[0]["bottom"] <= submit_top and boxes[0]["right"] <= SCREENS[screen][0]
     page.screenshot(path=str(ARTIFACTS / f"demo-{kind.lower()}-{screen}.png"))
     page.close()
 
@@ -348,7 +353,8 @@ def test_boundary_images_load(demo_run, browser):
                 order = sorted(ids, key=position.__getitem__)
                 rest.annotate(task["id"], ranker_result(order), lead, 11.0)
             time.sleep(1.0)
-    _classify_images_load(browser, demo_run, "Boundary", "1920x1080")
+    for screen in SCREENS:
+        _classify_images_load(browser, demo_run, "Boundary", screen)
 
 
 def test_trained_model_choice_is_preselected(demo_run, browser):
