@@ -275,4 +275,5 @@ def run_full_protocol(
         "bare_forward_backward_images_per_s": bare,
         "train_vs_bare": train_ips / bare,
         "test": result.summary()["test"],
+        "ensemble": result.summary()["ensemble"],
     }

@@ -465,6 +465,11 @@ def write_predictions(
     from ml_backend.scan_predict import ScanPredictions
 
     predictor = Predictor.from_version(version, device=device)
+    if predictor.device.type == "cpu" and predictor.config.cpu_threads:
+        import torch
+
+        # The work horse ends with the job: its thread count need not be restored.
+        torch.set_num_threads(predictor.config.cpu_threads)
     # Each scan's slices are decoded together (the media root holds the whole stack).
     scans = ScanPredictions(media_root)
     manifest = read_manifest_paths(media_root)

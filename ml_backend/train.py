@@ -406,6 +406,25 @@ def run_protocol(
     """Fit every seed of ``config``; fit each seed's and the ensemble's decision bias on the
     training and validation images; evaluate all of them on ``test``."""
     device = torch.device(device)
+    if device.type == "cpu" and config.cpu_threads:
+        previous = torch.get_num_threads()
+        torch.set_num_threads(config.cpu_threads)
+        try:
+            return _run_protocol(config, train, val, test, device, on_epoch=on_epoch)
+        finally:
+            torch.set_num_threads(previous)
+    return _run_protocol(config, train, val, test, device, on_epoch=on_epoch)
+
+
+def _run_protocol(
+    config: TrainConfig,
+    train: SliceDataset,
+    val: SliceDataset,
+    test: SliceDataset,
+    device: torch.device,
+    *,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+) -> ProtocolResult:
     fits, tests, biases = [], [], []
     fitted_probs, test_probs = [], []
     fitted = SliceDataset(

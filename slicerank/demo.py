@@ -180,9 +180,9 @@ def run_demo(
         t = time.monotonic()
         conn = redis.Redis.from_url(redis_url)
         models = {}
-        # Published classes sit on the Classify tasks as predictions; otherwise the ranking
-        # model learns from the consensus file (and its predictions are not written back).
-        consensus_file = None if result["consensus"]["published"] else result["consensus"]["path"]
+        # The ranking model always learns from the consensus file: besides the classes it
+        # carries each image's continuous position, which the ordinal head regresses onto.
+        consensus_file = result["consensus"]["path"]
         for name, source in (("one-at-a-time", "classify"), ("ranking", "ranking")):
             models[name] = stage_train(
                 conn, queue_name, label_source=source, project_id=projects["Classify"],

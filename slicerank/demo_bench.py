@@ -1,4 +1,6 @@
-"""``slicerank bench demo``: wall time and peak memory of a whole ``slicerank demo`` run.
+"""``slicerank bench demo``: wall time and peak memory of a whole ``slicerank demo`` run;
+with ``--runs N``, N default runs with seeds ``--seed``, ``--seed`` + 1, ... and the models'
+mean ± sd across them, checked against issue 11's targets (:func:`summarise_runs`).
 
 The demo runs as a child process so that everything it starts (Label Studio, Redis, the
 scheduler, the ML backend, the RQ worker and its work-horse) is measured as one process tree.
@@ -19,6 +21,12 @@ from typing import Any
 
 #: How often the process tree's memory is sampled, in seconds.
 SAMPLE_INTERVAL_S = 0.5
+#: The default demo must finish within this many seconds on 2 cores (issue 11).
+DEMO_TIME_TARGET_S = 12 * 60
+#: The two models of a demo run, as its report names them.
+MODELS = ("one-at-a-time", "ranking")
+#: The demo's label report names the two label sets like this.
+LABEL_SETS = {"one-at-a-time": "one-at-a-time labels", "ranking": "ranking consensus"}
 
 
 def _children(pid: int) -> list[int]:
@@ -87,22 +95,175 @@ def run_bench(scans: int | None, out: Path, extra: list[str]) -> dict[str, Any]:
         demo = json.loads(demo_json.read_text())
         result["stage_timings_s"] = demo.get("timings_s")
         result["headline"] = (demo.get("report") or {}).get("headline")
+        result["label_headline"] = (demo.get("label_report") or {}).get("headline")
     return result
+
+
+def _mean_sd(values: list[float]) -> dict[str, float] | None:
+    import statistics
+
+    if not values:
+        return None
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": statistics.fmean(values), "sd": sd, "n": len(values)}
+
+
+def summarise_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean ± sd of each model's and label set's accuracy across finished runs, the gain of
+    stack decoding, and issue 11's targets: the ranking-trained model's mean accuracy is at
+    least the one-at-a-time model's whenever the ranking labels are at least as accurate, no
+    run has a class with F1 = 0, every run within :data:`DEMO_TIME_TARGET_S`."""
+    from analysis.report import STACK_SUFFIX
+
+    done = [r for r in runs if r.get("exit_code") == 0 and r.get("headline")]
+    models: dict[str, Any] = {}
+    names = [m for m in MODELS] + [m + STACK_SUFFIX for m in MODELS]
+    for name in names:
+        rows = [r["headline"]["models"].get(name) for r in done]
+        rows = [x for x in rows if x]
+        if not rows:
+            continue
+        models[name] = {
+            "accuracy": _mean_sd([x["accuracy"]["value"] for x in rows]),
+            "macro_f1": _mean_sd([x["macro_f1"]["value"] for x in rows]),
+            "min_class_f1": min(min(x["f1_per_class"].values()) for x in rows),
+        }
+    labels = {}
+    for name, label_set in LABEL_SETS.items():
+        vals = [
+            r["label_headline"]["models"][label_set]["accuracy"]["value"]
+            for r in done
+            if (r.get("label_headline") or {}).get("models", {}).get(label_set)
+        ]
+        labels[name] = _mean_sd(vals)
+    stack_gain = {}
+    for name in MODELS:
+        if name in models and name + STACK_SUFFIX in models:
+            stack_gain[name] = {
+                key: models[name + STACK_SUFFIX][key]["mean"] - models[name][key]["mean"]
+                for key in ("accuracy", "macro_f1")
+            }
+    targets: dict[str, Any] = {}
+    if labels.get("ranking") and labels.get("one-at-a-time") and all(m in models for m in MODELS):
+        labels_better = labels["ranking"]["mean"] >= labels["one-at-a-time"]["mean"]
+        model_better = (
+            models["ranking"]["accuracy"]["mean"] >= models["one-at-a-time"]["accuracy"]["mean"]
+        )
+        targets["ranking_labels_at_least_as_accurate"] = labels_better
+        targets["model_vs_labels"] = model_better or not labels_better
+    targets["no_collapsed_class"] = bool(models) and all(
+        models[m]["min_class_f1"] > 0 for m in MODELS if m in models
+    )
+    walls = [r["wall_s"] for r in done]
+    targets["time"] = bool(walls) and max(walls) <= DEMO_TIME_TARGET_S
+    return {
+        "runs_finished": len(done),
+        "runs": len(runs),
+        "models": models,
+        "labels": labels,
+        "stack_decoding_gain": stack_gain,
+        "wall_s": _mean_sd(walls),
+        "max_wall_s": max(walls) if walls else None,
+        "targets": targets,
+    }
+
+
+def runs_table(runs: list[dict[str, Any]], summary: dict[str, Any]) -> str:
+    """A Markdown table of every run and the mean ± sd row (for docs/BENCHMARKS.md)."""
+    from analysis.report import STACK_SUFFIX
+
+    def acc(run: dict[str, Any], name: str, key: str = "headline") -> str:
+        try:
+            return f"{run[key]['models'][name]['accuracy']['value']:.3f}"
+        except (KeyError, TypeError):
+            return "—"
+
+    lines = [
+        "| run (seed) | labels 1-at-a-time | labels ranking | model 1-at-a-time | model ranking "
+        "| ranking, stack-decoded | min class F1 (1-at-a-time / ranking) | wall s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        head = run.get("headline") or {}
+        f1 = [
+            min(head["models"][m]["f1_per_class"].values()) if m in head.get("models", {}) else None
+            for m in MODELS
+        ]
+        lines.append(
+            f"| {run.get('seed')} | {acc(run, LABEL_SETS['one-at-a-time'], 'label_headline')} "
+            f"| {acc(run, LABEL_SETS['ranking'], 'label_headline')} | {acc(run, MODELS[0])} "
+            f"| {acc(run, MODELS[1])} | {acc(run, MODELS[1] + STACK_SUFFIX)} "
+            f"| {' / '.join('—' if v is None else f'{v:.2f}' for v in f1)} | {run.get('wall_s')} |"
+        )
+
+    def ms(x: dict[str, float] | None) -> str:
+        return "—" if not x else f"{x['mean']:.3f} ± {x['sd']:.3f}"
+
+    m, lab = summary["models"], summary["labels"]
+    lines.append(
+        f"| **mean ± sd** | {ms(lab.get('one-at-a-time'))} | {ms(lab.get('ranking'))} "
+        f"| {ms((m.get(MODELS[0]) or {}).get('accuracy'))} "
+        f"| {ms((m.get(MODELS[1]) or {}).get('accuracy'))} "
+        f"| {ms((m.get(MODELS[1] + STACK_SUFFIX) or {}).get('accuracy'))} | | "
+        f"{ms(summary['wall_s'])} |"
+    )
+    return "\n".join(lines)
+
+
+def _demo_seed(extra: list[str]) -> tuple[int, list[str]]:
+    """The ``--seed`` in the demo arguments (default 0) and the arguments without it."""
+    rest, seed, skip = [], 0, False
+    for k, arg in enumerate(extra):
+        if skip:
+            skip = False
+            continue
+        if arg == "--seed" and k + 1 < len(extra):
+            seed, skip = int(extra[k + 1]), True
+        elif arg.startswith("--seed="):
+            seed = int(arg.split("=", 1)[1])
+        else:
+            rest.append(arg)
+    return seed, rest
 
 
 def _bench(args: argparse.Namespace) -> int:
     from slicerank_base.jsonout import write_json
 
+    if args.runs < 1:
+        print(f"error: --runs {args.runs}: must be at least 1", file=sys.stderr)
+        return 2
+    seed0, extra = _demo_seed(args.demo_args or [])
+    runs = []
     with tempfile.TemporaryDirectory(prefix="slicerank-bench-demo-") as tmp:
-        out = Path(args.out) if args.out else Path(tmp) / "demo"
-        result = run_bench(args.scans, out, args.demo_args or [])
-    print(
-        f"demo: exit {result['exit_code']}, wall {result['wall_s']} s, "
-        f"peak memory of the process tree {result['peak_tree_rss_gib']} GiB"
-    )
+        base = Path(args.out) if args.out else Path(tmp) / "demo"
+        for k in range(args.runs):
+            out = base if args.runs == 1 else base / f"run-{k + 1}"
+            seed = seed0 + k
+            result = run_bench(args.scans, out, extra + ["--seed", str(seed)])
+            result["seed"] = seed
+            runs.append(result)
+            print(
+                f"demo run {k + 1}/{args.runs} (seed {seed}): exit {result['exit_code']}, wall "
+                f"{result['wall_s']} s, peak memory of the process tree "
+                f"{result['peak_tree_rss_gib']} GiB",
+                flush=True,
+            )
+            if args.json:
+                write_json(args.json, _bench_output(runs))
+    output = _bench_output(runs)
+    if args.runs > 1:
+        print(runs_table(runs, output["summary"]))
+        print(json.dumps(output["summary"]["targets"]))
     if args.json:
-        write_json(args.json, result)
-    return 0 if result["exit_code"] == 0 else 1
+        write_json(args.json, output)
+    return 0 if all(r["exit_code"] == 0 for r in runs) else 1
+
+
+def _bench_output(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One run: its numbers as before; several: every run plus the summary."""
+    if len(runs) == 1:
+        return runs[0]
+    return {"runs": runs, "summary": summarise_runs(runs)}
 
 
 def register_bench(bench_subparsers: argparse._SubParsersAction) -> None:
@@ -113,6 +274,10 @@ def register_bench(bench_subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--scans", type=int, help="scans to label (default: the demo's default)")
     p.add_argument("--out", help="keep the demo's output here (default: a temporary folder)")
     p.add_argument("--json", metavar="FILE", help="write the numbers as JSON")
+    p.add_argument(
+        "--runs", type=int, default=1,
+        help="demo runs with seeds --seed, --seed+1, ... (default 1); reports mean ± sd",
+    )  # fmt: skip
     p.add_argument(
         "demo_args", nargs=argparse.REMAINDER, help="further arguments for slicerank demo"
     )

@@ -26,7 +26,7 @@ def predict_testset(
     predictions = {}
     for name, version in versions.items():
         predictor = Predictor.from_version(registry.get(version), device=device)
-        out = predictor.predict_images(images)
+        out = _predict_images(predictor, images)
         probs = {}
         labels = {}
         for row, pred in zip(rows, out, strict=True):
@@ -35,7 +35,43 @@ def predict_testset(
             probs[str(row["image_id"])] = tuple(float(x) for x in p)
             labels[str(row["image_id"])] = CLASSES[int(p.argmax())]
         predictions[name] = Predictions(labels, probs, source=f"model {version}")
+    from analysis.report import STACK_SUFFIX
+
+    # Beside each model, its predictions decoded per scan into monotone stacks (base → apex).
+    stacks = {str(r["image_id"]): (str(r["scan_id"]), int(r["slice_index"])) for r in rows}
+    for name in list(predictions):
+        predictions[name + STACK_SUFFIX] = stack_decoded(predictions[name], stacks)
     return truth, predictions
+
+
+def _predict_images(predictor, images: list) -> list[dict[str, Any]]:
+    """``predictor.predict_images`` with the CPU thread count its recipe asks for (a busy
+    2-core machine runs the small model far faster on one thread), restored afterwards."""
+    import torch
+
+    threads = predictor.config.cpu_threads if predictor.device.type == "cpu" else 0
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return predictor.predict_images(images)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def stack_decoded(pred, stacks: dict[str, tuple[str, int]]):
+    """``pred`` decoded scan by scan (:func:`ml_backend.stack.decode_scans`): labels of the
+    most probable monotone sequence, probabilities the constrained marginals."""
+    from analysis.predictions import Predictions
+    from ml_backend.stack import decode_scans
+    from slicerank_base import CLASSES
+
+    labels, marginals = decode_scans(pred.probabilities, stacks)
+    return Predictions(
+        {i: CLASSES[k] for i, k in labels.items()},
+        {i: tuple(float(x) for x in m / m.sum()) for i, m in marginals.items()},
+        source=f"{pred.source}, stack-decoded",
+    )
 
 
 def write_prediction_csvs(folder: Path, truth: dict[str, str], predictions: dict) -> dict[str, str]:
@@ -70,6 +106,7 @@ def headline(summary: dict[str, Any]) -> dict[str, Any]:
         models[name] = {
             "accuracy": overall["accuracy"],
             "macro_f1": overall.get("macro_f1"),
+            "f1_per_class": {c: v["f1"]["value"] for c, v in model["per_class"].items()},
             "binary": {
                 k: model["binary"].get(k)
                 for k in (
