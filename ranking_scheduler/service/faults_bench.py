@@ -324,6 +324,7 @@ class FaultBench:
     rng: random.Random
     think_s: float = 0.4
     raters: int = 3
+    images: int = IMAGES
 
     def client(self):
         """An SDK client with the admin token."""
@@ -364,7 +365,7 @@ class CaseRun:
 
         prefix = prefix or f"f{uuid.uuid4().hex[:6]} "
         media = self.bench.ls.media_root / prefix.strip()
-        rows = _write_media(media, IMAGES, self.bench.rng)
+        rows = _write_media(media, self.bench.images, self.bench.rng)
         report = provision(
             self.bench.client(),
             media_root=media,
@@ -880,12 +881,14 @@ def run_faults(
     progress: bool = True,
     on_case: Callable[[str, dict], None] | None = None,
     label_studio: Any = None,
+    images: int = IMAGES,
 ) -> dict[str, Any]:
     """Run each case of ``cases`` ``runs[case]`` times (default :data:`DEFAULT_RUNS`) against
     one real Label Studio on ``ls_db`` (``sqlite`` or ``postgresql``), each case with its own
     PostgreSQL log database; returns per case the runs' audits and the tally.
 
-    ``label_studio``: a running server to use instead (anything with ``url``, ``api_key``,
+    ``images``: the pool of each case (fewer make a quicker set-up; the engine must not be
+    done before the raters stop). ``label_studio``: a running server to use instead (anything with ``url``, ``api_key``,
     ``media_root`` and ``document_root``, e.g. the tests' session server, with open sign-up);
     the ``ls_restart`` case needs one it can stop and start, so it is refused then."""
     from tqdm import tqdm
@@ -899,6 +902,8 @@ def run_faults(
         raise ValueError(f"runs per case must be positive integers, got {bad}")
     if off_s <= 0:
         raise ValueError(f"off_s must be > 0 seconds, got {off_s}")
+    if images < 64:
+        raise ValueError(f"images must be at least 64 (8 scans of 8 slices), got {images}")
     if label_studio is not None and "ls_restart" in cases:
         raise ValueError("the ls_restart case restarts Label Studio: let the bench start its own")
     work = Path(out).resolve()
@@ -909,7 +914,7 @@ def run_faults(
     t_all = time.perf_counter()
     bar = tqdm(total=sum(runs[c] for c in cases), desc="fault runs", disable=not progress)
     with _label_studio(work, ls_db) if label_studio is None else nullcontext(label_studio) as ls:
-        bench = FaultBench(ls=ls, work=work, ls_db=ls_db, rng=rng)
+        bench = FaultBench(ls=ls, work=work, ls_db=ls_db, rng=rng, images=images)
         for name in cases:
             t0 = time.perf_counter()
             settings = {"SCHEDULER_STALE_AFTER_S": "4"} if name == "retired_held" else {}
@@ -1008,6 +1013,7 @@ def _bench_faults(args) -> int:
     from slicerank_base.jsonout import write_json
 
     logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per rater request otherwise
     cases = tuple(args.case) if args.case else CASES
     runs = dict(SMALL_RUNS) if args.small else dict(DEFAULT_RUNS)
     if args.runs is not None:

@@ -27,6 +27,8 @@ def test_bad_arguments_are_named():
         run_faults(cases=("nope",))
     with pytest.raises(ValueError, match="positive"):
         run_faults(cases=("kill9",), runs={"kill9": 0})
+    with pytest.raises(ValueError, match="images"):
+        run_faults(cases=("kill9",), images=8)
     with pytest.raises(ValueError, match="ls_restart"):
         run_faults(cases=("ls_restart",), label_studio=object())
 
@@ -39,6 +41,7 @@ def test_fault_cases_lose_nothing(label_studio, tmp_path):
         out=str(tmp_path / "faults"),
         label_studio=label_studio,
         progress=False,
+        images=160,  # a quicker set-up, still far from the stopping rule after ~40 batches
     )
     for name, case in result["cases"].items():
         assert case["error"] is None, (name, case["error"])
