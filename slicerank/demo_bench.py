@@ -282,3 +282,8 @@ def register_bench(bench_subparsers: argparse._SubParsersAction) -> None:
         "demo_args", nargs=argparse.REMAINDER, help="further arguments for slicerank demo"
     )
     p.set_defaults(func=_bench)
+
+    # The recipe study sits beside the demo benchmark (both compare the two strategies).
+    from slicerank.model_study import register_bench as register_model_bench
+
+    register_model_bench(bench_subparsers)
