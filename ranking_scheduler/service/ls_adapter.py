@@ -9,6 +9,7 @@ call (``call_stats``: how slow Label Studio is, e.g. at creating tasks).
 from __future__ import annotations
 
 import html
+import json
 import threading
 import time
 from collections import deque
@@ -209,8 +210,6 @@ class LabelStudioAdapter:
     def tasks_with_annotations(self, kind: str, task_ids: list[int] | None = None) -> list[dict]:
         """Tasks of a project with their annotations (plain dicts), for reconciliation: all of
         them, or only ``task_ids`` (one small request instead of a scan of the project)."""
-        import json
-
         query = None
         if task_ids is not None:
             if not task_ids:
@@ -257,25 +256,56 @@ class LabelStudioAdapter:
         return len(requests)
 
     def sync_predictions(
-        self, classes: dict[str, tuple[str, float]], pool: list[PoolImage]
+        self,
+        classes: dict[str, tuple[str, float]],
+        pool: list[PoolImage],
+        *,
+        known: dict[str, str] | None = None,
     ) -> dict[str, int]:
         """Bring the ``ranking-consensus`` predictions on the Classify tasks to ``classes``:
         exactly one per task, holding its class. A prediction already right is kept, a wrong or
         surplus one deleted, a missing one created. Idempotent (run it twice, or after a crash
-        half-way, and nothing is duplicated); returns how many were kept, deleted, created."""
+        half-way, and nothing is duplicated); returns how many were kept, deleted, created.
+
+        ``known`` (image id -> class) is what Label Studio holds after the last *complete*
+        sync: then only the tasks whose class differs from it are read (a republish after a
+        late answer touches a handful of tasks; listing all 3,323 Classify tasks takes about a
+        minute on a busy 2-core machine). ``None`` reads every Classify task (the first publish,
+        and the one after an interrupted sync)."""
+        if known is None:
+            check = list(pool)
+            with self._timed("list_classify"):
+                tasks = list(
+                    self.client.tasks.list(
+                        project=self.projects[CLASSIFY], fields="all", page_size=1000
+                    )
+                )
+        else:
+            check = [
+                img
+                for img in pool
+                if classes.get(img.image_id, (None, 0.0))[0] != known.get(img.image_id)
+            ]
+            tasks = []
+            with self._timed("list_changed_classify"):
+                ids = [img.classify_task_id for img in check]
+                for start in range(0, len(ids), 500):
+                    query = json.dumps(
+                        {"selectedItems": {"all": False, "included": ids[start : start + 500]}}
+                    )
+                    tasks += self.client.tasks.list(
+                        project=self.projects[CLASSIFY], fields="all", page_size=500, query=query
+                    )
         have: dict[int, list[dict]] = {}
-        with self._timed("list_classify"):
-            for task in self.client.tasks.list(
-                project=self.projects[CLASSIFY], fields="all", page_size=1000
-            ):
-                d = _data(task)
-                have[d["id"]] = [
-                    p
-                    for p in (_data(p) for p in d.get("predictions") or [])
-                    if p.get("model_version") == MODEL_VERSION
-                ]
-        keep, drop, want = 0, [], {}
-        for img in pool:
+        for task in tasks:
+            d = _data(task)
+            have[d["id"]] = [
+                p
+                for p in (_data(p) for p in d.get("predictions") or [])
+                if p.get("model_version") == MODEL_VERSION
+            ]
+        keep, drop, want = len(pool) - len(check), [], {}
+        for img in check:
             existing = have.get(img.classify_task_id, [])
             label = classes.get(img.image_id, (None, 0.0))[0]
             right = [p for p in existing if label is not None and _prediction_class(p) == label]

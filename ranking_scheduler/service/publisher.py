@@ -9,7 +9,8 @@ the ML backend trains on never go stale.
 Publishing is idempotent: Label Studio is brought to the wanted state (one ``ranking-consensus``
 prediction per Classify task, holding its class) rather than sent a batch of new predictions,
 so a crash between the import and saving the state, and the republish after it, leaves no
-duplicates.
+duplicates. A republish reads only the tasks whose class changed since the last complete sync;
+the first publish, and the one after an interrupted sync, read every Classify task.
 """
 
 from __future__ import annotations
@@ -30,6 +31,12 @@ from ranking_scheduler.service.store import SubmissionStore
 from slicerank_base import CLASSES
 
 log = logging.getLogger(__name__)
+
+PUBLISHING_KEY = "publishing"
+"""Store state key set while a sync of the predictions is under way (None once it finished)."""
+
+CLASSES_KEY = "published_classes"
+"""Store state key of the image -> class map the last complete sync left in Label Studio."""
 
 
 class Publisher:
@@ -54,10 +61,15 @@ class Publisher:
         self._images = images
         self.published: dict | None = None
         self._checked: int | None = None  # the engine generation last compared
+        # The class of each image that Label Studio holds after the last complete sync; None
+        # when not known for sure (never published, or a sync was interrupted): read it all.
+        self._known: dict[str, str] | None = None
 
     def load(self) -> None:
-        """Read what was published before a restart."""
+        """Read what was published before a restart, and whether its sync finished."""
         self.published = self.store.get_state("published")
+        finished = self.published is not None and self.store.get_state(PUBLISHING_KEY) is None
+        self._known = self.store.get_state(CLASSES_KEY) if finished else None
 
     def consensus(self) -> dict[str, Any]:
         """The consensus export (INTERFACES.md): ranking, scores, views, classes, thresholds."""
@@ -128,8 +140,12 @@ class Publisher:
             writer.writeheader()
             writer.writerows(consensus["images"])
         (out / "consensus.csv.tmp").replace(out / "consensus.csv")
-        changes = self.ls.sync_predictions(classes, list(self._images().values()))
-        self.published = {
+        # Marked before Label Studio is touched and cleared after the state is saved: a sync
+        # that did not finish (a crash, an error) is followed by one that reads every task.
+        self.store.set_state(PUBLISHING_KEY, {"version": version})
+        known, self._known = self._known, None
+        changes = self.ls.sync_predictions(classes, list(self._images().values()), known=known)
+        record = {
             "at": datetime.now(UTC).isoformat(),
             "version": version,
             "classes_digest": digest,
@@ -137,7 +153,11 @@ class Publisher:
             "changes": changes,
             "path": str(out / "consensus.json"),
         }
-        self.store.set_state("published", self.published)
+        held = {image_id: c[0] for image_id, c in classes.items()}
+        self.store.set_state(CLASSES_KEY, held)
+        self.store.set_state("published", record)
+        self.store.set_state(PUBLISHING_KEY, None)
+        self.published, self._known = record, held
         self._checked = generation
         log.info(
             "published consensus version %d (%d classes; Label Studio: %s) to %s",

@@ -262,5 +262,19 @@ def test_the_consensus_is_republished_when_the_classes_change(label_studio, tmp_
         # One prediction per Classify task, holding the class of the consensus now.
         ls = _consensus_predictions(client, setup.projects["Classify"])
         assert ls == {image_id: [c] for image_id, c in now.items()}
+
+        # A republish reads only the tasks whose class changed since the last complete sync.
+        held = service.store.get_state("published_classes")
+        assert held == now
+        pool = list(service.pool.values())
+        image = pool[0].image_id
+        flipped = {i: (c, 0.5) for i, c in now.items()}
+        flipped[image] = ("lv" if now[image] != "lv" else "too_basal", 0.5)
+        full_reads = service.ls.call_stats()["list_classify"]["calls"]
+        changes = service.ls.sync_predictions(flipped, pool, known=held)
+        assert changes == {"kept": len(pool) - 1, "deleted": 1, "created": 1}
+        assert service.ls.call_stats()["list_classify"]["calls"] == full_reads
+        ls = _consensus_predictions(client, setup.projects["Classify"])
+        assert ls == {image_id: [c] for image_id, (c, _) in flipped.items()}
     finally:
         sched.stop()
