@@ -190,12 +190,12 @@ def print_headline(out, head: dict[str, Any]) -> None:
     """The held-out table: accuracy per model and McNemar's P against one-at-a-time."""
     out("")
     out(f"held-out synthetic test set: {head['n_images']} images")
-    out(f"{'model trained on':<22} {'accuracy (95% CI)':<24} {'LV-vs-not accuracy':<20}")
+    out(f"{'model trained on':<30} {'accuracy (95% CI)':<24} {'LV-vs-not accuracy':<20}")
     for name, m in head["models"].items():
         acc = m["accuracy"]
         b = m["binary"]["accuracy"]
         out(
-            f"{name:<22} {acc['value']:.3f} ({acc['low']:.3f}-{acc['high']:.3f})     "
+            f"{name:<30} {acc['value']:.3f} ({acc['low']:.3f}-{acc['high']:.3f})     "
             f"{b['value']:.3f}"
         )
     for c in head["comparisons"]:

@@ -383,8 +383,10 @@ def test_demo_end_to_end(tmp_path):
         assert all(Path(f).stat().st_size > 1000 for f in report["figures"])
         head = report["headline"]
         assert head["n_images"] == result["testset"]["images"]
-        assert set(head["models"]) == {"one-at-a-time", "ranking"}
-        (comparison,) = head["comparisons"]
+        # Each model beside its stack-decoded predictions (issue 11).
+        models = {"one-at-a-time", "ranking"}
+        assert set(head["models"]) == models | {f"{m} (stack-decoded)" for m in models}
+        (comparison,) = [c for c in head["comparisons"] if c["model"] == "ranking"]
         assert 0.0 <= comparison["mcnemar_binary_p"] <= 1.0
         assert Path(result["label_report"]["markdown"]).exists()
 
