@@ -196,8 +196,8 @@ def runs_table(runs: list[dict[str, Any]], summary: dict[str, Any]) -> str:
             f"| {' / '.join('—' if v is None else f'{v:.2f}' for v in f1)} | {run.get('wall_s')} |"
         )
 
-    def ms(x: dict[str, float] | None) -> str:
-        return "—" if not x else f"{x['mean']:.3f} ± {x['sd']:.3f}"
+    def ms(x: dict[str, float] | None, digits: int = 3) -> str:
+        return "—" if not x else f"{x['mean']:.{digits}f} ± {x['sd']:.{digits}f}"
 
     m, lab = summary["models"], summary["labels"]
     lines.append(
@@ -205,7 +205,7 @@ def runs_table(runs: list[dict[str, Any]], summary: dict[str, Any]) -> str:
         f"| {ms((m.get(MODELS[0]) or {}).get('accuracy'))} "
         f"| {ms((m.get(MODELS[1]) or {}).get('accuracy'))} "
         f"| {ms((m.get(MODELS[1] + STACK_SUFFIX) or {}).get('accuracy'))} | | "
-        f"{ms(summary['wall_s'])} |"
+        f"{ms(summary['wall_s'], 0)} |"
     )
     return "\n".join(lines)
 
