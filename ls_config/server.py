@@ -12,6 +12,8 @@ user can read another's command line in ``ps``, but not its environment.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import os
 import secrets
@@ -55,6 +57,30 @@ def label_studio_executable() -> str:
             "label-studio is not installed: install the 'server' extra (pip install -e '.[server]')"
         )
     return found
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
+    """Before exec: ask the kernel for SIGTERM when the parent dies (Linux; elsewhere a no-op),
+    so a demo or test run that is killed hard leaves no Label Studio behind."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def popen_dying_with_parent(cmd: list[str], **kwargs) -> subprocess.Popen:
+    """``Popen(cmd)`` in its own session (so stopping its group reaches every helper it forks)
+    that also ends when this process dies, even by SIGKILL. Linux ties this to the thread that
+    calls it: call it from one that lives as long as the child (the main thread)."""
+    return subprocess.Popen(
+        cmd,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=_die_with_parent,
+        **kwargs,
+    )
 
 
 class LabelStudioServer:
@@ -155,13 +181,8 @@ class LabelStudioServer:
         cmd = self.command()
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         log.info("starting Label Studio on %s (data %s)", self.url, self.data_dir)
-        self._proc = subprocess.Popen(
-            cmd,
-            env=self.environment(),
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # its own process group, so stop() reaches every child
+        self._proc = popen_dying_with_parent(
+            cmd, env=self.environment(), stdout=self._log_file, stderr=subprocess.STDOUT
         )
         try:
             self._wait_ready(timeout)

@@ -3,6 +3,7 @@ and the local server's command line (no secrets on it)."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -60,3 +61,48 @@ def test_secrets_go_through_the_environment_and_signup_is_closed_by_default(tmp_
     assert env["LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK"] == "true"
     opened = LabelStudioServer(tmp_path / "media", data_dir=tmp_path / "d", open_signup=True)
     assert opened.environment()["LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK"] == "false"
+
+
+def test_label_studio_dies_with_the_process_that_started_it(tmp_path):
+    """A demo or test run killed with SIGKILL leaves no Label Studio behind (the launcher's
+    Popen, tried on ``sleep`` instead of Label Studio)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pid_file = tmp_path / "child.pid"
+    parent = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from ls_config.server import popen_dying_with_parent\n"
+         "child = popen_dying_with_parent(['sleep', '600'])\n"
+         f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
+         "time.sleep(600)"],
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.monotonic() < deadline, "the parent never started its child"
+            time.sleep(0.1)
+        child = int(pid_file.read_text())
+        assert os.getpgid(child) == child  # its own session and group
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        deadline = time.monotonic() + 10
+        while _running(child) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _running(child), "the child outlived its killed parent"
+    finally:
+        parent.kill()
+        if pid_file.exists() and pid_file.read_text():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -421,9 +421,11 @@ def test_demo_end_to_end(tmp_path):
             assert labels == result["classify"]["labels"]
         _interrupt(proc, output)
     finally:
+        # Its descendants first: once it is gone they belong to init and cannot be found.
+        left = _descendants(proc.pid)
         if proc.poll() is None:
             proc.kill()
             proc.wait(30)
-        for pid in _descendants(proc.pid):
+        for pid in left:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

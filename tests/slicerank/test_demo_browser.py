@@ -118,10 +118,12 @@ def demo_run(tmp_path_factory):
         yield DemoRun(proc, out, result, creds)
         _interrupt(proc, output)
     finally:
+        # Its descendants first: once it is gone they belong to init and cannot be found.
+        left = _descendants(proc.pid)
         if proc.poll() is None:
             proc.kill()
             proc.wait(30)
-        for pid in _descendants(proc.pid):
+        for pid in left:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
