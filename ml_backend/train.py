@@ -300,37 +300,42 @@ def fit(
         adjust = adjust.to(device)
     position_weight = config.position_weight if config.head == "ordinal" else 0.0
     best = FitResult(seed, {}, -1, float("inf"))
-    for epoch in range(1, config.epochs + 1):
-        t0 = time.perf_counter()
-        train_loss, seen = train_one_epoch(
-            model, optimizer, train, train_preset, device,
-            batch_size=config.batch_size, generator=generator, amp=config.amp,
-            channels_last=config.channels_last, use_soft=use_soft, max_batches=config.max_batches,
-            adjust=adjust, position_weight=position_weight,
-        )  # fmt: skip
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        train_seconds = time.perf_counter() - t0
-        result = evaluate(
-            model, val, eval_preset, device, batch_size=max(config.batch_size, 64),
-            amp=config.amp, channels_last=config.channels_last, use_soft=use_soft, adjust=adjust,
-        )  # fmt: skip
-        stats = EpochStats(
-            seed, epoch, train_loss, result["loss"], result["accuracy"] or 0.0,
-            time.perf_counter() - t0, seen / max(train_seconds, 1e-9),
-        )  # fmt: skip
-        best.history.append(stats)
-        if result["loss"] < best.best_val_loss:
-            best.best_val_loss = result["loss"]
-            best.best_epoch = epoch
-            best.state_dict = _to_cpu(model.state_dict())
-            best.optimizer_state = _to_cpu(optimizer.state_dict())
-        log.info(
-            "seed %d epoch %d/%d: train loss %.4f, val loss %.4f, val acc %.3f, %.0f img/s",
-            seed, epoch, config.epochs, train_loss, result["loss"], stats.val_accuracy, stats.images_per_s,
-        )  # fmt: skip
-        if on_epoch is not None:
-            on_epoch(stats)
+    # Dropout draws from the global generator: seed it for this fit, and give the caller's
+    # state back after, so one seed trains the same model whatever ran before it in the process
+    # (the imbalanced-set test flipped with the order the tests ran in).
+    with torch.random.fork_rng(devices=[device.index or 0] if cuda else []):
+        torch.manual_seed(seed)
+        for epoch in range(1, config.epochs + 1):
+            t0 = time.perf_counter()
+            train_loss, seen = train_one_epoch(
+                model, optimizer, train, train_preset, device,
+                batch_size=config.batch_size, generator=generator, amp=config.amp,
+                channels_last=config.channels_last, use_soft=use_soft, max_batches=config.max_batches,
+                adjust=adjust, position_weight=position_weight,
+            )  # fmt: skip
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            train_seconds = time.perf_counter() - t0
+            result = evaluate(
+                model, val, eval_preset, device, batch_size=max(config.batch_size, 64),
+                amp=config.amp, channels_last=config.channels_last, use_soft=use_soft, adjust=adjust,
+            )  # fmt: skip
+            stats = EpochStats(
+                seed, epoch, train_loss, result["loss"], result["accuracy"] or 0.0,
+                time.perf_counter() - t0, seen / max(train_seconds, 1e-9),
+            )  # fmt: skip
+            best.history.append(stats)
+            if result["loss"] < best.best_val_loss:
+                best.best_val_loss = result["loss"]
+                best.best_epoch = epoch
+                best.state_dict = _to_cpu(model.state_dict())
+                best.optimizer_state = _to_cpu(optimizer.state_dict())
+            log.info(
+                "seed %d epoch %d/%d: train loss %.4f, val loss %.4f, val acc %.3f, %.0f img/s",
+                seed, epoch, config.epochs, train_loss, result["loss"], stats.val_accuracy, stats.images_per_s,
+            )  # fmt: skip
+            if on_epoch is not None:
+                on_epoch(stats)
     return best
 
 
