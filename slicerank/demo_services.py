@@ -104,6 +104,9 @@ def service_env(
             "SCHEDULER_DB_URL": f"sqlite:///{layout.scheduler / 'scheduler.sqlite3'}",
             "SCHEDULER_STRATEGY": cfg.strategy,
             "SCHEDULER_OUT_DIR": str(layout.scheduler),
+            # Each slice's scan and position along its stack are known: the engine ranks with
+            # them (8 scans per task, classes in order along each stack).
+            "SCHEDULER_MANIFEST": str(layout.media / "manifest.csv"),
             # backend and worker
             "REDIS_URL": redis_url,
             "SLICERANK_QUEUE": f"slicerank-demo-{creds['api_key'][:8]}",
