@@ -96,20 +96,7 @@ def study(
                 "bayes_5h_beats_one_at_a_time": at_budget["accuracy"] > one["final"]["accuracy"],
             }
         )
-    summary = {
-        name: {
-            key: _mean_sd([r["final"][key] for r in res])
-            for key in (
-                "accuracy",
-                "macro_f1",
-                "kendall_tau",
-                "hours",
-                "batches",
-                "boundary_labels",
-            )
-        }
-        for name, res in runs.items()
-    }
+    summary = _summarise(runs)
     return {
         "seeds": list(seeds),
         "images": len(cohort.ids),
@@ -211,20 +198,7 @@ def stack_study(
                 "stacks_5h_meets_target": final["bayes_stacks"]["accuracy"] >= ACCURACY_TARGET,
             }
         )
-    summary = {
-        name: {
-            key: _mean_sd([r["final"][key] for r in res])
-            for key in (
-                "accuracy",
-                "macro_f1",
-                "kendall_tau",
-                "hours",
-                "batches",
-                "boundary_labels",
-            )
-        }
-        for name, res in runs.items()
-    }
+    summary = _summarise(runs)
     premise = params.abs_difficulty if params is not None else RaterParams().abs_difficulty
     return {
         "seeds": list(seeds),
@@ -257,6 +231,18 @@ def _mean_sd(values: Sequence[float]) -> dict[str, float]:
         "sd": float(statistics.stdev(values)) if len(values) > 1 else 0.0,
         "min": float(min(values)),
         "max": float(max(values)),
+    }
+
+
+SUMMARY_KEYS = ("accuracy", "macro_f1", "kendall_tau", "hours", "batches", "boundary_labels")
+"""The final figures each study summarises as mean ± sd over seeds."""
+
+
+def _summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Mean ± sd over seeds of each run type's final figures (``SUMMARY_KEYS``)."""
+    return {
+        name: {key: _mean_sd([r["final"][key] for r in res]) for key in SUMMARY_KEYS}
+        for name, res in runs.items()
     }
 
 

@@ -196,16 +196,13 @@ def _compare(args: argparse.Namespace, cohort, params) -> int:
     return 0
 
 
-def study_table(result: dict[str, Any]) -> str:
-    """Markdown: one row per run type (mean ± sd over seeds) and one row per seed check."""
+def _summary_rows(summary: dict[str, Any]) -> list[str]:
+    """The Markdown header and one row per run type (mean ± sd over seeds) of a study."""
     lines = [
-        f"Seeds {result['seeds'][0]}..{result['seeds'][-1]}, {result['images']} images, "
-        f"{result['raters']} raters.",
-        "",
         "| run | accuracy | macro F1 | Kendall tau | hours | batches | boundary labels |",
         "|---|---|---|---|---|---|---|",
     ]
-    for name, s in result["summary"].items():
+    for name, s in summary.items():
         cells = [
             f"{s[k]['mean']:.3f} ± {s[k]['sd']:.3f}"
             for k in ("accuracy", "macro_f1", "kendall_tau")
@@ -216,6 +213,17 @@ def study_table(result: dict[str, Any]) -> str:
             f"{s['boundary_labels']['mean']:.1f}",
         ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def study_table(result: dict[str, Any]) -> str:
+    """Markdown: one row per run type (mean ± sd over seeds) and one row per seed check."""
+    lines = [
+        f"Seeds {result['seeds'][0]}..{result['seeds'][-1]}, {result['images']} images, "
+        f"{result['raters']} raters.",
+        "",
+        *_summary_rows(result["summary"]),
+    ]
     lines += [
         "",
         "| seed | paper batches | paper acc | cap (40%) | bayes@cap acc | ≥ paper | "
@@ -243,20 +251,8 @@ def stack_study_table(result: dict[str, Any], kind: str = "") -> str:
         f"in {result['scans']} scans, {result['raters']} raters, abs_difficulty "
         f"{result['abs_difficulty']}.",
         "",
-        "| run | accuracy | macro F1 | Kendall tau | hours | batches | boundary labels |",
-        "|---|---|---|---|---|---|---|",
+        *_summary_rows(result["summary"]),
     ]
-    for name, s in result["summary"].items():
-        cells = [
-            f"{s[k]['mean']:.3f} ± {s[k]['sd']:.3f}"
-            for k in ("accuracy", "macro_f1", "kendall_tau")
-        ]
-        cells += [
-            f"{s['hours']['mean']:.2f}",
-            f"{s['batches']['mean']:.0f}",
-            f"{s['boundary_labels']['mean']:.1f}",
-        ]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
 
     def yes(flag: bool) -> str:
         return "yes" if flag else "NO"
