@@ -211,7 +211,13 @@ def runs_table(runs: list[dict[str, Any]], summary: dict[str, Any]) -> str:
 
 
 def _demo_seed(extra: list[str]) -> tuple[int, list[str]]:
-    """The ``--seed`` in the demo arguments (default 0) and the arguments without it."""
+    """The ``--seed`` in the demo arguments (default 0) and the arguments without it.
+
+    A leading ``--`` (``bench demo --runs 2 -- --seed 3``, the usual way to hand arguments on)
+    only separates them and is dropped.
+    """
+    if extra[:1] == ["--"]:
+        extra = extra[1:]
     rest, seed, skip = [], 0, False
     for k, arg in enumerate(extra):
         if skip:

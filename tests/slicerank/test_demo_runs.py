@@ -65,3 +65,5 @@ def test_the_demo_seed_is_taken_out_of_the_demo_arguments():
     assert _demo_seed(["--scans", "30", "--seed", "7"]) == (7, ["--scans", "30"])
     assert _demo_seed(["--seed=3"]) == (3, [])
     assert _demo_seed([]) == (0, [])
+    # `bench demo --runs 2 -- --seed 3`: the separator reached the demo and failed every run.
+    assert _demo_seed(["--", "--seed", "3"]) == (3, [])
