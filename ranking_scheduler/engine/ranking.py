@@ -75,6 +75,15 @@ _OPTIONS = {
 _COMMON_OPTIONS = {"class_mix", "boundary_budget", "boundary_error_rate", "boundary_pace"}
 
 
+def _misclassification(m: np.ndarray, s: np.ndarray, c1: float, c2: float) -> np.ndarray:
+    """Probability that the most probable class of a position ``N(m, s^2)`` is wrong, given
+    the cuts ``c1`` (basal/lv) and ``c2`` (lv/apical) on the score axis (higher = more basal)."""
+    p_b = ndtr((m - c1) / s)
+    p_a = ndtr((c2 - m) / s)
+    p_l = np.clip(1.0 - p_b - p_a, 0.0, 1.0)
+    return 1.0 - np.maximum(np.maximum(p_b, p_l), p_a)
+
+
 class RankingEngine:
     """Schedules ranked batches, pools the rankings and finds the two class cuts.
 
@@ -488,10 +497,7 @@ class RankingEngine:
         c1, c2 = cuts["basal_lv"]["score"], cuts["lv_apical"]["score"]
 
         def mis(m: np.ndarray, s: np.ndarray) -> np.ndarray:
-            p_b = ndtr((m - c1) / s)
-            p_a = ndtr((c2 - m) / s)
-            p_l = np.clip(1.0 - p_b - p_a, 0.0, 1.0)
-            return 1.0 - np.maximum(np.maximum(p_b, p_l), p_a)
+            return _misclassification(m, s, c1, c2)
 
         now = mis(mu_j, np.sqrt(var_j))
         after = np.zeros_like(mu_j)
@@ -539,10 +545,7 @@ class RankingEngine:
         c1, c2 = cuts["basal_lv"]["score"], cuts["lv_apical"]["score"]
 
         def mis(m: np.ndarray, s: np.ndarray) -> np.ndarray:
-            p_b = ndtr((m - c1) / s)
-            p_a = ndtr((c2 - m) / s)
-            p_l = np.clip(1.0 - p_b - p_a, 0.0, 1.0)
-            return 1.0 - np.maximum(np.maximum(p_b, p_l), p_a)
+            return _misclassification(m, s, c1, c2)
 
         now = mis(mu, np.sqrt(var))
         new_sd = np.sqrt(new_var)
