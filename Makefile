@@ -1,5 +1,7 @@
 # The two commands of the README. Both set themselves up on first use (scripts/setup.sh).
-.PHONY: demo test lint setup
+# The deployment: images-offline (every image from Debian and PyPI alone) and compose-check
+# (docker-compose.yml up and exercised end to end); docs/guide/deploy.md.
+.PHONY: demo test lint setup images-offline compose-check container-host
 
 demo:
 	scripts/setup.sh
@@ -14,3 +16,13 @@ lint:
 
 setup:
 	scripts/setup.sh
+
+# podman as the container engine on a Debian machine without Docker (idempotent).
+container-host:
+	scripts/container-host.sh
+
+images-offline:
+	scripts/images-offline.sh
+
+compose-check:
+	scripts/compose-check.sh $(ARGS)

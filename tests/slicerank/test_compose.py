@@ -202,9 +202,16 @@ def test_compose_refuses_to_start_without_secrets(tmp_path):
     assert "in .env" in result.stderr
 
 
+def image_default(image: str) -> str:
+    """The image a service runs when .env names none: ``${X_IMAGE:-default}`` -> default."""
+    match = re.fullmatch(r"\$\{([A-Z_]+_IMAGE):-([^}]+)\}", image)
+    assert match, f"{image!r}: give the image as ${{NAME_IMAGE:-registry image}}"
+    return match.group(2)
+
+
 def test_label_studio_is_the_official_pinned_image_with_local_networking():
     ls = compose()["services"]["label-studio"]
-    assert ls["image"] == "heartexlabs/label-studio:1.23.2"
+    assert image_default(ls["image"]) == "heartexlabs/label-studio:1.23.2"
     env = ls["environment"]
     assert env["ML_BLOCK_LOCAL_IP"] == "false"
     assert env["SSRF_PROTECTION_ENABLED"] == "false"
@@ -314,3 +321,81 @@ def test_gpu_worker_reserves_one_nvidia_gpu_and_shares_redis_and_models():
     for name, svc in services.items():
         if name not in ("db", "db-init"):
             assert "healthcheck" in svc or svc.get("restart") == "no", f"{name}: no health check"
+
+
+OFFLINE_IMAGES = ROOT / "docker" / "debian" / "images.env"
+DOCKERFILE = ROOT / "Dockerfile"
+
+
+def test_every_image_defaults_to_the_registry_and_has_an_offline_build():
+    """Registry images by default; each can be swapped for one `make images-offline` builds."""
+    offline = {}
+    for line in OFFLINE_IMAGES.read_text().splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            offline[key] = value
+    names = {}
+    for name, svc in compose()["services"].items():
+        variable = re.fullmatch(r"\$\{([A-Z_]+):-[^}]+\}", svc["image"])
+        assert variable, f"{name}: image {svc['image']!r} cannot be swapped through .env"
+        image_default(svc["image"])
+        names[name] = variable.group(1)
+    assert set(names.values()) == set(offline), (names, offline)
+    script = (ROOT / "scripts" / "images-offline.sh").read_text()
+    for variable in offline:
+        assert f'build "${variable}"' in script, f"images-offline.sh does not build {variable}"
+
+
+def test_offline_dockerfiles_start_from_the_debian_base_only():
+    """No registry: every offline image is FROM the debootstrap base the script imports."""
+    files = [DOCKERFILE, *sorted((ROOT / "docker" / "debian").glob("*/Dockerfile"))]
+    assert len(files) == 4
+    script = (ROOT / "scripts" / "images-offline.sh").read_text()
+    assert "BASE_IMAGE=$BASE" in script and "debootstrap" in script
+    for path in files:
+        froms = re.findall(r"^FROM\s+(\S+)", path.read_text(), re.M)
+        assert froms == ["${BASE_IMAGE}"], f"{path}: FROM {froms} (only the BASE_IMAGE argument)"
+
+
+def test_docker_build_context_holds_everything_the_dockerfile_copies():
+    """The .dockerignore allow-list lets in every folder the Dockerfile copies."""
+    allowed = {
+        line[1:].strip("/")
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.startswith("!")
+    }
+    copied = re.findall(r"^COPY\s+(.+?)\s+\S+$", DOCKERFILE.read_text(), re.M)
+    sources = {src.strip("/") for line in copied for src in line.split()}
+    assert sources, "no COPY in the Dockerfile"
+    assert sources <= allowed, f".dockerignore leaves out {sorted(sources - allowed)}"
+    # And every package setuptools installs.
+    packages = {p.name for p in ROOT.iterdir() if p.name in PACKAGES}
+    assert packages <= sources, f"the Dockerfile does not copy {sorted(packages - sources)}"
+
+
+def test_cpu_worker_is_the_gpu_worker_without_the_gpu(tmp_path):
+    resolved = resolved_config(tmp_path)["services"]
+    gpu, cpu = resolved["worker"], resolved["worker-cpu"]
+    assert gpu["deploy"]["replicas"] == 1 and cpu["deploy"]["replicas"] == 0  # GPU by default
+    assert "resources" not in cpu["deploy"], "the CPU worker must reserve no GPU"
+    assert gpu["environment"].pop("SLICERANK_DEVICE") == "cuda"
+    assert cpu["environment"].pop("SLICERANK_DEVICE") == "cpu"
+    for key in set(gpu) | set(cpu):
+        if key != "deploy":
+            assert gpu.get(key) == cpu.get(key), f"worker and worker-cpu differ in {key}"
+
+
+def test_host_ca_certificates_beyond_mozillas_are_the_extra_ones():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("host_ca", ROOT / "scripts" / "host_ca_certs.py")
+    host_ca = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(host_ca)
+
+    def pem(body: str) -> str:
+        return f"-----BEGIN CERTIFICATE-----\n{body}\n-----END CERTIFICATE-----"
+
+    bundle = "\n".join([pem("AAAA"), pem("  PROXY  "), pem("BBBB"), pem("PROXY")])
+    known = host_ca.certificates(pem("AAAA") + pem("BBBB"))
+    assert host_ca.extra_certificates(bundle, known) == [pem("PROXY")]
+    assert host_ca.extra_certificates(bundle, host_ca.certificates(bundle)) == []
