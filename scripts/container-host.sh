@@ -10,7 +10,9 @@
 #   default_ulimits = []        podman's default nofile limit is above this machine's hard
 #                               limit, and setrlimit is refused
 #   events_logger = "file"      no journald
+# and without systemd, podman runs no health checks: scripts/podman-healthchecks.sh does.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 SOCKET=${PODMAN_SOCKET:-/run/podman/podman.sock}
 CONF=/etc/containers/containers.conf
@@ -71,5 +73,14 @@ if ! curl -fsS --unix-socket "$SOCKET" http://d/_ping >/dev/null 2>&1; then
   done
   curl -fsS --unix-socket "$SOCKET" http://d/_ping >/dev/null \
     || { cat /tmp/slicerank-podman-service.log >&2; echo "container-host: no API" >&2; exit 1; }
+fi
+# Health checks: podman leaves them to systemd timers; without systemd, a loop runs them.
+if [ ! -d /run/systemd/system ]; then
+  pidfile="$(dirname "$SOCKET")/healthchecks.pid"
+  if ! { [ -s "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }; then
+    echo "container-host: no systemd; running podman's health checks in a loop" >&2
+    nohup $SUDO "$PWD/scripts/podman-healthchecks.sh" >/dev/null 2>&1 &
+    echo $! | $SUDO tee "$pidfile" >/dev/null
+  fi
 fi
 echo "DOCKER_HOST=unix://$SOCKET"

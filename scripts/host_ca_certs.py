@@ -40,7 +40,10 @@ def main(argv: list[str]) -> int:
     if choice:
         path = Path(choice)
         if not path.is_file():
-            print(f"EXTRA_CA_CERTS={choice}: no such file (give a PEM file or 'none')", file=sys.stderr)
+            print(
+                f"EXTRA_CA_CERTS={choice}: no such file (give a PEM file or 'none')",
+                file=sys.stderr,
+            )
             return 2
         found = certificates(path.read_text())
         if not found:

@@ -8,7 +8,7 @@
 #   4. slicerank from ./Dockerfile on that base, PyTorch included
 #
 # Settings (environment):
-#   CONTAINER_CLI        podman or docker (default: podman if installed, else docker)
+#   CONTAINER_CLI        podman or docker (default: the engine behind DOCKER_HOST)
 #   DEBIAN_MIRROR        default http://deb.debian.org/debian
 #   DEBIAN_SECURITY      default http://deb.debian.org/debian-security
 #   PIP_INDEX_URL, PIP_EXTRA_INDEX_URL, PIP_TRUSTED_HOST   your PyPI mirror (passed to pip).
@@ -20,13 +20,24 @@
 #       (in /etc/ssl/certs/ca-certificates.crt but not /usr/share/ca-certificates/mozilla);
 #       "none" for none. They go into the base image, and pip there uses the system bundle.
 #   REBUILD_BASE=1       debootstrap again even if the base image exists
+#   IMAGES               which to build (default "postgres redis label-studio slicerank")
 # Layers are cached: a second run rebuilds only what changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=/dev/null
 . docker/debian/images.env
 BASE=slicerank-debian:bookworm
-CLI=${CONTAINER_CLI:-$(command -v podman >/dev/null 2>&1 && echo podman || echo docker)}
+# The engine docker-compose will use: podman behind a podman socket (or none at all), else docker.
+if [ -z "${CONTAINER_CLI:-}" ]; then
+  case "${DOCKER_HOST:-}" in
+    *podman*) CONTAINER_CLI=podman ;;
+    "") if [ ! -S /var/run/docker.sock ] && command -v podman >/dev/null 2>&1; then
+          CONTAINER_CLI=podman; else CONTAINER_CLI=docker; fi ;;
+    *) CONTAINER_CLI=docker ;;
+  esac
+fi
+CLI=$CONTAINER_CLI
+IMAGES=${IMAGES:-postgres redis label-studio slicerank}
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 DEBIAN_SECURITY=${DEBIAN_SECURITY:-http://deb.debian.org/debian-security}
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -96,8 +107,11 @@ build() {  # build TAG CONTEXT [DOCKERFILE] [more build args...]
   # Host network: the build reaches a mirror on 127.0.0.1 as well as a remote one.
   $CLI build --network host --build-arg "BASE_IMAGE=$BASE" -t "$tag" "$@" "$context"
 }
-build "$POSTGRES_IMAGE" docker/debian/postgres
-build "$REDIS_IMAGE" docker/debian/redis
-build "$LABEL_STUDIO_IMAGE" docker/debian/label-studio "${pip_args[@]}"
-build "$SLICERANK_IMAGE" . -f Dockerfile "${pip_args[@]}"
-step "done; images: $POSTGRES_IMAGE $REDIS_IMAGE $LABEL_STUDIO_IMAGE $SLICERANK_IMAGE"
+wanted() { [[ " $IMAGES " == *" $1 "* ]]; }
+if wanted postgres; then build "$POSTGRES_IMAGE" docker/debian/postgres; fi
+if wanted redis; then build "$REDIS_IMAGE" docker/debian/redis; fi
+if wanted label-studio; then
+  build "$LABEL_STUDIO_IMAGE" docker/debian/label-studio "${pip_args[@]}"
+fi
+if wanted slicerank; then build "$SLICERANK_IMAGE" . -f Dockerfile "${pip_args[@]}"; fi
+step "done: $IMAGES"
