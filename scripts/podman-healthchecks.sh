@@ -6,7 +6,7 @@
 # /run/podman/healthchecks.pid). Podman itself applies each check's timeout, retries and
 # start period.
 set -uo pipefail
-tick=${HEALTHCHECK_TICK:-2}
+tick=${HEALTHCHECK_TICK:-5}
 declare -A interval last
 while :; do
   now=$(date +%s)

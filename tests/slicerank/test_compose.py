@@ -399,3 +399,13 @@ def test_host_ca_certificates_beyond_mozillas_are_the_extra_ones():
     known = host_ca.certificates(pem("AAAA") + pem("BBBB"))
     assert host_ca.extra_certificates(bundle, known) == [pem("PROXY")]
     assert host_ca.extra_certificates(bundle, host_ca.certificates(bundle)) == []
+
+
+def test_health_checks_survive_podmans_docker_api():
+    """An exec-form argument with a space is split by podman 4.3's Docker API (the check then
+    runs `python -c import` and fails for ever): such checks go through CMD-SHELL."""
+    for name, svc in compose()["services"].items():
+        test = (svc.get("healthcheck") or {}).get("test")
+        if isinstance(test, list) and test and test[0] == "CMD":
+            spaced = [arg for arg in test[1:] if " " in arg]
+            assert not spaced, f"{name}: exec-form health check argument with spaces {spaced}"
