@@ -409,3 +409,17 @@ def test_health_checks_survive_podmans_docker_api():
         if isinstance(test, list) and test and test[0] == "CMD":
             spaced = [arg for arg in test[1:] if " " in arg]
             assert not spaced, f"{name}: exec-form health check argument with spaces {spaced}"
+
+
+def test_label_studio_accepts_the_scheduler_webhook_url():
+    """Label Studio validates a webhook URL with Django's URLValidator, which refuses a host
+    name without a dot (``http://scheduler:8700``): provisioning failed on the first webhook."""
+    validators = pytest.importorskip("django.core.validators")
+    services = compose()["services"]
+    command = services["provision"]["command"]
+    url = command[command.index("--scheduler-url") + 1]
+    validators.URLValidator()(url + "/webhook")  # raises ValidationError
+    host, port = urlparse(url).hostname, urlparse(url).port
+    scheduler = services["scheduler"]
+    assert host in scheduler["networks"]["default"]["aliases"], f"{host} names no service"
+    assert port == build_parser().parse_args(scheduler["command"]).port
