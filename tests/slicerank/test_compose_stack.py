@@ -35,7 +35,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ls_config.provision import BOUNDARY, CLASSIFY, RANK
+from ls_config.provision import CLASSIFY, KINDS, RANK, project_title
 from slicerank.demo_raters import LabelStudioREST, choice_result, ranker_result
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -243,17 +243,23 @@ def test_label_studio_postgres_and_redis_keep_their_data_across_restarts(base_st
     stack.compose("restart", "db", "redis", "label-studio")
     wait_label_studio(stack)
     stack.timed("db_redis_label_studio_restart_s", t0)
-    assert "restart check" in project_ids(stack.ls)
+    assert "restart check" in projects_by_title(stack.ls)
     assert stack.compose(*redis_cli, "GET", "compose-check").stdout.strip() == "kept"
     # The first user was created once: a second start found it and kept its token.
     me = stack.ls._call("GET", "/api/current-user/whoami")
     assert me["email"] == stack.env["LABEL_STUDIO_USERNAME"]
 
 
-def project_ids(ls: LabelStudioREST) -> dict[str, int]:
+def projects_by_title(ls: LabelStudioREST) -> dict[str, int]:
     projects = ls._call("GET", "/api/projects/", params={"page_size": 100})
     projects = projects["results"] if isinstance(projects, dict) else projects
     return {p["title"]: int(p["id"]) for p in projects}
+
+
+def project_ids(ls: LabelStudioREST) -> dict[str, int]:
+    """The provisioned projects' ids by kind (Rank, Classify, Boundary)."""
+    titles = projects_by_title(ls)
+    return {k: titles[project_title(k)] for k in KINDS if project_title(k) in titles}
 
 
 def manifest(stack: Stack) -> dict[str, dict[str, str]]:
@@ -272,7 +278,7 @@ def scheduler_stats(stack: Stack) -> dict:
 
 def test_provision_made_the_three_projects_with_the_backend_on_classify(stack):
     ids = project_ids(stack.ls)
-    assert {RANK, CLASSIFY, BOUNDARY} <= set(ids), ids
+    assert set(ids) == set(KINDS), projects_by_title(stack.ls)
     backends = stack.ls._call("GET", "/api/ml", params={"project": ids[CLASSIFY]})
     assert backends and backends[0]["url"].rstrip("/") == "http://backend:9090", backends
     assert backends[0]["state"] == "CO", f"Label Studio cannot reach the backend: {backends[0]}"
