@@ -63,11 +63,15 @@ class LabelStudioWebUser:
         data = {"csrfmiddlewaretoken": match.group(1), **fields}
         return self.http.post(path, data=data, headers={"Referer": f"{self.url}{path}"})
 
-    def signup(self) -> LabelStudioWebUser:
-        """Create the account through the sign-up form (it joins the server's organisation)."""
+    def signup(self, invite_token: str | None = None) -> LabelStudioWebUser:
+        """Create the account through the sign-up form (it joins the server's organisation).
+
+        ``invite_token``: the token of the organisation's invite link (``GET /api/invite``),
+        which a server with sign-up without a link disabled requires.
+        """
+        path = "/user/signup/" + (f"?token={invite_token}" if invite_token else "")
         resp = self._form(
-            "/user/signup/",
-            {"email": self.email, "password": self.password, "allow_newsletters": "false"},
+            path, {"email": self.email, "password": self.password, "allow_newsletters": "false"}
         )
         if resp.status_code not in (302, 303):
             raise RuntimeError(f"sign-up of {self.email} failed ({resp.status_code})")

@@ -18,7 +18,6 @@ appear on every Classify task and come from the backend's ``/predict``.
 
 from __future__ import annotations
 
-import ast
 import csv
 import json
 import os
@@ -36,6 +35,7 @@ import httpx
 import pytest
 
 from ls_config.provision import CLASSIFY, KINDS, RANK, project_title
+from ls_config.webclient import LabelStudioWebUser
 from slicerank.demo_raters import LabelStudioREST, choice_result, ranker_result
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -167,14 +167,18 @@ def stack_env(media: Path) -> dict[str, str]:
     return env
 
 
-def worker_token(stack: Stack, ls: LabelStudioREST) -> str:
-    """A non-admin user's token, as the deployment guide tells a lead to make one."""
-    ls.ensure_user(WORKER_EMAIL, "Training worker")
-    out = stack.compose("exec", "-T", "label-studio", "label-studio", "user", "--username",
-                        WORKER_EMAIL, timeout=180).stdout  # fmt: skip
-    info = ast.literal_eval(out.split("=> User info:", 1)[1].strip().splitlines()[0])
-    assert info["status"] == "ok" and info["email"] == WORKER_EMAIL, info
-    return info["token"]
+def worker_token(stack: Stack) -> str:
+    """A non-admin user's token, made as the deployment guide says: the organisation's invite
+    link, sign-up, the token from the account (``GET /api/current-user/token``)."""
+    invite = stack.ls._call("GET", "/api/invite")
+    user = LabelStudioWebUser(stack.url("label-studio"), WORKER_EMAIL, secrets.token_urlsafe(16))
+    try:
+        user.signup(invite_token=invite["token"])
+        resp = user.http.get("/api/current-user/token")
+        resp.raise_for_status()
+        return resp.json()["token"]
+    finally:
+        user.http.close()
 
 
 @pytest.fixture(scope="module")
@@ -222,7 +226,7 @@ def stack(base_stack: Stack) -> Stack:
     """Everything up: the workers' token, the backend, the projects, scheduler and worker."""
     stack = base_stack
     t0 = time.monotonic()
-    stack.set_env(WORKER_LABEL_STUDIO_API_KEY=worker_token(stack, stack.ls))
+    stack.set_env(WORKER_LABEL_STUDIO_API_KEY=worker_token(stack))
     stack.compose("up", "-d", "backend")
     stack.compose("run", "--rm", "provision")
     stack.timed("backend_and_provision_s", t0)
