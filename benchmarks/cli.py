@@ -150,7 +150,10 @@ def _train(bench_subparsers: argparse._SubParsersAction) -> None:
         help="training throughput vs the bare step, optional /predict latency; --full: the "
         "study protocol (GPU), cut to --epochs/--seeds/--max-seconds",
     )
-    p.add_argument("--batches", type=int, default=6, help="timed training steps (study model)")
+    p.add_argument(
+        "--batches", type=int,
+        help="timed steps per rate (default 6; --full: 200 for its bare forward+backward)",
+    )  # fmt: skip
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument(
         "--repeats", type=int,

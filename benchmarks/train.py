@@ -231,7 +231,9 @@ def training_rate(
     def run(n_steps: int) -> int:
         seen = 0
         while n_steps > 0:
-            _, done = train_one_epoch(model, opt, data, preset, device, max_batches=n_steps, **kwargs)
+            _, done = train_one_epoch(
+                model, opt, data, preset, device, max_batches=n_steps, **kwargs
+            )
             if done == 0:
                 break
             n_steps -= -(-done // batch_size)
@@ -263,6 +265,8 @@ def inference_rate(
             model(x)
         _sync(device)
     return batches * batch_size / (time.perf_counter() - t0)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -532,17 +536,21 @@ def main(args) -> int:
     from slicerank_base.jsonout import write_json
 
     preset = get_preset(args.preset) if args.preset else None
+    dev = resolve_device(args.device)
+    config = preset or (GPU if dev.startswith("cuda") else STUDY)
+    if dev == "cpu" and config.cpu_threads:
+        # As training does: a small model on a busy CPU is far faster on one thread.
+        torch.set_num_threads(config.cpu_threads)
     if args.full:
-        dev = resolve_device(args.device)
         numbers = run_full_protocol(
-            device=dev, config=preset or (GPU if dev.startswith("cuda") else STUDY),
-            n_images=args.images, epochs=args.epochs, seeds=args.seeds,
-            max_seconds=args.max_seconds, jsonl=args.jsonl, bare_repeats=args.repeats or 3,
+            device=dev, config=config, n_images=args.images, epochs=args.epochs, seeds=args.seeds,
+            max_seconds=args.max_seconds, jsonl=args.jsonl, bare_steps=args.batches or 200,
+            bare_repeats=args.repeats or 3,
         )  # fmt: skip
     else:
-        numbers = run_bench(batches=args.batches, batch_size=args.batch_size,
+        numbers = run_bench(batches=args.batches or 6, batch_size=args.batch_size,
                             predict_requests=args.predict_requests, device=args.device,
-                            repeats=args.repeats, config=preset)  # fmt: skip
+                            repeats=args.repeats, config=config)  # fmt: skip
     print(json.dumps(numbers, indent=2))
     if args.json:
         write_json(args.json, numbers)

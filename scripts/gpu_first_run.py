@@ -320,7 +320,7 @@ class Run:
     def run_stage(self, stage: str) -> str:
         seconds = self.limit(stage)
         entry: dict[str, Any] = {"limit_s": round(seconds, 1)}
-        if seconds < 5:
+        if self.deadline - time.monotonic() < 5:
             entry["status"] = "skipped"
             entry["reason"] = "the run's --budget is spent"
             self.results["stages"][stage] = entry
@@ -440,7 +440,8 @@ class NvidiaSmiTrace:
             self.fh = (out / "nvidia-smi.csv").open("w")
             self.proc = subprocess.Popen(
                 ["nvidia-smi", f"--query-gpu={self.QUERY}", "--format=csv", "-lms", "500"],
-                stdout=self.fh, stderr=subprocess.STDOUT,
+                stdout=self.fh,
+                stderr=subprocess.STDOUT,
             )
 
     def stop(self) -> None:
@@ -514,10 +515,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for stage in opts.stages:
             run.run_stage(stage)
-            if stage == "env" and not opts.dry_run:
-                if not run.results["stages"]["env"].get("cuda_available"):
-                    run.say("no CUDA device: stopping (use --dry-run to check the path on a CPU)")
-                    break
+            no_cuda = not run.results["stages"].get("env", {}).get("cuda_available")
+            if stage == "env" and not opts.dry_run and no_cuda:
+                run.say("no CUDA device: stopping (use --dry-run to check the path on a CPU)")
+                break
         run.save()
         run.say("summary: " + json.dumps(run.results["summary"]))
     finally:

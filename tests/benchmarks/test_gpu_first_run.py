@@ -55,7 +55,7 @@ def _run(args, env, timeout=600):
 
 
 def test_the_blocker_blocks_what_is_installed(blocked_env):
-    check = "import importlib\nfor m in %r:\n    importlib.import_module(m)\n" % (BLOCKED,)
+    check = f"import importlib\nfor m in {BLOCKED!r}:\n    importlib.import_module(m)\n"
     # Installed here (so the dry run below passing means it did not need them) ...
     assert _run(["-c", check], {**os.environ, "PYTHONPATH": str(ROOT)}).returncode == 0
     # ... and not importable under the blocker.
