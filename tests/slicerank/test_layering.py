@@ -2,7 +2,9 @@
 
 ``slicerank_base`` (class names, version, JSON output, child processes) imports nothing of
 ours; every other package may use it; only ``slicerank`` (the console script and the demo)
-sits on top and imports the rest, and nothing imports ``slicerank``. Inside ``slicerank`` the
+sits on top and imports the rest, and nothing imports ``slicerank``. ``benchmarks`` sits beside
+the product: it may import any package, and the only product file that imports it is the
+console script (``slicerank/cli.py``, which registers ``slicerank bench``). Inside ``slicerank`` the
 demo's stage modules never import the orchestrator ``slicerank.demo``. Inside
 ``ranking_scheduler.engine`` the facade sits over the strategies, over the task chooser and
 the cut finder, over the posterior (``ENGINE_ARROWS``). Imports inside functions count too: a
@@ -19,7 +21,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 BASE = "slicerank_base"
 TOP = "slicerank"
+BENCH = "benchmarks"
 PACKAGES = (BASE, "cmr_ingest", "ranking_scheduler", "ml_backend", "analysis", "ls_config", TOP)
+CONSOLE_SCRIPT = "slicerank/cli.py"
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -35,14 +39,14 @@ def imported_modules(path: Path) -> set[str]:
     return names
 
 
-def package_edges() -> dict[str, dict[str, list[str]]]:
+def package_edges(packages=PACKAGES) -> dict[str, dict[str, list[str]]]:
     """package -> {other package it imports: [files that do]}."""
-    edges: dict[str, dict[str, list[str]]] = {p: {} for p in PACKAGES}
-    for package in PACKAGES:
+    edges: dict[str, dict[str, list[str]]] = {p: {} for p in packages}
+    for package in packages:
         for path in sorted((ROOT / package).rglob("*.py")):
             for module in imported_modules(path):
                 top = module.split(".")[0]
-                if top in PACKAGES and top != package:
+                if top in packages and top != package:
                     edges[package].setdefault(top, []).append(str(path.relative_to(ROOT)))
     return edges
 
@@ -100,6 +104,17 @@ def test_demo_stage_modules_do_not_import_the_orchestrator():
     assert len(stages) >= 5  # services, labelling, training, report, ...
     for path in stages:
         assert "slicerank.demo" not in imported_modules(path), path.name
+
+
+def test_benchmarks_live_beside_the_product():
+    edges = package_edges((*PACKAGES, BENCH))
+    importers = {f for package in PACKAGES for f in edges[package].get(BENCH, [])}
+    assert importers == {CONSOLE_SCRIPT}
+    for path in sorted((ROOT / BENCH).rglob("*.py")):
+        assert "slicerank.cli" not in imported_modules(path), path.name
+    # No harness left in a product room.
+    strays = [p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*bench*.py")]
+    assert strays == []
 
 
 ENGINE = "ranking_scheduler.engine"
