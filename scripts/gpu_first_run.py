@@ -325,6 +325,8 @@ class Run:
             entry["reason"] = "the run's --budget is spent"
             self.results["stages"][stage] = entry
             return "skipped"
+        self.log.flush()
+        log_from = (self.out / "log.txt").stat().st_size
         self.say(f"stage {stage}: starting (limit {seconds:.0f} s)")
         t0 = time.monotonic()
         if stage == "concurrency":
@@ -336,6 +338,12 @@ class Run:
         if stage == "protocol" and status == "timeout" and "extrapolated_s" not in data:
             data["from_epochs_jsonl"] = extrapolate_jsonl(self.out / "epochs.jsonl")
         entry.update(status=status, seconds=round(time.monotonic() - t0, 1), **data)
+        if status != "ok":
+            # What went wrong, in results.json itself (the whole output is in log.txt).
+            self.log.flush()
+            with (self.out / "log.txt").open("rb") as fh:
+                fh.seek(log_from)
+                entry["output_tail"] = fh.read()[-3000:].decode(errors="replace")
         self.results["stages"][stage] = entry
         self.save()
         self.say(f"stage {stage}: {status} in {entry['seconds']} s")

@@ -107,6 +107,7 @@ def test_a_stage_over_its_limit_is_recorded_and_the_run_goes_on(tmp_path, blocke
     assert result.returncode == 1
     stages = json.loads((out / "results.json").read_text())["stages"]
     assert stages["micro"]["status"] == "timeout" and stages["env"]["status"] == "ok"
+    assert "stage micro: starting" in stages["micro"]["output_tail"]
 
 
 def _read(path: Path) -> str:
