@@ -221,7 +221,7 @@ def training_rate(
     model, opt = _model_and_optimizer(config, device)
     gen = torch.Generator(device=device if device.type == "cuda" else "cpu").manual_seed(0)
     order_gen = gen
-    if data.images.device != gen.device:
+    if data.images.device.type != gen.device.type:
         order_gen = torch.Generator(device=data.images.device).manual_seed(0)
     preset = TrainPreset.from_config(config)
     kwargs = dict(batch_size=batch_size, generator=gen, amp=config.amp,

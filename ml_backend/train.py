@@ -178,11 +178,10 @@ def _rows(t: torch.Tensor, idx: torch.Tensor, device: torch.device) -> torch.Ten
     """Rows ``idx`` of ``t`` on ``device`` without stalling the host: a host tensor is gathered
     on the host (``idx`` is drawn there too) and copied from pinned memory asynchronously."""
     rows = t[idx if idx.device == t.device else idx.to(t.device)]
-    if rows.device != device:
-        if device.type == "cuda":
-            rows = rows.pin_memory()
-        rows = rows.to(device, non_blocking=True)
-    return rows
+    if rows.device.type == "cpu" and device.type == "cuda":
+        return rows.pin_memory().to(device, non_blocking=True)
+    # (A no-op when already there: "cuda" and "cuda:0" compare unequal but are one device.)
+    return rows.to(device)
 
 
 def train_one_epoch(
@@ -443,7 +442,7 @@ def fit(
     if config.data_on_device:
         train, val = train.to(device), val.to(device)
     order_generator = generator
-    if train.images.device != generator.device:
+    if train.images.device.type != generator.device.type:
         order_generator = torch.Generator(device=train.images.device).manual_seed(seed)
     train_preset, eval_preset = TrainPreset.from_config(config), EvalPreset(config)
     use_soft = config.soft_targets and train.soft is not None
