@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the console script; returns the process exit status."""
+    """Run the console script; returns the process exit status (the convention is in
+    :mod:`slicerank_base.reach`: 2 configuration, 3 an unreachable service)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose + 1, 2)]
@@ -61,11 +62,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.parse_args(["bench", "--help"])
         parser.print_help()
         return 2
+    from slicerank_base.reach import (
+        EXIT_CONFIG,
+        EXIT_UNREACHABLE,
+        ConfigError,
+        ServiceUnreachable,
+    )
+
     try:
         result = func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except ServiceUnreachable as exc:
+        # Two lines, no traceback: what is down, where, which variable; then what to do.
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     return int(result or 0)
 
 
