@@ -211,15 +211,20 @@ def test_train_wait_says_when_no_worker_takes_the_job(tmp_path, redis_url):
     export.write_text(json.dumps([classify_task(i, r, label=r["true_class"]) for i, r in enumerate(rows)]))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "REDIS_URL": redis_url,
            "SLICERANK_QUEUE": "slicerank-test-nobody", "SLICERANK_WORKER_PICKUP_S": "1"}  # fmt: skip
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "slicerank", "train", "--labels", str(export), "--wait"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-    )  # fmt: skip
+    with open(tmp_path / "out", "w") as out_fh, open(tmp_path / "err", "w") as err_fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "slicerank", "train", "--labels", str(export), "--wait"],
+            env=env, stdout=out_fh, stderr=err_fh, text=True, cwd=ROOT,
+        )  # fmt: skip
     try:
-        out, err = proc.communicate(timeout=20)
-    except subprocess.TimeoutExpired:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and "still queued" not in (tmp_path / "err").read_text():
+            assert proc.poll() is None, (tmp_path / "err").read_text()
+            time.sleep(0.2)
+    finally:
         proc.terminate()
-        out, err = proc.communicate(timeout=20)
+        proc.wait(timeout=20)
+    out, err = (tmp_path / "out").read_text(), (tmp_path / "err").read_text()
     assert "queued as job" in out
     assert "still queued after" in err and "slicerank worker" in err, err
     assert "no worker listens on queue 'slicerank-test-nobody'" in err
