@@ -16,7 +16,6 @@ log = logging.getLogger(__name__)
 def _settings(args: argparse.Namespace):
     """Settings from the environment (read once, here), overridden by command-line options."""
     from ml_backend.settings import BackendSettings
-
     from slicerank_base.reach import ConfigError
 
     try:
@@ -94,7 +93,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _backend(args: argparse.Namespace) -> int:
-    import redis
     import uvicorn
 
     from ml_backend.server import create_app
@@ -281,7 +279,10 @@ def check_train_inputs(request, settings) -> None:
     from slicerank_base.reach import ConfigError
 
     loaded = {}
-    for option, path in (("--labels", request.labels_path), ("--consensus", request.consensus_path)):
+    for option, path in (
+        ("--labels", request.labels_path),
+        ("--consensus", request.consensus_path),
+    ):
         if not path:
             continue
         if not Path(path).is_file():

@@ -120,7 +120,9 @@ def check_label_studio(
     try:
         r = httpx.get(f"{url.rstrip('/')}/health", timeout=timeout, follow_redirects=True)
     except httpx.HTTPError as exc:
-        raise ServiceUnreachable("Label Studio", variable, redact_url(url), _reason(exc), hint) from None
+        raise ServiceUnreachable(
+            "Label Studio", variable, redact_url(url), _reason(exc), hint
+        ) from None
     if r.status_code >= 500 or r.status_code == 404:
         raise ServiceUnreachable(
             "Label Studio", variable, redact_url(url),
@@ -128,9 +130,7 @@ def check_label_studio(
         )  # fmt: skip
 
 
-def check_redis(
-    url: str, *, variable: str = "REDIS_URL", timeout: float = CHECK_TIMEOUT_S
-) -> None:
+def check_redis(url: str, *, variable: str = "REDIS_URL", timeout: float = CHECK_TIMEOUT_S) -> None:
     """Raise :class:`ServiceUnreachable` unless Redis at ``url`` answers PING (a wrong password
     is a :class:`ConfigError`)."""
     import redis

@@ -56,9 +56,12 @@ def env_reads(source: str) -> set[str]:
     for n in ast.walk(tree):
         if isinstance(n, ast.Call):
             f = n.func
-            if isinstance(f, ast.Attribute) and f.attr in ("get", "pop") and _env_like(f.value):
-                out |= _names(n.args[:1])
-            elif getattr(f, "attr", getattr(f, "id", None)) == "getenv":
+            if (
+                isinstance(f, ast.Attribute)
+                and f.attr in ("get", "pop")
+                and _env_like(f.value)
+                or getattr(f, "attr", getattr(f, "id", None)) == "getenv"
+            ):
                 out |= _names(n.args[:1])
             elif any(_env_like(a) for a in n.args) or getattr(f, "id", None) in readers:
                 out |= _names(n.args)
@@ -88,7 +91,7 @@ def code_variables() -> dict[str, list[str]]:
 
 
 def test_the_scanner_sees_each_way_the_code_reads_a_variable():
-    source = '''
+    source = """
 import os
 A_ENV = "V_ONE"
 def f(environ):
@@ -98,8 +101,10 @@ def f(environ):
     for name, key in (("V_SEVEN", "k"),):
         environ.get(name)
     print("NOT_READ")
-'''
-    assert env_reads(source) == {f"V_{n}" for n in ("ONE", "TWO", "THREE", "FOUR", "FIVE", "SIX", "SEVEN")}
+"""
+    assert env_reads(source) == {
+        f"V_{n}" for n in ("ONE", "TWO", "THREE", "FOUR", "FIVE", "SIX", "SEVEN")
+    }
     found = code_variables()
     # A scanner that silently found nothing would pass the next test.
     assert {"REDIS_URL", "SLICERANK_ID_SALT", "SCHEDULER_DB_URL", "SLICERANK_ANALYSIS_SEED",
@@ -154,7 +159,9 @@ def test_every_shell_snippet_is_run_or_says_why_not():
     for path in GUIDES:
         for line, _, why in shell_blocks(path):
             seen += 1
-            assert why is None or len(why.strip()) > 10, f"{path.name}:{line}: say why it is skipped"
+            assert why is None or len(why.strip()) > 10, (
+                f"{path.name}:{line}: say why it is skipped"
+            )
     assert seen >= 5
 
 

@@ -41,7 +41,9 @@ def closed() -> str:
     return f"127.0.0.1:{free_port()}"
 
 
-def run_cli(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
+def run_cli(
+    args: list[str], env: dict[str, str], timeout: float = 60
+) -> subprocess.CompletedProcess:
     full = {**os.environ, "PYTHONPATH": str(ROOT), **env}
     return subprocess.run(
         [sys.executable, "-m", "slicerank", *args], env=full, capture_output=True, text=True,
@@ -58,7 +60,9 @@ def assert_short(text: str, *names: str, max_lines: int = 3) -> None:
 
 
 def test_provision_with_label_studio_down(tmp_path, closed, monkeypatch, capsys):
-    (tmp_path / "manifest.csv").write_text("image_id,scan_id,slice_index,n_slices,path\na,s,0,1,a.png\n")
+    (tmp_path / "manifest.csv").write_text(
+        "image_id,scan_id,slice_index,n_slices,path\na,s,0,1,a.png\n"
+    )
     monkeypatch.setenv("LABEL_STUDIO_URL", f"http://{closed}")
     monkeypatch.setenv("LABEL_STUDIO_API_KEY", SECRETS["LABEL_STUDIO_API_KEY"])
     assert main(["provision", "--media-root", str(tmp_path)]) == EXIT_UNREACHABLE
@@ -133,7 +137,10 @@ def test_scheduler_health_is_degraded_while_label_studio_is_down(closed):
     app = create_app(service, health=HealthProbe(f"http://{closed}").down)
     body = TestClient(app).get("/health").json()
     assert body["status"] == "DEGRADED"
-    assert "LABEL_STUDIO_URL" in body["down"]["label_studio"] and closed in body["down"]["label_studio"]
+    assert (
+        "LABEL_STUDIO_URL" in body["down"]["label_studio"]
+        and closed in body["down"]["label_studio"]
+    )
 
 
 def test_train_with_redis_down(tmp_path, closed, monkeypatch, capsys):
@@ -141,7 +148,9 @@ def test_train_with_redis_down(tmp_path, closed, monkeypatch, capsys):
     from tests.ml_backend.synthdata import classify_task, make_media_root
 
     rows = make_media_root(tmp_path / "media", n_per_class=1)
-    export.write_text(json.dumps([classify_task(i, r, label=r["true_class"]) for i, r in enumerate(rows)]))
+    export.write_text(
+        json.dumps([classify_task(i, r, label=r["true_class"]) for i, r in enumerate(rows)])
+    )
     monkeypatch.setenv("REDIS_URL", f"redis://{closed}/0")
     assert main(["train", "--labels", str(export)]) == EXIT_UNREACHABLE
     out = capsys.readouterr()
@@ -208,7 +217,9 @@ def test_train_wait_says_when_no_worker_takes_the_job(tmp_path, redis_url):
 
     rows = make_media_root(tmp_path / "media", n_per_class=1)
     export = tmp_path / "export.json"
-    export.write_text(json.dumps([classify_task(i, r, label=r["true_class"]) for i, r in enumerate(rows)]))
+    export.write_text(
+        json.dumps([classify_task(i, r, label=r["true_class"]) for i, r in enumerate(rows)])
+    )
     env = {**os.environ, "PYTHONPATH": str(ROOT), "REDIS_URL": redis_url,
            "SLICERANK_QUEUE": "slicerank-test-nobody", "SLICERANK_WORKER_PICKUP_S": "1"}  # fmt: skip
     with open(tmp_path / "out", "w") as out_fh, open(tmp_path / "err", "w") as err_fh:
@@ -235,7 +246,9 @@ def test_train_without_wait_says_how_to_follow(tmp_path, redis_url, monkeypatch,
 
     rows = make_media_root(tmp_path / "media", n_per_class=1)
     export = tmp_path / "export.json"
-    export.write_text(json.dumps([classify_task(i, r, label=r["true_class"]) for i, r in enumerate(rows)]))
+    export.write_text(
+        json.dumps([classify_task(i, r, label=r["true_class"]) for i, r in enumerate(rows)])
+    )
     monkeypatch.setenv("REDIS_URL", redis_url)
     monkeypatch.setenv("SLICERANK_QUEUE", "slicerank-test-follow")
     assert main(["train", "--labels", str(export)]) == 0
@@ -269,3 +282,19 @@ def test_redact_url_hides_only_the_password():
 def test_check_redis_names_a_custom_variable(closed):
     with pytest.raises(ServiceUnreachable, match="WORKER_REDIS"):
         check_redis(f"redis://{closed}/0", variable="WORKER_REDIS")
+
+
+def test_a_service_lost_mid_command_ends_in_one_line_not_a_traceback(closed):
+    import redis
+
+    from slicerank.cli import lost_service
+
+    try:
+        redis.Redis.from_url(f"redis://{closed}/0").ping()
+    except redis.exceptions.ConnectionError as exc:
+        assert "REDIS_URL" in lost_service(exc)
+    try:
+        httpx.get(f"http://{closed}/api/projects")
+    except httpx.TransportError as exc:
+        assert f"http://{closed}" in lost_service(exc)
+    assert lost_service(KeyError("x")) is None

@@ -94,7 +94,9 @@ def _scheduler(args: argparse.Namespace) -> int:
             started["error"] = (1, f"{type(exc).__name__}: {exc}")
         else:
             started.update(store=store, service=service)
-            gate.open(create_app(service, health=HealthProbe(settings.label_studio_url, store).down))
+            gate.open(
+                create_app(service, health=HealthProbe(settings.label_studio_url, store).down)
+            )
             # Reconcile only once webhooks are accepted: nothing can fall in between.
             service.request_reconcile()
             log.info("scheduler ready on http://%s:%d", args.host, args.port)

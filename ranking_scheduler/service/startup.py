@@ -166,7 +166,9 @@ class HealthProbe:
                         f"(SCHEDULER_DB_URL): {str(exc).splitlines()[0][:200]}"
                     )
             for name in found.keys() - self._down.keys():
-                log.warning("scheduler: %s (it catches up by reconciliation once back)", found[name])
+                log.warning(
+                    "scheduler: %s (it catches up by reconciliation once back)", found[name]
+                )
             for name in self._down.keys() - found.keys():
                 log.info("scheduler: %s answers again", name)
             self._down, self._at = found, self.clock()

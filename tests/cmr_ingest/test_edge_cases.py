@@ -47,7 +47,10 @@ def test_a_truth_file_with_wrong_columns_exits_2_naming_them(
 
 def test_a_missing_truth_file_exits_2(tmp_path, one_scan_dicom, salted, capsys):
     missing = tmp_path / "nope.csv"
-    assert main(["ingest", str(one_scan_dicom), "--out", str(tmp_path / "m"), "--truth", str(missing)]) == 2
+    assert (
+        main(["ingest", str(one_scan_dicom), "--out", str(tmp_path / "m"), "--truth", str(missing)])
+        == 2
+    )
     assert f"--truth {missing}: no such file" in capsys.readouterr().err
 
 
