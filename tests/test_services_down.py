@@ -298,3 +298,20 @@ def test_a_service_lost_mid_command_ends_in_one_line_not_a_traceback(closed):
     except httpx.TransportError as exc:
         assert f"http://{closed}" in lost_service(exc)
     assert lost_service(KeyError("x")) is None
+
+
+def test_train_checks_the_key_and_the_project_on_a_real_label_studio(
+    label_studio, monkeypatch, capsys, redis_url
+):
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    monkeypatch.setenv("LABEL_STUDIO_URL", label_studio.url)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "0" * 40)  # a token Label Studio never issued
+    assert main(["train", "--project", "1"]) == EXIT_CONFIG
+    assert "refused LABEL_STUDIO_API_KEY" in capsys.readouterr().err
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.api_key)
+    assert main(["train", "--project", str(2**31 - 2)]) == EXIT_CONFIG
+    out = capsys.readouterr()
+    assert f"has no project {2**31 - 2}" in out.err and "queued" not in out.out
+    import redis
+
+    assert redis.Redis.from_url(redis_url).keys("rq:job:*") == []
