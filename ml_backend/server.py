@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 #: What a Redis that is down or unreachable raises.
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
+#: Seconds ``/health`` waits for Redis to answer a ping.
+HEALTH_PING_S = 0.5
 
 #: Basic-auth credential parser (no auto error: the dependency answers 401 itself).
 _BASIC = HTTPBasic(auto_error=False)
@@ -410,13 +412,14 @@ class RedisState:
     def __init__(self, conn: Any, url: str) -> None:
         self.conn, self.url = conn, url
         self.problem: str | None = None
+        self._probe = _quick_client(conn) if conn is not None else None
 
     def check(self) -> str | None:
         """Ping Redis; the problem in one line, or None when it answers (or none is set)."""
-        if self.conn is None:
+        if self._probe is None:
             return self._set("no Redis connection: set REDIS_URL")
         try:
-            self.conn.ping()
+            self._probe.ping()
         except REDIS_DOWN as exc:
             return self.down(exc)
         return self._set(None)
@@ -438,6 +441,22 @@ class RedisState:
                 log.info("backend: Redis at REDIS_URL answers again")
             self.problem = problem
         return problem
+
+
+def _quick_client(conn: Any) -> Any:
+    """A client to the same Redis as ``conn`` that gives up within :data:`HEALTH_PING_S`:
+    Label Studio waits 1 s for ``/health`` (ML_TIMEOUT_HEALTH) before it calls the backend
+    broken, and a Redis host that drops packets would otherwise hold the answer for seconds."""
+    import redis
+
+    pool = getattr(conn, "connection_pool", None)
+    if pool is None:  # not a redis-py client: ping it as it is
+        return conn
+    kwargs = {**pool.connection_kwargs, "socket_connect_timeout": HEALTH_PING_S,
+              "socket_timeout": HEALTH_PING_S}  # fmt: skip
+    return redis.Redis(
+        connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
+    )
 
 
 def _digest(user: str, password: str) -> bytes:
