@@ -74,28 +74,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="also search each slice's margins for text drawn into the pixels and exclude those "
         "that have some (a heuristic for scanner overlays; env SLICERANK_CHECK_PIXELS_FOR_TEXT=1)",
     )
+    p.add_argument(
+        "--clean",
+        action="store_true",
+        help="remove PNGs in OUT/images that the new manifest does not list (an earlier run's); "
+        "without it they are kept and reported",
+    )
     p.add_argument("--json", metavar="FILE", help="also write the ingest report here")
     p.set_defaults(func=_ingest)
-
-
-def register_bench(bench_subparsers: argparse._SubParsersAction) -> None:
-    """Add ``slicerank bench ingest``."""
-    p = bench_subparsers.add_parser(
-        "ingest",
-        help="synth and ingest throughput; ingest vs bare pydicom + Pillow",
-        description="Times synth (PNG and DICOM), ingest of the DICOM cohort, and the bare "
-        "work of reading the same files with pydicom and writing the same PNGs with Pillow.",
-    )
-    p.add_argument("--scans", type=int, default=300, help="cohort size (default 300)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workdir", metavar="DIR", help="keep the cohorts here (default: a temp dir)")
-    p.add_argument(
-        "--text-check",
-        action="store_true",
-        help="instead: false alarms and detections of --check-pixels-for-text on a PNG cohort",
-    )
-    p.add_argument("--json", metavar="FILE", help="write the numbers here")
-    p.set_defaults(func=_bench)
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -158,18 +144,25 @@ def _ingest(args: argparse.Namespace) -> int:
     if not os.path.exists(args.src):
         print(f"slicerank ingest: source {args.src} does not exist", file=sys.stderr)
         return 2
-    report = ingest(
-        args.src,
-        args.out,
-        salt=settings.id_salt,
-        orientation_tolerance_deg=settings.orientation_tolerance_deg,
-        any_orientation=args.any_orientation,
-        truth=args.truth,
-        png_compress_level=settings.png_compress_level,
-        include_burned_in=settings.include_burned_in,
-        check_pixels_for_text=settings.check_pixels_for_text,
-        progress=True,
-    )
+    from cmr_ingest.errors import IngestInputError
+
+    try:
+        report = ingest(
+            args.src,
+            args.out,
+            salt=settings.id_salt,
+            orientation_tolerance_deg=settings.orientation_tolerance_deg,
+            any_orientation=args.any_orientation,
+            truth=args.truth,
+            png_compress_level=settings.png_compress_level,
+            include_burned_in=settings.include_burned_in,
+            check_pixels_for_text=settings.check_pixels_for_text,
+            clean=args.clean,
+            progress=True,
+        )
+    except IngestInputError as exc:
+        print(f"slicerank ingest: {exc}", file=sys.stderr)
+        return 2
     print(report.summary())
     if args.json:
         from slicerank_base.jsonout import write_json
@@ -178,20 +171,4 @@ def _ingest(args: argparse.Namespace) -> int:
     if report.slices_written == 0:
         print("slicerank ingest: no short-axis slice was written (see the report)", file=sys.stderr)
         return 1
-    return 0
-
-
-def _bench(args: argparse.Namespace) -> int:
-    from cmr_ingest.bench import run_bench, run_text_check_bench
-
-    if args.text_check:
-        result = run_text_check_bench(args.scans, seed=args.seed, workdir=args.workdir)
-    else:
-        result = run_bench(args.scans, seed=args.seed, workdir=args.workdir)
-    for key, value in result.items():
-        print(f"{key}: {value}")
-    if args.json:
-        from slicerank_base.jsonout import write_json
-
-        write_json(args.json, result)
     return 0
