@@ -19,6 +19,7 @@
 #       TLS-inspecting proxy's). Default: those this host trusts beyond Debian's Mozilla set
 #       (in /etc/ssl/certs/ca-certificates.crt but not /usr/share/ca-certificates/mozilla);
 #       "none" for none. They go into the base image, and pip there uses the system bundle.
+#   LOCAL_PYPI_PORT      port on 127.0.0.1 for those local indexes (default 3141)
 #   REBUILD_BASE=1       debootstrap again even if the base image exists
 #   IMAGES               which to build (default "postgres redis label-studio slicerank")
 # Layers are cached: a second run rebuilds only what changed.
@@ -83,10 +84,14 @@ if [ -z "${PIP_INDEX_URL:-}" ]; then
   if ((${#local_dirs[@]})); then
     root=$(python3 -c 'import os,sys; print(os.path.commonpath(sys.argv[1:]))' "${local_dirs[@]%/}")
     [ "$root" != / ] || root=$(dirname "${local_dirs[0]%/}")
-    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-    python3 -m http.server --bind 127.0.0.1 --directory "$root" "$port" >/dev/null 2>&1 &
-    server=$!
-    trap 'kill $server 2>/dev/null || true' EXIT
+    # A fixed port: the index URLs are build arguments, and a different URL would rebuild
+    # every pip layer. One already serving there (another build) is used as it is.
+    port=${LOCAL_PYPI_PORT:-3141}
+    if ! curl -fs "http://127.0.0.1:$port/" >/dev/null 2>&1; then
+      python3 -m http.server --bind 127.0.0.1 --directory "$root" "$port" >/dev/null 2>&1 &
+      server=$!
+      trap 'kill $server 2>/dev/null || true' EXIT
+    fi
     urls=()
     for d in "${local_dirs[@]}"; do urls+=("http://127.0.0.1:$port/${d#"$root"/}"); done
     export PIP_INDEX_URL=${urls[0]}
