@@ -40,6 +40,7 @@ COPY ls_config ./ls_config
 COPY ranking_scheduler ./ranking_scheduler
 COPY ml_backend ./ml_backend
 COPY analysis ./analysis
+COPY benchmarks ./benchmarks
 RUN pip install . && slicerank --help >/dev/null
 
 # Run as an unprivileged user; it owns the data folders the volumes mount over.

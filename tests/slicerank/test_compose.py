@@ -368,8 +368,12 @@ def test_docker_build_context_holds_everything_the_dockerfile_copies():
     sources = {src.strip("/") for line in copied for src in line.split()}
     assert sources, "no COPY in the Dockerfile"
     assert sources <= allowed, f".dockerignore leaves out {sorted(sources - allowed)}"
-    # And every package setuptools installs.
-    packages = {p.name for p in ROOT.iterdir() if p.name in PACKAGES}
+    # And every package setuptools installs (pyproject's include list).
+    import tomllib
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    include = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = {p.rstrip("*") for p in include}
     assert packages <= sources, f"the Dockerfile does not copy {sorted(packages - sources)}"
 
 
