@@ -8,8 +8,8 @@ ports, volumes and secrets, next to anything else on the machine, and is torn do
 
 What it checks, in the order a lead meets it: PostgreSQL, Redis and Label Studio come up healthy
 and keep their data across a restart of all three (all the CI preset runs:
-``COMPOSE_CHECK_PRESET=ci``); a second, non-admin
-Label Studio user gives the workers their token; ``provision`` creates the three projects;
+``COMPOSE_CHECK_PRESET=ci``); a second, non-admin Label Studio user, signed up through the
+invite link, gives the workers their token; ``provision`` creates the three projects;
 rankings posted through Label Studio's API reach the scheduler (``/api/stats``), including those
 posted while the scheduler container was stopped; "Start Training" (Label Studio's own call)
 trains on the CPU worker while the backend container restarts, and the new model's predictions
