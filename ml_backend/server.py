@@ -215,7 +215,6 @@ class SliceClassifier:
             model_dir=str(self.settings.model_dir),
             # The backend's own device is for inference; the worker picks the training one.
             device="auto",
-            label_studio_url=self.settings.label_studio_url,
         )
         result = enqueue_training(
             self.redis,

@@ -378,26 +378,6 @@ def test_workers_never_unpickle_what_is_in_redis(redis_conn, tmp_path):
     assert job.get_status(refresh=True) == "failed"
 
 
-def test_a_job_from_redis_cannot_send_the_workers_token_elsewhere(
-    tmp_path, http_server, monkeypatch
-):
-    from ml_backend.jobs import TrainRequest, job_label_studio_url, train_job
-
-    attacker, ls = http_server(), http_server()
-    monkeypatch.setenv("LABEL_STUDIO_URL", ls.url)
-    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "worker-token")
-    # What anyone who can write to Redis could queue: a project export from their own host.
-    request = TrainRequest(project_id=3, label_studio_url=attacker.url, media_root=str(tmp_path),
-                           model_dir=str(tmp_path / "models"), device="cpu")  # fmt: skip
-    with pytest.raises(Exception):  # noqa: B017 - the recording LS has no projects: any failure
-        train_job(request.to_dict())
-    assert attacker.requests == []
-    assert ls.requests and all(auth == "Token worker-token" for _, auth in ls.requests)
-    # Without a URL of its own (a single-machine set-up) the worker follows the request.
-    assert job_label_studio_url("http://ls:8080", None) == "http://ls:8080"
-    assert job_label_studio_url("http://ls:8080", "http://10.0.0.5:8080/") == "http://10.0.0.5:8080"
-
-
 @pytest.mark.integration
 def test_worker_token_of_the_label_studio_owner_is_warned_about(label_studio):
     from ml_backend.cli import owner_token_warning
