@@ -464,7 +464,15 @@ def _train(
     if not media_root:
         raise ValueError("no media root: set SLICERANK_MEDIA_ROOT or pass --media-root")
     progress.update(stage="images", n_labels=len(labels))
-    dataset = build_dataset(labels, Path(media_root), config)
+    # One bad task (an image refused or undecodable) is left out with its reason, not fatal.
+    skipped: list[dict[str, str]] = []
+    dataset = build_dataset(labels, Path(media_root), config, skipped=skipped)
+    if skipped:
+        kept = set(dataset.image_ids)
+        labels = [x for x in labels if x.image_id in kept]
+        for item in skipped[:20]:
+            log.warning("training without an image: %s", item["reason"])
+        progress.update(n_skipped=len(skipped), skipped=skipped[:100])
     groups = split_groups(labels, Path(media_root)) if config.group_by_scan else None
     if groups is not None:
         train_idx, val_idx, test_idx = grouped_stratified_split(
@@ -509,6 +517,7 @@ def _train(
             "source": request.label_source, "project_id": request.project_id,
             "labels_path": request.labels_path, "consensus_path": request.consensus_path,
             "soft_targets": request.soft_targets, "n_labels": len(labels), "class_counts": counts,
+            "skipped_images": skipped[:100], "n_skipped": len(skipped),
         },
         splits={
             "train": train.image_ids, "val": val.image_ids, "test": test.image_ids,
