@@ -80,6 +80,9 @@ def media(tmp_path):
     root = tmp_path / "media"
     rows = make_media_root(root, n_per_class=2, size=64)
     (root / "img" / "bomb.png").write_bytes(blank_png(2, 60000))
+    # In a scan with others: decoding that scan reads it from the media root too.
+    with (root / "manifest.csv").open("a") as fh:
+        fh.write("bomb,s0,99,6,img/bomb.png,lv\n")
     register_model(tmp_path / "models")
     return root, rows
 
