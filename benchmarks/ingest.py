@@ -180,13 +180,14 @@ def real_sample_false_alarms() -> tuple[int, list[str]]:
     import warnings
 
     import pydicom
-    from pydicom.data import get_testdata_files
 
     from cmr_ingest import pixels
     from cmr_ingest.burned_in import text_near_borders
 
     frames, alarms = 0, []
-    for path in get_testdata_files("*"):
+    # The files pydicom ships (its test-data helper would try to download the rest).
+    shipped = Path(pydicom.__file__).parent / "data" / "test_files"
+    for path in sorted(p for p in shipped.rglob("*") if p.is_file()):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -203,7 +204,7 @@ def real_sample_false_alarms() -> tuple[int, list[str]]:
                 continue
             frames += 1
             if text_near_borders(png):
-                alarms.append(Path(path).name)
+                alarms.append(path.name)
     return frames, alarms
 
 
