@@ -167,7 +167,9 @@ def _ingest(args: argparse.Namespace) -> int:
     from cmr_ingest.ingest import report_paths
 
     try:
-        report_json, report_text = report_paths(Path(args.out), Path(args.report) if args.report else None)
+        report_json, report_text = report_paths(
+            Path(args.out), Path(args.report) if args.report else None
+        )
     except ValueError as exc:
         print(f"slicerank ingest: {exc}", file=sys.stderr)
         return 2

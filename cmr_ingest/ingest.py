@@ -66,6 +66,8 @@ def locate_files(src: str | os.PathLike[str], salt: str, wanted: set[str]) -> di
         if fid in wanted:
             found[fid] = path
     return found
+
+
 #: Ground-truth sidecar that ``synth --dicom`` writes; joined automatically when present.
 TRUTH_NAME = "synth_truth.csv"
 

@@ -137,7 +137,9 @@ def job_refusal(job: Job) -> str | None:
     :func:`train_job` call (one request dict, no instance, no callbacks)."""
     name = job.func_name
     if name != JOB_FUNCTION:
-        return f"job {job.id} names the function {str(name)[:200]!r}; workers run only {JOB_FUNCTION}"
+        return (
+            f"job {job.id} names the function {str(name)[:200]!r}; workers run only {JOB_FUNCTION}"
+        )
     if job.instance is not None:
         return f"job {job.id} names an instance to call {JOB_FUNCTION} on"
     callbacks = [
@@ -415,9 +417,7 @@ def _ls_client(url: str, api_key: str):
     return LabelStudio(base_url=url, api_key=api_key)
 
 
-def _train(
-    request: TrainRequest, settings, progress: _Progress, own_ls_url: str
-) -> dict[str, Any]:
+def _train(request: TrainRequest, settings, progress: _Progress, own_ls_url: str) -> dict[str, Any]:
     import torch
 
     from ml_backend.config import get_preset

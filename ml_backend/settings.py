@@ -89,7 +89,9 @@ class BackendSettings:
                 f"SLICERANK_JOB_TIMEOUT={timeout_text!r} is not a whole number of seconds"
             ) from None
         roots = tuple(
-            Path(p) for p in environ.get("SLICERANK_WORKER_ROOTS", "").split(os.pathsep) if p.strip()
+            Path(p)
+            for p in environ.get("SLICERANK_WORKER_ROOTS", "").split(os.pathsep)
+            if p.strip()
         )
         return cls(
             label_studio_url=environ.get("LABEL_STUDIO_URL", cls.label_studio_url).rstrip("/"),
@@ -109,7 +111,9 @@ class BackendSettings:
             job_timeout=job_timeout,
             worker_roots=roots,
             predict_max_tasks=_positive_int(environ, "SLICERANK_PREDICT_MAX_TASKS", 1000),
-            max_body_bytes=_positive_int(environ, "SLICERANK_BACKEND_MAX_BODY_MB", 16) * 1024 * 1024,
+            max_body_bytes=_positive_int(environ, "SLICERANK_BACKEND_MAX_BODY_MB", 16)
+            * 1024
+            * 1024,
         )
 
 

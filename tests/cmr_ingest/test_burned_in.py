@@ -141,7 +141,9 @@ def test_cli_flags(cohort_with_text, tmp_path, monkeypatch, capsys):
         out = capsys.readouterr().out
         assert "burned_in_text: 2" in out and "excluded 2 files/slices" in out
     # The opt-out, by flag or environment.
-    assert main(["ingest", str(src), "--out", str(tmp_path / "n"), "--no-check-pixels-for-text"]) == 0
+    assert (
+        main(["ingest", str(src), "--out", str(tmp_path / "n"), "--no-check-pixels-for-text"]) == 0
+    )
     assert "burned_in_text" not in capsys.readouterr().out
     monkeypatch.setenv("SLICERANK_CHECK_PIXELS_FOR_TEXT", "0")
     assert main(["ingest", str(src), "--out", str(tmp_path / "m")]) == 0

@@ -45,9 +45,12 @@ def test_a_worker_runs_no_function_but_the_training_job(redis_conn, tmp_path, ma
         queue.enqueue("subprocess.check_call", ["touch", str(tmp_path / "subprocess-ran")]),
         queue.enqueue("tests.ml_backend.import_canary.run"),
         # Our function, with a callback RQ would import on success or failure.
-        queue.enqueue("ml_backend.jobs.train_job", {"labels_path": "x"},
-                      on_failure=Callback("tests.ml_backend.import_canary.run"),
-                      on_success=Callback("tests.ml_backend.import_canary.run")),  # fmt: skip
+        queue.enqueue(
+            "ml_backend.jobs.train_job",
+            {"labels_path": "x"},
+            on_failure=Callback("tests.ml_backend.import_canary.run"),
+            on_success=Callback("tests.ml_backend.import_canary.run"),
+        ),  # fmt: skip
         queue.enqueue("ml_backend.jobs.train_job", {"labels_path": "x"}, "extra"),
     ]
     run_worker(redis_conn, queue_name, burst=True)
@@ -59,9 +62,12 @@ def test_a_worker_runs_no_function_but_the_training_job(redis_conn, tmp_path, ma
         assert job.get_status(refresh=True) == "failed"
         error = job.latest_result().exc_string
         assert "RefusedJobError" in error, error
-    assert "workers run only ml_backend.jobs.train_job" in Job.fetch(
-        jobs[0].id, connection=redis_conn, serializer=SERIALIZER
-    ).latest_result().exc_string
+    assert (
+        "workers run only ml_backend.jobs.train_job"
+        in Job.fetch(jobs[0].id, connection=redis_conn, serializer=SERIALIZER)
+        .latest_result()
+        .exc_string
+    )
 
 
 @pytest.fixture
