@@ -90,6 +90,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "have some (a heuristic for scanner overlays; on by default, --no-check-pixels-for-text "
         "or env SLICERANK_CHECK_PIXELS_FOR_TEXT=0 turns it off)",
     )
+    p.add_argument(
+        "--clean",
+        action="store_true",
+        help="remove PNGs in OUT/images that the new manifest does not list (an earlier run's); "
+        "without it they are kept and reported",
+    )
     p.add_argument("--json", metavar="FILE", help="also write the ingest report here")
     p.set_defaults(func=_ingest)
 
@@ -164,28 +170,30 @@ def _ingest(args: argparse.Namespace) -> int:
     if not args.out:
         print("slicerank ingest: --out DIR (the media root to write) is required", file=sys.stderr)
         return 2
+    from cmr_ingest.errors import IngestInputError
     from cmr_ingest.ingest import report_paths
 
     try:
         report_json, report_text = report_paths(
             Path(args.out), Path(args.report) if args.report else None
         )
-    except ValueError as exc:
+        report = ingest(
+            args.src,
+            args.out,
+            salt=settings.id_salt,
+            orientation_tolerance_deg=settings.orientation_tolerance_deg,
+            any_orientation=args.any_orientation,
+            truth=args.truth,
+            png_compress_level=settings.png_compress_level,
+            include_burned_in=settings.include_burned_in,
+            check_pixels_for_text=settings.check_pixels_for_text,
+            clean=args.clean,
+            report_dir=args.report,
+            progress=True,
+        )
+    except IngestInputError as exc:
         print(f"slicerank ingest: {exc}", file=sys.stderr)
         return 2
-    report = ingest(
-        args.src,
-        args.out,
-        salt=settings.id_salt,
-        orientation_tolerance_deg=settings.orientation_tolerance_deg,
-        any_orientation=args.any_orientation,
-        truth=args.truth,
-        png_compress_level=settings.png_compress_level,
-        include_burned_in=settings.include_burned_in,
-        check_pixels_for_text=settings.check_pixels_for_text,
-        report_dir=args.report,
-        progress=True,
-    )
     print(report.summary())
     print(f"report: {report_json} and {report_text} (outside the media root)")
     if args.json:

@@ -50,6 +50,9 @@ class BackendSettings:
     consensus_path: Path | None = None
     #: Seconds a training job may run before RQ stops it.
     job_timeout: int = 6 * 3600
+    #: Seconds ``slicerank train --wait`` lets a job sit in the queue before it says that no
+    #: worker has taken it, and how to start one (SLICERANK_WORKER_PICKUP_S).
+    pickup_warn_s: float = 60.0
     #: Folders (besides MODEL_DIR, the media root and the consensus file's folder) under which
     #: a queued job's files may lie (env SLICERANK_WORKER_ROOTS, separated by ``os.pathsep``).
     worker_roots: tuple[Path, ...] = ()
@@ -88,6 +91,13 @@ class BackendSettings:
             raise ValueError(
                 f"SLICERANK_JOB_TIMEOUT={timeout_text!r} is not a whole number of seconds"
             ) from None
+        pickup_text = environ.get("SLICERANK_WORKER_PICKUP_S", "").strip() or "60"
+        try:
+            pickup_warn_s = float(pickup_text)
+        except ValueError:
+            raise ValueError(
+                f"SLICERANK_WORKER_PICKUP_S={pickup_text!r} is not a number of seconds"
+            ) from None
         roots = tuple(
             Path(p)
             for p in environ.get("SLICERANK_WORKER_ROOTS", "").split(os.pathsep)
@@ -109,6 +119,7 @@ class BackendSettings:
             label_source=label_source,
             consensus_path=opt_path("SLICERANK_CONSENSUS"),
             job_timeout=job_timeout,
+            pickup_warn_s=pickup_warn_s,
             worker_roots=roots,
             predict_max_tasks=_positive_int(environ, "SLICERANK_PREDICT_MAX_TASKS", 1000),
             max_body_bytes=_positive_int(environ, "SLICERANK_BACKEND_MAX_BODY_MB", 16)
