@@ -85,6 +85,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, help="override the preset's epochs")
     p.add_argument("--seeds", type=int, help="number of seeds (0..N-1), overriding the preset")
     p.add_argument("--no-predictions", action="store_true", help="do not write predictions to LS")
+    p.add_argument(
+        "--label-studio-url",
+        help="the Label Studio this command checks the project against before queueing (env "
+        "LABEL_STUDIO_URL); the job carries no URL: the worker uses its own",
+    )
     p.add_argument("--wait", action="store_true", help="wait for the job and show its progress")
     p.add_argument("--json", metavar="FILE", help="write the job's outcome as JSON")
     _common(p)

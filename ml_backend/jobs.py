@@ -597,16 +597,13 @@ def write_predictions(
     batch = 64
     for start in range(0, len(tasks), batch):
         chunk = tasks[start : start + batch]
-        images = [
-            predictor.load_task_image(
-                t,
-                media_root=media_root,
-                manifest=manifest,
-                label_studio_url=label_studio_url,
-                api_key=api_key,
-            )  # fmt: skip
-            for t in chunk
-        ]
+        preds, skipped = predictor.predict_tasks(
+            chunk, media_root=media_root, manifest=manifest, label_studio_url=label_studio_url,
+            api_key=api_key, scans=scans,
+        )  # fmt: skip
+        for item in skipped:
+            # A task whose image is refused or unreadable gets no pre-annotation; the rest do.
+            log.warning("no prediction for task %s: %s", item["task"], item["reason"])
         requests = [
             PredictionRequest(
                 task=task["id"],
@@ -614,10 +611,11 @@ def write_predictions(
                 score=pred["score"],
                 model_version=pred["model_version"],
             )  # fmt: skip
-            for task, pred in zip(
-                chunk, scans.decode(predictor, chunk, predictor.predict_images(images)), strict=True
-            )
+            for task, pred in zip(chunk, preds, strict=True)
+            if pred
         ]
+        if not requests:
+            continue
         client.projects.import_predictions(project_id, request=requests)
         written += len(requests)
     return written
