@@ -28,6 +28,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -43,6 +44,8 @@ from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
+from ml_backend.config import PRESETS
+
 log = logging.getLogger(__name__)
 
 #: Job states in which a project's training is still under way.
@@ -55,6 +58,13 @@ LOCK_PREFIX = "slicerank:train:"
 #: worker never unpickles what someone who reached Redis wrote there (arbitrary code). Every
 #: Queue, Worker and Job.fetch on the training queue must use it.
 SERIALIZER = JSONSerializer
+
+
+MAX_EPOCHS = 500
+"""Most epochs one job may ask for (the study trains 70)."""
+MAX_SEEDS = 32
+"""Most seeds (ensemble members) one job may ask for (the study trains 10)."""
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d{1,2})?")
 
 
 @dataclass(frozen=True)
@@ -84,6 +94,29 @@ class TrainRequest:
         if self.project_id is None and not self.labels_path and not self.consensus_path:
             raise ValueError(
                 "a training request needs a project id, a labels export file or a consensus file"
+            )
+        # A request can arrive through Redis from anyone who can write there: every number
+        # that sets how much work a job does has a bound before the work starts.
+        if self.preset != "auto" and self.preset not in PRESETS:
+            raise ValueError(
+                f"training preset {str(self.preset)[:40]!r} is not one of auto, "
+                f"{', '.join(sorted(PRESETS))}"
+            )
+        if not isinstance(self.device, str) or not _DEVICE.fullmatch(self.device):
+            raise ValueError(f"device {str(self.device)[:40]!r} must be auto, cpu, cuda or cuda:N")
+        if self.epochs is not None and not (
+            isinstance(self.epochs, int) and 1 <= self.epochs <= MAX_EPOCHS
+        ):
+            raise ValueError(
+                f"epochs {str(self.epochs)[:20]} must be a whole number 1-{MAX_EPOCHS}"
+            )
+        if self.seeds is not None and not (
+            1 <= len(self.seeds) <= MAX_SEEDS
+            and all(isinstance(x, int) and 0 <= x < 2**31 for x in self.seeds)
+        ):
+            raise ValueError(
+                f"seeds must be 1-{MAX_SEEDS} whole numbers in 0..2**31-1, "
+                f"got {str(list(self.seeds))[:60]}"
             )
 
     @property

@@ -155,3 +155,24 @@ def test_the_worker_command_refuses_a_job_naming_os_system(redis_url, redis_conn
     assert out.returncode == 0, out.stderr[-2000:]
     assert not (tmp_path / "ran").exists()
     assert Job.fetch(job.id, connection=redis_conn, serializer=SERIALIZER).get_status() == "failed"
+
+
+@pytest.mark.parametrize(
+    "field, value, says",
+    [
+        ("epochs", 10**9, "epochs"),
+        ("epochs", 0, "epochs"),
+        ("epochs", "70", "epochs"),
+        ("seeds", list(range(1000)), "seeds"),
+        ("seeds", [], "seeds"),
+        ("seeds", [-1], "seeds"),
+        ("preset", "../../etc", "preset"),
+        ("device", "cuda; rm -rf /", "device"),
+    ],
+)
+def test_a_request_from_redis_is_bounded_before_any_work(field, value, says):
+    """Whoever can write to Redis cannot make a worker train forever or on a made-up device."""
+    base = {"labels_path": "/x/export.json", "epochs": 3, "seeds": [0, 1], "preset": "cpu-small"}
+    TrainRequest.from_dict(base)  # the bounds let an ordinary request through
+    with pytest.raises(ValueError, match=says):
+        TrainRequest.from_dict({**base, field: value})
