@@ -126,34 +126,3 @@ def run_analyze(args: argparse.Namespace) -> int:
         acc = model["overall"]["accuracy"]
         print(f"  {name}: accuracy {acc['value']:.3f} ({acc['low']:.3f}-{acc['high']:.3f})")
     return 0
-
-
-def register_bench(bench_subparsers: argparse._SubParsersAction) -> None:
-    """Add ``slicerank bench analysis``."""
-    p = bench_subparsers.add_parser(
-        "analysis", help="time the statistics and the report on synthetic predictions"
-    )
-    p.add_argument("--sizes", type=int, nargs="+", default=[333, 3323], help="images per cohort")
-    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples")
-    p.add_argument("--repeats", type=int, default=3, help="runs per size (median reported)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", metavar="FILE", help="write the timings as JSON")
-    p.set_defaults(func=run_bench_cmd)
-
-
-def run_bench_cmd(args: argparse.Namespace) -> int:
-    """Handler of ``slicerank bench analysis``."""
-    from analysis.bench import run_bench
-    from slicerank_base.jsonout import write_json
-
-    rows = run_bench(args.sizes, n_boot=args.n_boot, repeats=args.repeats, seed=args.seed)
-    for row in rows:
-        print(
-            f"{row['n_images']:>7} images x {row['models']} label sets, {row['n_boot']} resamples: "
-            f"evaluate {row['evaluate_s_median']:.2f} s, full report {row['build_report_s_median']:.2f} s; "
-            f"bootstrap LV AUC {row['bootstrap_auc_weighted_s_median']:.3f} s "
-            f"(per-resample ranking: {row['bootstrap_auc_rankdata_s_median']:.3f} s)"
-        )
-    if args.json:
-        write_json(args.json, {"benchmark": "analysis", "results": rows})
-    return 0

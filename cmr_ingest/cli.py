@@ -78,26 +78,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_ingest)
 
 
-def register_bench(bench_subparsers: argparse._SubParsersAction) -> None:
-    """Add ``slicerank bench ingest``."""
-    p = bench_subparsers.add_parser(
-        "ingest",
-        help="synth and ingest throughput; ingest vs bare pydicom + Pillow",
-        description="Times synth (PNG and DICOM), ingest of the DICOM cohort, and the bare "
-        "work of reading the same files with pydicom and writing the same PNGs with Pillow.",
-    )
-    p.add_argument("--scans", type=int, default=300, help="cohort size (default 300)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workdir", metavar="DIR", help="keep the cohorts here (default: a temp dir)")
-    p.add_argument(
-        "--text-check",
-        action="store_true",
-        help="instead: false alarms and detections of --check-pixels-for-text on a PNG cohort",
-    )
-    p.add_argument("--json", metavar="FILE", help="write the numbers here")
-    p.set_defaults(func=_bench)
-
-
 def _synth(args: argparse.Namespace) -> int:
     from cmr_ingest.synth import generate_cohort
 
@@ -178,20 +158,4 @@ def _ingest(args: argparse.Namespace) -> int:
     if report.slices_written == 0:
         print("slicerank ingest: no short-axis slice was written (see the report)", file=sys.stderr)
         return 1
-    return 0
-
-
-def _bench(args: argparse.Namespace) -> int:
-    from cmr_ingest.bench import run_bench, run_text_check_bench
-
-    if args.text_check:
-        result = run_text_check_bench(args.scans, seed=args.seed, workdir=args.workdir)
-    else:
-        result = run_bench(args.scans, seed=args.seed, workdir=args.workdir)
-    for key, value in result.items():
-        print(f"{key}: {value}")
-    if args.json:
-        from slicerank_base.jsonout import write_json
-
-        write_json(args.json, result)
     return 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import os
 import sys
@@ -76,19 +75,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", metavar="FILE", help="write the job's outcome as JSON")
     _common(p)
     p.set_defaults(func=_train)
-
-
-def register_bench(bench_subparsers: argparse._SubParsersAction) -> None:
-    """``slicerank bench train``."""
-    p = bench_subparsers.add_parser("train", help="training throughput and /predict latency")
-    p.add_argument("--batches", type=int, default=6, help="timed training batches (study model)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--predict-requests", type=int, default=40)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--full", action="store_true",
-                   help="GPU: run the study's full protocol (70 epochs x 10 seeds, 3,323 images)")  # fmt: skip
-    p.add_argument("--json", metavar="FILE", help="write the numbers as JSON")
-    p.set_defaults(func=_bench)
 
 
 def _backend(args: argparse.Namespace) -> int:
@@ -262,18 +248,3 @@ def _train(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, outcome)
     return 0 if outcome["status"] != "failed" else 1
-
-
-def _bench(args: argparse.Namespace) -> int:
-    from ml_backend.bench import run_bench, run_full_protocol
-    from slicerank_base.jsonout import write_json
-
-    if args.full:
-        numbers = run_full_protocol(device=args.device)
-    else:
-        numbers = run_bench(batches=args.batches, batch_size=args.batch_size,
-                            predict_requests=args.predict_requests, device=args.device)  # fmt: skip
-    print(json.dumps(numbers, indent=2))
-    if args.json:
-        write_json(args.json, numbers)
-    return 0

@@ -1,7 +1,7 @@
 """Subcommands of ``slicerank`` that drive ``ranking_scheduler``.
 
-``simulate`` and ``bench engine`` live in ``simulator.cli``; ``scheduler`` and
-``bench service`` in ``service.cli``.
+``simulate`` lives in ``simulator.cli`` and ``scheduler`` in ``service.cli``; their benchmarks
+(``bench engine``, ``bench service``, ``bench faults``) in ``benchmarks/``.
 """
 
 from __future__ import annotations
@@ -16,9 +16,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this package's subcommands to the ``slicerank`` parser."""
     simulate_cli.register(subparsers)
     service_cli.register(subparsers)
-
-
-def register_bench(bench_subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``engine`` and ``service`` benchmark targets."""
-    simulate_cli.register_bench(bench_subparsers)
-    service_cli.register_bench(bench_subparsers)

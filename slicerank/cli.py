@@ -2,9 +2,8 @@
 
 Each subcommand lives in the package it drives: every module listed in ``COMMAND_MODULES``
 exposes ``register(subparsers)`` (adding its subcommands, each with ``func`` set as the
-handler) and may expose ``register_bench(bench_subparsers)`` for a ``slicerank bench``
-target. Those modules import heavy libraries (torch, Label Studio SDK) inside the
-handlers, so ``slicerank --help`` stays fast.
+handler); the ``slicerank bench`` targets come from ``benchmarks.cli``. Those modules import
+heavy libraries (torch, Label Studio SDK) inside the handlers, so ``slicerank --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -42,10 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="run a benchmark and write its numbers")
     bench_sub = bench.add_subparsers(dest="bench_target", metavar="TARGET")
     for name in COMMAND_MODULES:
-        module = importlib.import_module(name)
-        module.register(sub)
-        if hasattr(module, "register_bench"):
-            module.register_bench(bench_sub)
+        importlib.import_module(name).register(sub)
+    # Benchmarks sit beside the product, not inside it (benchmarks/).
+    from benchmarks.cli import register as register_benchmarks
+
+    register_benchmarks(bench_sub)
     return parser
 
 

@@ -347,10 +347,3 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"slicerank demo: error: {exc}", file=sys.stderr)
         return 1
     return 0
-
-
-def register_bench(bench_subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``demo`` benchmark target (``slicerank.demo_bench``)."""
-    from slicerank.demo_bench import register_bench as register_demo_bench
-
-    register_demo_bench(bench_subparsers)

@@ -1,4 +1,4 @@
-"""``slicerank simulate`` (the label-efficiency study) and ``slicerank bench engine``."""
+"""``slicerank simulate`` (the label-efficiency study); ``bench engine`` lives in ``benchmarks``."""
 
 from __future__ import annotations
 
@@ -55,39 +55,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, default=5, help="seeds for --compare (0..N-1)")
     p.add_argument("--out", default="runs/simulate", help="folder for --compare outputs")
     p.set_defaults(func=_simulate)
-
-
-def register_bench(bench_subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``engine`` benchmark target."""
-    p = bench_subparsers.add_parser(
-        "engine",
-        help="engine speed and the label-efficiency study (bayes vs paper vs one-at-a-time, "
-        "with and without stack geometry, at equal noise and at the study's premise)",
-    )
-    p.add_argument(
-        "--seeds",
-        type=int,
-        default=5,
-        help="tuning seeds 0..N-1 of the study, at equal noise only (default 5; 0: skip)",
-    )
-    p.add_argument("--images", type=int, default=3323, help="slices of the stack cohort")
-    p.add_argument(
-        "--holdout-seeds",
-        type=int,
-        default=10,
-        help="further seeds (1000..) not looked at while tuning the engine, at every premise "
-        "(0: skip)",
-    )
-    p.add_argument(
-        "--premises",
-        default="1.0,1.5",
-        help="abs_difficulty values of the held-out study: how many times noisier an "
-        "absolute label is than a comparison (default 1.0,1.5: equal noise, the study's)",
-    )
-    p.add_argument("--skip-study", action="store_true", help="speed numbers only")
-    p.add_argument("--out", default="runs/bench/engine", help="folder for tables and plots")
-    p.add_argument("--json", help="write all numbers here")
-    p.set_defaults(func=_bench)
 
 
 def _cohort(args: argparse.Namespace):
@@ -150,7 +117,7 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _progress_bar(total_runs: int):
+def progress_bar(total_runs: int):
     from tqdm import tqdm
 
     bar = tqdm(total=total_runs, desc="study", unit="run")
@@ -167,7 +134,7 @@ def _progress_bar(total_runs: int):
 
 
 def _compare(args: argparse.Namespace, cohort, params) -> int:
-    from ranking_scheduler.simulator.bench import RUNS, study
+    from ranking_scheduler.simulator.study import RUNS, study
     from slicerank_base.jsonout import write_json
 
     if args.seeds < 1:
@@ -175,7 +142,7 @@ def _compare(args: argparse.Namespace, cohort, params) -> int:
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    bar, on_progress = _progress_bar(args.seeds * len(RUNS))
+    bar, on_progress = progress_bar(args.seeds * len(RUNS))
     with bar:
         result = study(
             cohort,
@@ -321,87 +288,3 @@ def plot_curves(result: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def _bench(args: argparse.Namespace) -> int:
-    import datetime
-
-    from tqdm import tqdm
-
-    from ranking_scheduler.simulator.bench import STACK_RUNS, replay_speed, speed, stack_study
-    from ranking_scheduler.simulator.raters import RaterParams
-    from ranking_scheduler.simulator.simulate import stack_cohort
-    from slicerank_base.jsonout import write_json
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    result: dict[str, Any] = {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "speed": [],
-    }
-    try:
-        premises = [float(x) for x in args.premises.split(",") if x.strip()]
-    except ValueError:
-        print(f"error: --premises: expected numbers like 1.0,1.5, got {args.premises!r}")
-        return 2
-    if not premises or min(premises) <= 0:
-        print(f"error: --premises: need positive values, got {args.premises!r}")
-        return 2
-    cases = [
-        (n, s, st)
-        for n in (3323, 100_000)
-        for s, st in (("bayes", False), ("bayes", True), ("paper", False), ("random", True))
-    ]
-    for n, s, st in tqdm(cases, desc="speed", unit="case"):
-        result["speed"].append(speed(n, s, stacks=st))
-    result["replay"] = [
-        replay_speed(3323, 2000, s, stacks=st)
-        for s, st in (("bayes", False), ("bayes", True), ("paper", False))
-    ]
-    for row in result["speed"]:
-        print(
-            f"next_batch+submit {row['strategy']:6s}{' +stacks' if row['stacks'] else '        '} "
-            f"{row['images']:>6} images: median {row['median_ms']:.2f} ms, "
-            f"p95 {row['p95_ms']:.2f} ms"
-        )
-    for row in result["replay"]:
-        print(
-            f"replay {row['batches']} batches ({row['strategy']}"
-            f"{' +stacks' if row['stacks'] else ''}): {row['seconds']:.2f} s, "
-            f"identical scores: {row['identical_scores']}"
-        )
-    write_json(out / "engine.json", result)
-    if not args.skip_study:
-        cohort = stack_cohort(args.images, 0)
-        phases = []
-        if args.seeds > 0:
-            # The stack model's defaults were chosen while looking at these, at equal noise.
-            phases.append(("tuning", 1.0, list(range(args.seeds))))
-        if args.holdout_seeds > 0:
-            held = list(range(1000, 1000 + args.holdout_seeds))
-            phases += [("holdout", h, held) for h in premises]
-        result["study"] = []
-        for kind, h, seeds in phases:
-            params = RaterParams(abs_difficulty=h, cuts=cohort.cuts)
-            bar, on_progress = _progress_bar(len(seeds) * len(STACK_RUNS))
-            with bar:
-                bar.set_description(f"{kind} seeds, abs_difficulty {h}")
-                st = stack_study(cohort, seeds, params=params, on_progress=on_progress)
-                bar.update(bar.total - bar.n)
-            table = stack_study_table(st, kind)
-            (out / f"study_{kind}_{h}.md").write_text(table)
-            plot_curves(st, out / f"accuracy_vs_hours_{kind}_{h}.png")
-            print(table)
-            result["study"].append(
-                {
-                    "kind": kind,
-                    **{k: v for k, v in st.items() if k != "runs"},
-                    "curves": {name: [r["curve"] for r in rs] for name, rs in st["runs"].items()},
-                }
-            )
-            write_json(out / "engine.json", result)  # keep what is done if a later phase fails
-    write_json(out / "engine.json", result)
-    if args.json:
-        write_json(args.json, result)
-    print(f"wrote {out / 'engine.json'}")
-    return 0

@@ -147,7 +147,7 @@ def test_cli_flags(cohort_with_text, tmp_path, monkeypatch, capsys):
 
 
 def test_text_check_bench_counts(tmp_path):
-    from cmr_ingest.bench import run_text_check_bench
+    from benchmarks.ingest import run_text_check_bench
 
     out = run_text_check_bench(2, seed=1, workdir=str(tmp_path))
     assert out["slices"] > 10 and out["false_alarms"] == 0

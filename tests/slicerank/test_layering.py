@@ -2,9 +2,13 @@
 
 ``slicerank_base`` (class names, version, JSON output, child processes) imports nothing of
 ours; every other package may use it; only ``slicerank`` (the console script and the demo)
-sits on top and imports the rest, and nothing imports ``slicerank``. Inside ``slicerank`` the
-demo's stage modules never import the orchestrator ``slicerank.demo``. Imports inside
-functions count too: a lazy import is still an arrow.
+sits on top and imports the rest, and nothing imports ``slicerank``. ``benchmarks`` sits beside
+the product: it may import any package, and the only product file that imports it is the
+console script (``slicerank/cli.py``, which registers ``slicerank bench``). Inside ``slicerank`` the
+demo's stage modules never import the orchestrator ``slicerank.demo``. Inside
+``ranking_scheduler.engine`` the facade sits over the strategies, over the task chooser and
+the cut finder, over the posterior (``ENGINE_ARROWS``). Imports inside functions count too: a
+lazy import is still an arrow.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 BASE = "slicerank_base"
 TOP = "slicerank"
+BENCH = "benchmarks"
 PACKAGES = (BASE, "cmr_ingest", "ranking_scheduler", "ml_backend", "analysis", "ls_config", TOP)
+CONSOLE_SCRIPT = "slicerank/cli.py"
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -33,14 +39,14 @@ def imported_modules(path: Path) -> set[str]:
     return names
 
 
-def package_edges() -> dict[str, dict[str, list[str]]]:
+def package_edges(packages=PACKAGES) -> dict[str, dict[str, list[str]]]:
     """package -> {other package it imports: [files that do]}."""
-    edges: dict[str, dict[str, list[str]]] = {p: {} for p in PACKAGES}
-    for package in PACKAGES:
+    edges: dict[str, dict[str, list[str]]] = {p: {} for p in packages}
+    for package in packages:
         for path in sorted((ROOT / package).rglob("*.py")):
             for module in imported_modules(path):
                 top = module.split(".")[0]
-                if top in PACKAGES and top != package:
+                if top in packages and top != package:
                     edges[package].setdefault(top, []).append(str(path.relative_to(ROOT)))
     return edges
 
@@ -98,3 +104,60 @@ def test_demo_stage_modules_do_not_import_the_orchestrator():
     assert len(stages) >= 5  # services, labelling, training, report, ...
     for path in stages:
         assert "slicerank.demo" not in imported_modules(path), path.name
+
+
+def test_benchmarks_live_beside_the_product():
+    edges = package_edges((*PACKAGES, BENCH))
+    importers = {f for package in PACKAGES for f in edges[package].get(BENCH, [])}
+    assert importers == {CONSOLE_SCRIPT}
+    for path in sorted((ROOT / BENCH).rglob("*.py")):
+        assert "slicerank.cli" not in imported_modules(path), path.name
+    # No harness left in a product room.
+    strays = [p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*bench*.py")]
+    assert strays == []
+
+
+ENGINE = "ranking_scheduler.engine"
+ENGINE_ARROWS = {
+    # module -> the engine modules it may import (the rest of the engine is off limits).
+    "ranking": {"strategies", "chooser", "cuts", "posterior", "stacks", "boundary"},
+    "strategies": {"chooser", "cuts", "posterior"},
+    "chooser": {"posterior", "boundary"},
+    "cuts": {"posterior", "boundary", "bayes"},
+    "posterior": {"bayes", "glicko", "stacks"},
+    "stacks": {"bayes"},
+    "bayes": set(),
+    "glicko": set(),
+    "boundary": set(),
+}
+"""The engine's parts: the facade (``ranking``) over the strategies, over the task chooser and
+the cut finder (siblings), over the posterior, over the rating models and the maths."""
+
+
+def engine_edges() -> dict[str, set[str]]:
+    """Engine module -> the engine modules it imports (``__init__`` left out: it re-exports)."""
+    folder = ROOT / "ranking_scheduler" / "engine"
+    edges: dict[str, set[str]] = {}
+    for path in sorted(folder.glob("*.py")):
+        if path.stem == "__init__":
+            continue
+        targets = set()
+        for module in imported_modules(path):
+            if module.startswith(ENGINE + "."):
+                targets.add(module[len(ENGINE) + 1 :].split(".")[0])
+        edges[path.stem] = targets - {path.stem}
+    return edges
+
+
+def test_every_engine_module_has_its_place():
+    assert set(engine_edges()) == set(ENGINE_ARROWS)
+
+
+@pytest.mark.parametrize("module", sorted(ENGINE_ARROWS))
+def test_engine_parts_import_only_what_lies_below_them(module):
+    assert engine_edges()[module] <= ENGINE_ARROWS[module]
+
+
+def test_no_engine_part_imports_the_facade():
+    assert [m for m, targets in engine_edges().items() if "ranking" in targets] == []
+    assert find_cycle(engine_edges()) is None

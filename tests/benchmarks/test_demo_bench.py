@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from slicerank.demo_bench import tree_rss_bytes
+from benchmarks.demo import tree_rss_bytes
 
 
 def test_tree_rss_counts_children():

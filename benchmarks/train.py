@@ -277,3 +277,20 @@ def run_full_protocol(
         "test": result.summary()["test"],
         "ensemble": result.summary()["ensemble"],
     }
+
+
+def main(args) -> int:
+    """Handler of ``slicerank bench train``."""
+    import json
+
+    from slicerank_base.jsonout import write_json
+
+    if args.full:
+        numbers = run_full_protocol(device=args.device)
+    else:
+        numbers = run_bench(batches=args.batches, batch_size=args.batch_size,
+                            predict_requests=args.predict_requests, device=args.device)  # fmt: skip
+    print(json.dumps(numbers, indent=2))
+    if args.json:
+        write_json(args.json, numbers)
+    return 0

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from ranking_scheduler.service.bench_harness import audit
-from ranking_scheduler.service.faults_bench import run_faults
+from benchmarks.faults import run_faults
+from benchmarks.harness import audit
 
 pytestmark = pytest.mark.slow
 
@@ -57,7 +57,7 @@ def test_fault_cases_lose_nothing(label_studio, tmp_path):
 def test_label_studio_database_env_makes_and_drops_a_postgres_database():
     import psycopg
 
-    from ranking_scheduler.service.bench_harness import _admin_url, label_studio_db_env
+    from benchmarks.harness import _admin_url, label_studio_db_env
 
     with label_studio_db_env("sqlite") as env:
         assert env == {}

@@ -168,3 +168,18 @@ def run_text_check_bench(
     finally:
         if not workdir:
             shutil.rmtree(base, ignore_errors=True)
+
+
+def main(args) -> int:
+    """Handler of ``slicerank bench ingest``."""
+    if args.text_check:
+        result = run_text_check_bench(args.scans, seed=args.seed, workdir=args.workdir)
+    else:
+        result = run_bench(args.scans, seed=args.seed, workdir=args.workdir)
+    for key, value in result.items():
+        print(f"{key}: {value}")
+    if args.json:
+        from slicerank_base.jsonout import write_json
+
+        write_json(args.json, result)
+    return 0

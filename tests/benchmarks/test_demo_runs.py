@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from analysis.report import STACK_SUFFIX
-from slicerank.demo_bench import _demo_seed, runs_table, summarise_runs
+from benchmarks.demo import _demo_seed, runs_table, summarise_runs
 
 
 def _model(acc: float, f1_min: float) -> dict:

@@ -1,4 +1,4 @@
-"""The label-efficiency study over seeds and the engine's speed numbers (``bench engine``).
+"""The label-efficiency study over seeds (``simulate --compare`` and ``bench engine``).
 
 Pure functions returning JSON-ready dicts; the CLI (``simulate_cli``) adds progress bars,
 files and the plot.
@@ -7,15 +7,11 @@ files and the plot.
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
-
-from ranking_scheduler.engine.ranking import RankingEngine
 from ranking_scheduler.simulator.raters import RaterParams
-from ranking_scheduler.simulator.simulate import Cohort, simulate, stack_cohort, study_cohort
+from ranking_scheduler.simulator.simulate import Cohort, simulate
 
 CAP_FRACTION = 0.4
 """``bayes`` gets this share of the batches ``paper`` needs to reach its own stop."""
@@ -243,89 +239,4 @@ def _summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any
     return {
         name: {key: _mean_sd([r["final"][key] for r in res]) for key in SUMMARY_KEYS}
         for name, res in runs.items()
-    }
-
-
-def speed(
-    n_images: int,
-    strategy: str,
-    *,
-    warm_batches: int = 300,
-    timed: int = 200,
-    seed: int = 0,
-    stacks: bool = False,
-) -> dict[str, Any]:
-    """Median / p95 milliseconds of ``next_batch`` + ``submit`` after ``warm_batches``.
-
-    The ranking comes from the true positions plus noise (the rater's own cost is excluded).
-    ``stacks``: a cohort of whole stacks, its geometry given to the engine.
-    """
-    cohort = stack_cohort(n_images, seed) if stacks else study_cohort(n_images, seed)
-    pos = cohort.positions
-    rng = np.random.default_rng(seed)
-    engine = RankingEngine(cohort.ids, strategy=strategy, seed=seed, stacks=cohort.stacks)
-    times = []
-    for b in range(warm_batches + timed):
-        rater = f"r{b % 3 + 1}"
-        t0 = time.perf_counter()
-        batch = engine.next_batch(rater)
-        t1 = time.perf_counter()
-        if not batch:
-            break
-        noisy = {i: pos[i] + 0.02 * rng.standard_normal() for i in batch}
-        ordered = sorted(batch, key=noisy.__getitem__)
-        t2 = time.perf_counter()
-        engine.submit(rater, ordered)
-        t3 = time.perf_counter()
-        if b >= warm_batches:
-            times.append((t1 - t0) + (t3 - t2))
-    ms = np.array(times) * 1000
-    return {
-        "images": n_images,
-        "strategy": strategy,
-        "stacks": stacks,
-        "calls": int(ms.size),
-        "median_ms": float(np.median(ms)),
-        "p95_ms": float(np.percentile(ms, 95)),
-    }
-
-
-def replay_speed(
-    n_images: int = 3323,
-    n_batches: int = 2000,
-    strategy: str = "bayes",
-    seed: int = 0,
-    stacks: bool = False,
-) -> dict[str, Any]:
-    """Seconds to rebuild an engine by replaying ``n_batches`` submissions, and whether the
-    rebuilt scores equal the live engine's exactly (``stacks``: as in ``speed``)."""
-    cohort = stack_cohort(n_images, seed) if stacks else study_cohort(n_images, seed)
-    pos = cohort.positions
-    rng = np.random.default_rng(seed)
-    live = RankingEngine(cohort.ids, strategy=strategy, seed=seed, stacks=cohort.stacks)
-    log = []
-    for b in range(n_batches):
-        rater = f"r{b % 3 + 1}"
-        batch = live.next_batch(rater)
-        if not batch:
-            # Past the stopping rule: keep logging random batches (the log is what counts).
-            batch = [cohort.ids[k] for k in rng.choice(n_images, live.batch_size, replace=False)]
-            ordered = sorted(batch, key=lambda i: pos[i] + 0.02 * rng.standard_normal())
-            live.submit(rater, ordered, require_open=False)
-        else:
-            ordered = sorted(batch, key=lambda i: pos[i] + 0.02 * rng.standard_normal())
-            live.submit(rater, ordered)
-        log.append((rater, ordered))
-    t0 = time.perf_counter()
-    rebuilt = RankingEngine(cohort.ids, strategy=strategy, seed=seed, stacks=cohort.stacks)
-    for rater, ordered in log:
-        rebuilt.submit(rater, ordered, require_open=False)
-    seconds = time.perf_counter() - t0
-    return {
-        "images": n_images,
-        "batches": n_batches,
-        "strategy": strategy,
-        "stacks": stacks,
-        "seconds": seconds,
-        "identical_scores": rebuilt.scores() == live.scores(),
     }

@@ -12,7 +12,6 @@ No Label Studio: the labels are what the demo's services would produce, minus ti
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import tempfile
@@ -188,7 +187,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
-def _bench(args: argparse.Namespace) -> int:
+def main(args) -> int:
     from tqdm import tqdm
 
     from slicerank_base.jsonout import write_json
@@ -209,16 +208,3 @@ def _bench(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, {"rows": rows, "summary": summarise(rows)})
     return 0
-
-
-def register_bench(bench_subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``model`` benchmark target."""
-    p = bench_subparsers.add_parser(
-        "model", help="training recipes compared on held-out phantom scans (issue 11)"
-    )
-    p.add_argument("--cohorts", default="1,2,3", help="cohort seeds, comma-separated")
-    p.add_argument("--seeds", type=int, default=3, help="training seeds per variant (ensemble)")
-    p.add_argument("--variants", help="comma-separated source[:FIELD=VALUE...] over cpu-small")
-    p.add_argument("--data", help="keep the drawn cohorts here (default: a temporary folder)")
-    p.add_argument("--json", metavar="FILE", help="write every row and the summary as JSON")
-    p.set_defaults(func=_bench)

@@ -8,7 +8,6 @@ scheduler, the ML backend, the RQ worker and its work-horse) is measured as one 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -232,7 +231,7 @@ def _demo_seed(extra: list[str]) -> tuple[int, list[str]]:
     return seed, rest
 
 
-def _bench(args: argparse.Namespace) -> int:
+def main(args) -> int:
     from slicerank_base.jsonout import write_json
 
     if args.runs < 1:
@@ -270,26 +269,3 @@ def _bench_output(runs: list[dict[str, Any]]) -> dict[str, Any]:
     if len(runs) == 1:
         return runs[0]
     return {"runs": runs, "summary": summarise_runs(runs)}
-
-
-def register_bench(bench_subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``demo`` benchmark target."""
-    p = bench_subparsers.add_parser(
-        "demo", help="wall time and peak memory of a whole demo run (default size)"
-    )
-    p.add_argument("--scans", type=int, help="scans to label (default: the demo's default)")
-    p.add_argument("--out", help="keep the demo's output here (default: a temporary folder)")
-    p.add_argument("--json", metavar="FILE", help="write the numbers as JSON")
-    p.add_argument(
-        "--runs", type=int, default=1,
-        help="demo runs with seeds --seed, --seed+1, ... (default 1); reports mean ± sd",
-    )  # fmt: skip
-    p.add_argument(
-        "demo_args", nargs=argparse.REMAINDER, help="further arguments for slicerank demo"
-    )
-    p.set_defaults(func=_bench)
-
-    # The recipe study sits beside the demo benchmark (both compare the two strategies).
-    from slicerank.model_study import register_bench as register_model_bench
-
-    register_model_bench(bench_subparsers)

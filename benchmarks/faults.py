@@ -5,7 +5,7 @@ Every case provisions its own projects (a title prefix of its own) and its own l
 starts ``slicerank scheduler`` as a child process (so it can be killed with SIGKILL), lets
 simulated clinicians (real Label Studio accounts making the labelling UI's calls) submit
 rankings, injects its fault, and after each run audits the log against Label Studio
-(:func:`~ranking_scheduler.service.bench_harness.audit`): answers **lost**, **double-counted**,
+(:func:`~benchmarks.harness.audit`): answers **lost**, **double-counted**,
 **wrongly rejected** — all three must be 0. The cases:
 
 ``kill9``
@@ -60,7 +60,7 @@ from typing import Any
 
 import httpx
 
-from ranking_scheduler.service.bench_harness import (
+from benchmarks.harness import (
     audit,
     fresh_postgres_database,
     label_studio_db_env,
@@ -979,35 +979,7 @@ def _tally(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- CLI
-def register_bench(bench_subparsers) -> None:
-    """Add the ``faults`` benchmark target."""
-    p = bench_subparsers.add_parser(
-        "faults",
-        help="the scheduler under faults (kill -9, Label Studio restart, lost/duplicated "
-        "webhooks, edits and deletes, foreign projects, retired tasks): nothing may be lost",
-        description=__doc__.split("\n\n")[0],
-    )
-    p.add_argument("--case", action="append", choices=CASES, help="run only this case (repeatable)")
-    p.add_argument(
-        "--runs", type=int, help="runs per case (default: 20 kills, 2-5 runs of the others)"
-    )
-    p.add_argument("--small", action="store_true", help="one run per case, two kills")
-    p.add_argument(
-        "--ls-db",
-        choices=("sqlite", "postgresql"),
-        default="sqlite",
-        help="Label Studio's database",
-    )
-    p.add_argument(
-        "--off-s", type=float, default=90.0, help="seconds the webhooks stay off (webhooks_off)"
-    )
-    p.add_argument("--seed", type=int, default=0, help="random moments and orders")
-    p.add_argument("--out", default="runs/bench-faults", help="working folder")
-    p.add_argument("--json", metavar="FILE", help="write the results as JSON")
-    p.set_defaults(func=_bench_faults)
-
-
-def _bench_faults(args) -> int:
+def main(args) -> int:
     import json
 
     from slicerank_base.jsonout import write_json

@@ -114,3 +114,20 @@ def run_bench(
             }
         )
     return rows
+
+
+def main(args) -> int:
+    """Handler of ``slicerank bench analysis``."""
+    from slicerank_base.jsonout import write_json
+
+    rows = run_bench(args.sizes, n_boot=args.n_boot, repeats=args.repeats, seed=args.seed)
+    for row in rows:
+        print(
+            f"{row['n_images']:>7} images x {row['models']} label sets, {row['n_boot']} resamples: "
+            f"evaluate {row['evaluate_s_median']:.2f} s, full report {row['build_report_s_median']:.2f} s; "
+            f"bootstrap LV AUC {row['bootstrap_auc_weighted_s_median']:.3f} s "
+            f"(per-resample ranking: {row['bootstrap_auc_rankdata_s_median']:.3f} s)"
+        )
+    if args.json:
+        write_json(args.json, {"benchmark": "analysis", "results": rows})
+    return 0
