@@ -229,10 +229,10 @@ class RankingEngine:
             return []
         k = self.batch_size
         available = self._in_open == 0
-        rest = [self._index[i] for i in avoid if i in self._index]
-        if rest:
+        avoided = [self._index[i] for i in avoid if i in self._index]
+        if avoided:
             rested = available.copy()
-            rested[rest] = False
+            rested[avoided] = False
             if rested.sum() >= k:
                 available = rested
         jitter = self._rng.random(self._n)

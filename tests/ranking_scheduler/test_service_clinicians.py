@@ -38,7 +38,7 @@ ROUNDS = 3
 def label_studio_pg(tmp_path_factory):
     """A Label Studio of its own on a fresh PostgreSQL database (dropped afterwards)."""
     from ls_config.server import LabelStudioServer
-    from ranking_scheduler.service.bench_harness import label_studio_db_env
+    from benchmarks.harness import label_studio_db_env
 
     base = tmp_path_factory.mktemp("label-studio-pg")
     media = base / "files" / "media"
