@@ -28,7 +28,7 @@ from tests.ranking_scheduler.test_service_harness import (
     true_order,
 )
 
-pytestmark = [pytest.mark.integration]
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROUNDS = 3
 """Batches each clinician ranks."""

@@ -205,7 +205,7 @@ def _marks(page) -> dict[str, str]:
     return {mark: by_src[src] for mark, src in cells}
 
 
-def _grid_styles(page) -> list[tuple[str, str]]:
+def _grid_styles(page) -> list[list[str]]:
     """What each of the 8 grid slices is drawn with: (CSS filter, CSS transform)."""
     return page.eval_on_selector_all(
         ".sr-cell img",
@@ -313,7 +313,7 @@ def test_clinician_ranks_8_slices_on_one_screen_with_mouse_and_keyboard(demo_run
     page.keyboard.press("6")  # zoom 2x
     page.keyboard.press("1")  # brighter
     page.wait_for_timeout(300)
-    assert _grid_styles(page) == [("brightness(1.5)", "matrix(2, 0, 0, 2, 0, 0)")] * 8
+    assert _grid_styles(page) == [["brightness(1.5)", "matrix(2, 0, 0, 2, 0, 0)"]] * 8
     page.screenshot(path=str(ARTIFACTS / f"demo-rank-{screen}-view.png"))
     page.keyboard.press("6")
     page.keyboard.press("1")
