@@ -214,14 +214,21 @@ def parse_ranking(result: Any, expected: tuple[str, ...] | list[str]) -> list[st
     return order
 
 
+VIEW_CONTROLS = ("window", "zoom")
+"""Choices of the label configs that set only how slices are shown (not an answer)."""
+
+
 def parse_boundary(result: Any) -> str:
-    """The class chosen in a boundary (Choices) result; ``ValueError`` if none or unknown."""
+    """The class chosen in a boundary (Choices) result; ``ValueError`` if none or unknown.
+    The view buttons' choices (:data:`VIEW_CONTROLS`) are not answers and are passed over."""
     if not isinstance(result, list):
         raise ValueError(f"annotation result is {type(result).__name__}, not a list")
     chosen = [
         c
         for r in result
-        if isinstance(r, dict) and r.get("type") == "choices"
+        if isinstance(r, dict)
+        and r.get("type") == "choices"
+        and r.get("from_name") not in VIEW_CONTROLS
         for c in (r.get("value") or {}).get("choices") or []
     ]
     if len(chosen) != 1:

@@ -37,8 +37,8 @@ ROUNDS = 3
 @pytest.fixture(scope="module")
 def label_studio_pg(tmp_path_factory):
     """A Label Studio of its own on a fresh PostgreSQL database (dropped afterwards)."""
-    from ls_config.server import LabelStudioServer
     from benchmarks.harness import label_studio_db_env
+    from ls_config.server import LabelStudioServer
 
     base = tmp_path_factory.mktemp("label-studio-pg")
     media = base / "files" / "media"

@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from ls_config.webclient import choices_result, ranker_result, typed_result
-from ranking_scheduler.service.intake import AnnotationEvent, parse_ranking, unchanged
+from ranking_scheduler.service.intake import (
+    AnnotationEvent,
+    parse_boundary,
+    parse_ranking,
+    unchanged,
+)
 from ranking_scheduler.service.ls_adapter import LabelStudioAdapter, PoolImage
 from ranking_scheduler.service.typed_order import MARKS, read_typed_order
 
@@ -90,3 +95,10 @@ def test_rank_task_marks_grid_and_list_alike():
     assert data["grid"].count('class="sr-cell"') == 8
     with pytest.raises(ValueError, match="at most 8 slices"):
         LabelStudioAdapter.rank_task("b2", images + images[:1])
+
+
+def test_parse_boundary_passes_over_the_view_buttons():
+    result = choices_result("brighter", from_name="window") + choices_result("lv")
+    assert parse_boundary(result) == "lv"
+    with pytest.raises(ValueError, match="expected exactly one class"):
+        parse_boundary(choices_result("brighter", from_name="window"))
