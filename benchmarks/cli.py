@@ -30,6 +30,7 @@ def register(bench_subparsers: argparse._SubParsersAction) -> None:
     _model(bench_subparsers)
     _demo(bench_subparsers)
     _analysis(bench_subparsers)
+    _images(bench_subparsers)
 
 
 def _ingest(bench_subparsers: argparse._SubParsersAction) -> None:
@@ -225,3 +226,14 @@ def _analysis(bench_subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="FILE", help="write the timings as JSON")
     p.set_defaults(func=_handler("analysis"))
+
+
+def _images(bench_subparsers: argparse._SubParsersAction) -> None:
+    """Add ``slicerank bench images``."""
+    p = bench_subparsers.add_parser(
+        "images",
+        help="hostile image files (decompression bombs, elongated, oversized) against the "
+        "backend's image limits: refused or read, time and extra memory",
+    )
+    p.add_argument("--json", metavar="FILE", help="write the numbers here")
+    p.set_defaults(func=_handler("images"))
