@@ -30,6 +30,8 @@ def register(bench_subparsers: argparse._SubParsersAction) -> None:
     _model(bench_subparsers)
     _demo(bench_subparsers)
     _analysis(bench_subparsers)
+    _raters(bench_subparsers)
+    _labels(bench_subparsers)
 
 
 def _ingest(bench_subparsers: argparse._SubParsersAction) -> None:
@@ -198,3 +200,14 @@ def _analysis(bench_subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="FILE", help="write the timings as JSON")
     p.set_defaults(func=_handler("analysis"))
+
+
+def _raters(bench_subparsers: argparse._SubParsersAction) -> None:
+    """Add ``slicerank bench raters``."""
+    p = bench_subparsers.add_parser(
+        "raters",
+        help="calibrate the image-grounded simulated raters to the study's kappa on phantoms",
+    )
+    p.add_argument("--scans", type=int, default=300, help="scans per phantom cohort (default 300)")
+    p.add_argument("--json", metavar="FILE", help="write the fit and the table as JSON")
+    p.set_defaults(func=_handler("raters"))
