@@ -211,3 +211,28 @@ def _raters(bench_subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--scans", type=int, default=300, help="scans per phantom cohort (default 300)")
     p.add_argument("--json", metavar="FILE", help="write the fit and the table as JSON")
     p.set_defaults(func=_handler("raters"))
+
+
+def _labels(bench_subparsers: argparse._SubParsersAction) -> None:
+    """Add ``slicerank bench labels``."""
+    p = bench_subparsers.add_parser(
+        "labels",
+        help="dose-response: the CNN trained on labels with controlled damage (noise near the "
+        "cuts, a shifted cut, image-tied ambiguity) at several sizes, beside the best possible "
+        "classifier for those labels",
+    )
+    p.add_argument(
+        "--sizes", default="250,1000",
+        help="training sizes in slices, comma-separated (default 250,1000; the full study: "
+        "250,500,1000,2000,3323)",
+    )  # fmt: skip
+    p.add_argument("--damages", default="clean,noise,shift,image", help="label damages to train on")
+    p.add_argument("--preset", default="cpu-small", help="training preset (default cpu-small)")
+    p.add_argument("--epochs", type=int, default=4, help="epochs per model (default 4)")
+    p.add_argument("--seeds", type=int, default=1, help="training seeds per model (ensemble)")
+    p.add_argument("--test-scans", type=int, default=40, help="held-out scans (default 40)")
+    p.add_argument("--cohort-seed", type=int, default=700, help="phantom cohort seed (700)")
+    p.add_argument("--data", help="keep the drawn cohorts here (default: a temporary folder)")
+    p.add_argument("--out", help="write labels.md and labels_dose_response.png here")
+    p.add_argument("--json", metavar="FILE", help="write every row as JSON")
+    p.set_defaults(func=_handler("labels"))

@@ -68,6 +68,10 @@ class TrainRequest:
     device: str = "auto"
     epochs: int | None = None
     seeds: tuple[int, ...] | None = None
+    #: Scan ids that form the validation set; every other labelled image trains (no internal
+    #: test split). One split shared by every arm of a comparison (issue 19); None = the
+    #: preset's stratified split.
+    val_scans: tuple[str, ...] | None = None
     #: After registering, write the new model's predictions on the project's tasks.
     write_predictions: bool = True
     label_studio_url: str = ""
@@ -91,6 +95,7 @@ class TrainRequest:
         """JSON-able form."""
         d = asdict(self)
         d["seeds"] = list(self.seeds) if self.seeds is not None else None
+        d["val_scans"] = list(self.val_scans) if self.val_scans is not None else None
         return d
 
     @classmethod
@@ -99,6 +104,8 @@ class TrainRequest:
         d = dict(d)
         if d.get("seeds") is not None:
             d["seeds"] = tuple(d["seeds"])
+        if d.get("val_scans") is not None:
+            d["val_scans"] = tuple(d["val_scans"])
         return cls(**d)
 
 
@@ -312,7 +319,7 @@ def _train(request: TrainRequest, settings, progress: _Progress) -> dict[str, An
     from ml_backend.labels import collect_labels
     from ml_backend.registry import ModelRegistry
     from ml_backend.settings import resolve_device
-    from ml_backend.splits import grouped_stratified_split
+    from ml_backend.splits import grouped_stratified_split, split_by_validation_scans
     from ml_backend.train import protocol_checkpoint, run_protocol
 
     # The worker, not the enqueuer, knows its hardware: "auto" defers to its environment.
@@ -353,8 +360,15 @@ def _train(request: TrainRequest, settings, progress: _Progress) -> dict[str, An
         raise ValueError("no media root: set SLICERANK_MEDIA_ROOT or pass --media-root")
     progress.update(stage="images", n_labels=len(labels))
     dataset = build_dataset(labels, Path(media_root), config)
-    groups = split_groups(labels, Path(media_root)) if config.group_by_scan else None
-    if groups is not None:
+    wants_groups = config.group_by_scan or request.val_scans is not None
+    groups = split_groups(labels, Path(media_root)) if wants_groups else None
+    if request.val_scans is not None:
+        if groups is None:
+            raise ValueError(
+                "val_scans needs every labelled image's scan id from the media root's manifest"
+            )
+        train_idx, val_idx, test_idx = split_by_validation_scans(groups, request.val_scans)
+    elif groups is not None:
         train_idx, val_idx, test_idx = grouped_stratified_split(
             [x.label for x in labels], groups, config.split, config.split_seed
         )
@@ -401,6 +415,7 @@ def _train(request: TrainRequest, settings, progress: _Progress) -> dict[str, An
         splits={
             "train": train.image_ids, "val": val.image_ids, "test": test.image_ids,
             "grouped_by": "scan" if groups is not None else "image",
+            "shared_validation_scans": request.val_scans is not None,
             "scans": {
                 name: sorted({groups[i] for i in idx}) if groups is not None else []
                 for name, idx in (("train", train_idx), ("val", val_idx), ("test", test_idx))

@@ -96,7 +96,6 @@ def test_report_names_the_clustered_bootstrap_and_opens_with_the_lead_lines(tmp_
 
 
 def test_report_without_clusters_is_unchanged(tmp_path):
-    ids = ["a", "b"]
     truth = {"a": "lv", "b": "too_basal"}
     result = build_report(truth, {"m": Predictions.from_labels(truth)}, tmp_path)
     assert result.summary["clustered"] is None
