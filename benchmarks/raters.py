@@ -97,8 +97,14 @@ def calibrate(n_scans: int = SCANS, seeds=PANEL_SEEDS) -> dict[str, Any]:
         "slices": len(apparent),
         "panel_seeds": list(seeds),
         "rows": [
-            {"panel": name, "cohort": cohort, "intra": k[0], "inter": k[1],
-             "within_0.02": abs(k[0] - STUDY_KAPPA[0]) <= 0.02 and abs(k[1] - STUDY_KAPPA[1]) <= 0.02}
+            {
+                "panel": name,
+                "cohort": cohort,
+                "intra": k[0],
+                "inter": k[1],
+                "within_0.02": abs(k[0] - STUDY_KAPPA[0]) <= 0.02
+                and abs(k[1] - STUDY_KAPPA[1]) <= 0.02,
+            }
             for name, cohort, k in rows
         ],  # fmt: skip
     }
