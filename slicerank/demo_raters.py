@@ -280,14 +280,15 @@ def simulate_single(
     progress(min(existing, n_labels))
     done = existing
     turn = existing
-    while done < n_labels:
+    idle = 0  # raters in a row with no slice left to label
+    while done < n_labels and idle < len(panel.raters):
         rater = panel.raters[turn % len(panel.raters)]
         turn += 1
         image_id = labeller.next_query(rater.name)
         if image_id is None:
-            if turn - done > len(panel.raters):  # nobody has a slice left to label
-                break
+            idle += 1
             continue
+        idle = 0
         label = rater.classify(image_id)
         seconds = lead_times.draw(rater.name, "label")
         rest.annotate(task_of[image_id], choice_result(label), user_ids[rater.name], seconds)

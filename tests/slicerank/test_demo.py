@@ -52,6 +52,32 @@ def test_budget_is_equal_time_at_the_study_exchange_rate():
     assert demo_raters.labelling_budget(10, 1.0)["ranked_batches"] == 315
 
 
+def test_premise_reaches_the_raters_and_equal_noise_is_the_default(tmp_path):
+    import argparse
+
+    from cmr_ingest.synth import generate_cohort, slice_perception
+
+    assert demo_config.DemoConfig(out=tmp_path).premise == 1.0
+    with pytest.raises(ValueError, match="--premise"):
+        demo_config.DemoConfig(out=tmp_path, premise=0)
+    parser = argparse.ArgumentParser()
+    demo.register(parser.add_subparsers())
+    assert parser.parse_args(["demo"]).premise == 1.0
+    assert parser.parse_args(["demo", "--premise", "1.5"]).premise == 1.5
+
+    generate_cohort(2, tmp_path / "c", seed=9)
+    manifest = tmp_path / "c" / "manifest.csv"
+    panel = demo_raters.make_panel(manifest, 3, 9, premise=1.5, scans=2)
+    assert panel.params.abs_difficulty == 1.5
+    # The raters perceive what the images show: apparent positions, not the true ones.
+    seen = slice_perception(2, 9)
+    rater = panel.raters[0]
+    assert rater._positions == {i: a for i, (a, _) in seen.items()}
+    assert demo_raters.make_panel(manifest, 3, 9).params.abs_difficulty == 1.0
+    with pytest.raises(ValueError, match="phantom cohort"):
+        demo_raters.make_panel(manifest, 3, 10, scans=2)
+
+
 def test_credentials_are_private_and_stable(tmp_path):
     path = tmp_path / "credentials.json"
     first = demo_config.load_credentials(path)
