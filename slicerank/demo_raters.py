@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -195,48 +196,6 @@ def labelling_budget(n_images: int, hours: float | None) -> dict[str, float]:
     }
 
 
-def simulate_classify(
-    rest: LabelStudioREST,
-    project_id: int,
-    panel,
-    user_ids: dict[str, int],
-    n_labels: int,
-    progress: Callable[[int], None] = lambda n: None,
-    lead_times: LeadTimes | None = None,
-) -> dict[str, Any]:
-    """One-at-a-time: the raters label Classify tasks in turn until ``n_labels`` exist.
-
-    Labels already in Label Studio (a re-run) count toward the budget. Tasks are visited in
-    import order (shuffled by provisioning); a second pass gives an image a second rater.
-    Each label carries a ``lead_time`` from ``lead_times`` (default: seeded with 0).
-    """
-    lead_times = lead_times or LeadTimes([r.name for r in panel.raters])
-    tasks = rest.tasks(project_id)
-    if not tasks:
-        raise RuntimeError(f"Classify project {project_id} has no tasks: provisioning failed")
-    existing = sum(int(t.get("total_annotations") or 0) for t in tasks)
-    progress(min(existing, n_labels))
-    by_count = sorted(tasks, key=lambda t: (int(t.get("total_annotations") or 0), t["id"]))
-    raters = panel.raters
-    # Who labels what is fixed up front; each rater then works through its own share on its
-    # own thread, as clinicians would in parallel (each rater's draws stay deterministic).
-    plan: dict[str, list[dict]] = {r.name: [] for r in raters}
-    for k in range(max(0, n_labels - existing)):
-        plan[raters[(existing + k) % len(raters)].name].append(by_count[k % len(by_count)])
-
-    def work(rater) -> int:
-        for task in plan[rater.name]:
-            label = rater.classify(task["data"]["image_id"])
-            seconds = lead_times.draw(rater.name, "label")
-            rest.annotate(task["id"], choice_result(label), user_ids[rater.name], seconds)
-            progress(1)
-        return len(plan[rater.name])
-
-    with ThreadPoolExecutor(max_workers=len(raters)) as pool:
-        done = existing + sum(pool.map(work, raters))
-    return {"labels": done, "labels_before": existing, "tasks": len(tasks)}
-
-
 def simulate_single(
     rest: LabelStudioREST,
     project_id: int,
@@ -253,8 +212,9 @@ def simulate_single(
     labels so far; every answer is a Label Studio annotation on the Classify task.
 
     Labels already in Label Studio (a re-run) are replayed into ``labeller`` and count toward
-    the budget. Raters take turns, so each answer informs the next choice (the ranking arm's
-    scheduler works the same way); each label carries a ``lead_time`` from ``lead_times``.
+    the budget. The raters work in parallel threads; each answer informs the next choice as
+    soon as it is in (as the ranking arm's scheduler works); each label carries a
+    ``lead_time`` from ``lead_times``.
     """
     from ml_backend.labels import CLASS_CONTROL
 
@@ -278,23 +238,39 @@ def simulate_single(
                 labeller.submit(task["data"]["image_id"], name_of[who], choice)
                 existing += 1
     progress(min(existing, n_labels))
-    done = existing
-    turn = existing
-    idle = 0  # raters in a row with no slice left to label
-    while done < n_labels and idle < len(panel.raters):
-        rater = panel.raters[turn % len(panel.raters)]
-        turn += 1
-        image_id = labeller.next_query(rater.name)
-        if image_id is None:
-            idle += 1
-            continue
-        idle = 0
-        label = rater.classify(image_id)
-        seconds = lead_times.draw(rater.name, "label")
-        rest.annotate(task_of[image_id], choice_result(label), user_ids[rater.name], seconds)
-        labeller.submit(image_id, rater.name, label)
-        done += 1
-        progress(1)
+    # Each rater labels on a thread of its own, as clinicians work in parallel; the labeller
+    # is shared under a lock and hands out a slice nobody else is answering right now.
+    lock = threading.Lock()
+    pending: set[str] = set()
+    state = {"claimed": existing, "done": existing}
+
+    def work(rater) -> None:
+        while True:
+            with lock:
+                if state["claimed"] >= n_labels:
+                    return
+                image_id = labeller.next_query(rater.name, exclude=pending)
+                if image_id is None:
+                    return  # this rater has labelled every slice not out with another
+                state["claimed"] += 1
+                pending.add(image_id)
+            label = rater.classify(image_id)
+            seconds = lead_times.draw(rater.name, "label")
+            try:
+                rest.annotate(
+                    task_of[image_id], choice_result(label), user_ids[rater.name], seconds
+                )
+            finally:
+                with lock:
+                    pending.discard(image_id)
+            with lock:
+                labeller.submit(image_id, rater.name, label)
+                state["done"] += 1
+            progress(1)
+
+    with ThreadPoolExecutor(max_workers=len(panel.raters)) as pool:
+        list(pool.map(work, panel.raters))
+    done = state["done"]
     return {"labels": done, "labels_before": existing, "tasks": len(tasks),
             "strategy": "single (stack-aware active one-at-a-time)"}  # fmt: skip
 

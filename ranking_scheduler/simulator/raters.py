@@ -100,8 +100,10 @@ positions and reading difficulty): intra kappa 0.90, inter 0.77 on the 300-scan 
 cohort, 0.90 / 0.75 on a check cohort (``slicerank bench raters``, docs/bench/raters.md).
 ``abs_difficulty`` (the premise) and ``cuts`` are set per run."""
 
-PREMISES = {1.0: "equal noise (an absolute label is as noisy as a comparison)",
-            1.5: "the study's premise (an absolute label is 1.5x noisier than a comparison)"}
+PREMISES = {
+    1.0: "equal noise (an absolute label is as noisy as a comparison)",
+    1.5: "the study's premise (an absolute label is 1.5x noisier than a comparison)",
+}
 """The named premises (``abs_difficulty`` values) every headline states."""
 
 

@@ -16,7 +16,7 @@ counted in slices of one stack instead of ranks of the list), and likewise for `
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 from scipy.special import ndtr
@@ -85,10 +85,14 @@ class StackLabeller:
         apical = np.array([p2[: j + 1].sum() for j in k])
         self.probs[g] = np.column_stack([basal, np.clip(1 - basal - apical, 0, 1), apical])
 
-    def next_query(self, rater: str) -> str | None:
-        """The slice whose class is least certain that ``rater`` has not labelled, or None."""
+    def next_query(self, rater: str, exclude: Collection[str] = ()) -> str | None:
+        """The slice whose class is least certain that ``rater`` has not labelled, or None.
+
+        ``exclude``: slices out for an answer with another rater right now (raters working
+        in parallel should not all be handed the same slice)."""
         uncertain = 1.0 - self.probs.max(axis=1) + self._rng.random(len(self._ids)) * 1e-9
-        asked = self._asked.get(rater, set())
+        asked = set(self._asked.get(rater, set()))
+        asked.update(self._index[i] for i in exclude if i in self._index)
         if asked:
             uncertain[list(asked)] = -1.0
         best = int(np.argmax(uncertain))
