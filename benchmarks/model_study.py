@@ -246,6 +246,9 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             entry["paired_difference"] = {
                 "vs": rs[0]["paired_vs"], "mean": statistics.fmean(diffs), "sd": sd,
                 "runs_to_detect_1_point": runs_to_detect(sd) if sd is not None else None,
+                # The sd is itself estimated from this many cohorts: with few, treat the
+                # runs needed as a rough guide.
+                "sd_from_cohorts": len(diffs),
             }  # fmt: skip
         out.append(entry)
     return out
