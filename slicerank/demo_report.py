@@ -173,8 +173,9 @@ def lead_lines(
             f"Models (held-out: {clustered['n_clusters']} scans, {summary['n_images']} slices): "
             f"ranking-trained {acc['ranking']['accuracy']['value']:.3f}, one-at-a-time-trained "
             f"{acc[diff['reference']]['accuracy']['value']:.3f}; {ahead} ahead by "
-            f"{abs(d['value']):.3f} (95% CI {d['low']:+.3f} to {d['high']:+.3f}, bootstrap "
-            f"P = {d['pvalue']:.2g}; bootstrap over scans)."
+            f"{abs(d['value']):.3f} (ranking minus one-at-a-time {d['value']:+.3f}, 95% CI "
+            f"{d['low']:+.3f} to {d['high']:+.3f}, bootstrap P = {d['pvalue']:.2g}; bootstrap "
+            "over scans)."
         )
         half = (d["high"] - d["low"]) / 2
         lines.append(

@@ -101,8 +101,8 @@ cohort, 0.90 / 0.75 on a check cohort (``slicerank bench raters``, docs/bench/ra
 ``abs_difficulty`` (the premise) and ``cuts`` are set per run."""
 
 PREMISES = {
-    1.0: "equal noise (an absolute label is as noisy as a comparison)",
-    1.5: "the study's premise (an absolute label is 1.5x noisier than a comparison)",
+    1.0: "equal noise: an absolute label is as noisy as a comparison",
+    1.5: "the study's premise: an absolute label is 1.5x noisier than a comparison",
 }
 """The named premises (``abs_difficulty`` values) every headline states."""
 

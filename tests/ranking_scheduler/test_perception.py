@@ -114,7 +114,7 @@ def test_bad_difficulty_is_refused():
 
 def test_premises_are_named():
     assert set(PREMISES) == {1.0, 1.5}
-    assert premise_name(1.0).startswith("premise 1 (equal noise")
+    assert premise_name(1.0).startswith("premise 1 (equal noise:")
     assert "study" in premise_name(1.5)
     assert premise_name(2.0) == "premise 2"
 
