@@ -260,11 +260,13 @@ def simulate_single(
                 rest.annotate(
                     task_of[image_id], choice_result(label), user_ids[rater.name], seconds
                 )
-            finally:
+            except BaseException:
                 with lock:
                     pending.discard(image_id)
-            with lock:
+                raise
+            with lock:  # out of pending only once its answer counts
                 labeller.submit(image_id, rater.name, label)
+                pending.discard(image_id)
                 state["done"] += 1
             progress(1)
 
