@@ -32,6 +32,7 @@ def register(bench_subparsers: argparse._SubParsersAction) -> None:
     _analysis(bench_subparsers)
     _raters(bench_subparsers)
     _labels(bench_subparsers)
+    _images(bench_subparsers)
 
 
 def _ingest(bench_subparsers: argparse._SubParsersAction) -> None:
@@ -288,3 +289,14 @@ def _labels(bench_subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="write labels.md and labels_dose_response.png here")
     p.add_argument("--json", metavar="FILE", help="write every row as JSON")
     p.set_defaults(func=_handler("labels"))
+
+
+def _images(bench_subparsers: argparse._SubParsersAction) -> None:
+    """Add ``slicerank bench images``."""
+    p = bench_subparsers.add_parser(
+        "images",
+        help="hostile image files (decompression bombs, elongated, oversized) against the "
+        "backend's image limits: refused or read, time and extra memory",
+    )
+    p.add_argument("--json", metavar="FILE", help="write the numbers here")
+    p.set_defaults(func=_handler("images"))

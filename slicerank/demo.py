@@ -207,7 +207,7 @@ def run_demo(
                 conn, queue_name, label_source="ranking", project_id=projects["Classify"],
                 consensus_path=consensus_file, val_scans=val_scans,
                 layout=layout, preset=cfg.train_preset, device=env["SLICERANK_DEVICE"],
-                epochs=cfg.epochs, label_studio_url=server.url, check_alive=procs.check_alive,
+                epochs=cfg.epochs, check_alive=procs.check_alive,
                 timeout_s=cfg.timeout_s,
             )  # fmt: skip
         result["models"] = models

@@ -36,6 +36,9 @@ def test_train_request_carries_the_shared_split():
     req = TrainRequest(label_source="ranking", consensus_path="/x.json", val_scans=("s1", "s2"))
     assert TrainRequest.from_dict(req.to_dict()) == req
     assert req.to_dict()["val_scans"] == ["s1", "s2"]
+    # A request can come from Redis: the list is bounded like every other field.
+    with pytest.raises(ValueError, match="val_scans"):
+        TrainRequest(label_source="ranking", consensus_path="/x.json", val_scans=("",))
 
 
 def test_seeds_tuning_and_reporting_are_disjoint_and_guarded():
