@@ -522,7 +522,7 @@ class SchedulerService:
                 if kind == RANK:
                     self._submit_ranking(rater, ordered)
                 else:
-                    self.engine.submit_boundary(record.image_ids[0], label)
+                    self.engine.submit_boundary(record.image_ids[0], label, rater or None)
                 self._generation += 1
             self.tasks.saw_submission(rater, store_kind)
         elif res.needs_rebuild:
