@@ -266,9 +266,15 @@ class BayesModel:
         return (pi(k) - pi(k - 1.0)) / pi(np.ones_like(k))
 
     def answers_of(self, rater: str, idx: np.ndarray) -> np.ndarray:
-        """How many answers ``rater`` has given about each image of ``idx``."""
+        """How many answers ``rater`` has given about each image of ``idx``. A rater who never
+        answered (the service's pooled rater: Label Studio hands a task to whoever comes)
+        counts as the one who answered each image most: the task may well reach them."""
         seen = self._answers.get(rater)
-        return np.zeros(len(idx), dtype=np.int64) if seen is None else seen[idx]
+        if seen is not None:
+            return seen[idx]
+        if not self._answers:
+            return np.zeros(len(idx), dtype=np.int64)
+        return np.max([a[idx] for a in self._answers.values()], axis=0)
 
     def repeat_gain(self, rater: str, idx: np.ndarray, reading_var: float) -> np.ndarray:
         """Effective variance of ``rater``'s next reading of each image of ``idx``, given that a

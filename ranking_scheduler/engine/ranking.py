@@ -335,6 +335,19 @@ class RankingEngine:
             return Task("label", (self._ids[int(what)],))
         return Task("rank", tuple(self._open_batch(rater, what)))
 
+    def open_questions(self) -> list[str]:
+        """Single questions handed out by ``next_task`` and not answered or released."""
+        return [self._ids[i] for i in self._label_open]
+
+    def restore_question(self, image_id: str) -> None:
+        """Count a single question handed out before this engine was rebuilt (a restart) and
+        still open as open, so it is not asked again meanwhile."""
+        if not isinstance(image_id, str) or image_id not in self._index:
+            raise ValueError(f"image_id: unknown image id {image_id!r}")
+        i = self._index[image_id]
+        if self._posterior.label_views[i] == 0 or i not in self._label_open:
+            self._label_open[i] = POOL_QUESTION
+
     def release_question(self, image_id: str) -> None:
         """Withdraw an open single question (its task was deleted or retired unanswered)."""
         if not isinstance(image_id, str) or self._index.get(image_id) not in self._label_open:
@@ -491,6 +504,8 @@ class RankingEngine:
         }
 
 
+POOL_QUESTION = "(open question)"
+"""Whom a restored open single question counts as asked of."""
 UNNAMED_RATER = "(unnamed)"
 """Whose label a ``submit_boundary`` without a rater is counted as."""
 

@@ -686,6 +686,10 @@ class SubmissionStore:
                     engine.submit(sub.rater, list(sub.ordered), require_open=False)
                 else:
                     engine.submit_boundary(sub.image_id, sub.label, sub.rater or None)
+                lead = sub.lead_time
+                if sub.rater and lead is not None and 0 < lead < 86400:
+                    # The measured times the task chooser values tasks by.
+                    engine.record_time(sub.rater, "rank" if sub.kind == "rank" else "label", lead)
             except ValueError as exc:
                 if on_invalid is None:
                     raise ValueError(
