@@ -124,8 +124,9 @@ class EngineFigures:
 def _provenance_section(provenance: Mapping[str, Mapping[str, Any]] | None) -> Any:
     """How many images a rater saw (``seen``, split into ranked only, labelled only, both) and
     how many the engine inferred from their scan (``inferred``) or from the prior alone."""
+    keys = ("seen", "inferred", "prior", "ranked_only", "labelled_only", "both", "share_seen")
     if not provenance:
-        return None
+        return dict.fromkeys(keys)
     rows = list(provenance.values())
     seen = [p for p in rows if p["source"] == "seen"]
     return {
