@@ -235,6 +235,26 @@ class TaskChooser:
         return chosen
 
     # ----------------------------------------------------------------- values of a view
+    def best_batch_value(self, cuts: Cuts) -> float:
+        """What the most valuable batch is worth, roughly: the best one-view values of
+        ``batch_size - n_anchors`` images (from distinct scans with stacks), for whichever rater
+        comes (a rater who has read an image most often, ``BayesModel.answers_of``); no random
+        tie-breaks (the stopping rule uses it)."""
+        post = self._post
+        mis = self._misclassified(cuts)
+        limit = STACK_CANDIDATES if post.layout is not None else CANDIDATES
+        cand = np.argsort(-(mis + self.short_of_views() * MIN_VIEWS_BONUS), kind="stable")[:limit]
+        reading = self._reading_var("", cand, "rank", cuts)
+        if post.layout is not None:
+            value = self.stack_view_value(cand, cuts, reading)
+        else:
+            value = self.view_value(cand, cuts, reading)
+        value = value + (~post.placed()[cand]) * self.coverage_bonus
+        order = cand[np.argsort(-value, kind="stable")]
+        take = self.batch_size - self.n_anchors
+        picks = self.distinct_scans(order, take) if post.layout is not None else order[:take]
+        return float(value[np.isin(cand, picks)].sum())
+
     def best_label(
         self, rater: str, available: np.ndarray, jitter: np.ndarray, cuts: Cuts
     ) -> tuple[int | None, float]:

@@ -50,6 +50,11 @@ slices as if every rater's error were fresh, so it is overconfident, and at 1% i
 MAX_SECONDS_PER_IMAGE = 4 * 3 * PRIOR_SECONDS["rank"] / 8
 """The probit strategies stop at this much clinician time per image (at the prior task times):
 four times what the paper heuristic spends (3 views of every image in batches of 8)."""
+MIN_GAIN_PER_HOUR = 6.0
+"""The probit strategies stop once the best task they could serve next is expected to put right
+fewer than this many misclassified slices per clinician hour (its value per second at the prior
+task times, x 3600): with persistent errors the expected misclassifications level off above a
+small cohort's target, and another hour then buys almost nothing."""
 ADVICE_WINDOW = 32
 """``ranking`` compares its batch with the best single question every ``ADVICE_EVERY`` batches
 and advises ``hybrid`` when questions won most of the last this many comparisons."""
@@ -156,7 +161,29 @@ class BayesStrategy(Strategy):
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self._wins: deque[bool] = deque(maxlen=ADVICE_WINDOW)
-        self._label_spent = 0.0
+        self._gain: tuple[tuple[int, int], float] | None = None
+
+    def gain_per_hour(self) -> float:
+        """Misclassified slices the best next task is expected to put right per clinician hour
+        (prior task times; the kinds this strategy serves). Depends on the answers only (no
+        random tie-breaks, cached per state), so a rebuilt engine stops where the live one did."""
+        post = self.posterior
+        key = (post.batches, int(post.label_views.sum()))
+        if self._gain is not None and self._gain[0] == key:
+            return self._gain[1]
+        cuts = self.finder.cuts(fresh=False)
+        zero = np.zeros(post.n)
+        every = np.ones(post.n, dtype=bool)
+        rates = [0.0]
+        if "label" in self.KINDS:
+            _, value = self.chooser.best_label("", every, zero, cuts)
+            rates.append(value / PRIOR_SECONDS["label"])
+        if "rank" in self.KINDS:
+            value = self.chooser.best_batch_value(cuts)
+            rates.append(value / PRIOR_SECONDS["rank"])
+        rate = max(rates) * 3600
+        self._gain = (key, rate)
+        return rate
 
     def select(self, rater: str, available: np.ndarray, jitter: np.ndarray) -> list[int]:
         cuts = self.finder.cuts(fresh=False)
@@ -215,6 +242,14 @@ class BayesStrategy(Strategy):
                 f"expected misclassified images {mis.sum():.1f} below the target "
                 f"{self.target_misclassified:.2%} of {post.n}"
             )
+        if post.batches + post.label_views.sum() >= 2 * self.chooser.batch_size:
+            gain = self.gain_per_hour()
+            if gain < MIN_GAIN_PER_HOUR:
+                return (
+                    f"diminishing returns: the best next task would put right {gain:.1f} "
+                    f"misclassified images per clinician hour (< {MIN_GAIN_PER_HOUR:g}); "
+                    f"expected misclassified now {mis.sum():.1f} of {post.n}"
+                )
         return None
 
     def batches_left(self) -> int:

@@ -326,10 +326,11 @@ def _stack_labels(
     return curve
 
 
-def _stopped(engine: RankingEngine, info: dict[str, Any]) -> None:
-    """What the engine says about its stop, its advice and where its labels come from."""
+def _stopped(engine: RankingEngine, info: dict[str, Any], reason: str | None) -> None:
+    """What the engine said when the run stopped serving (``reason``), its advice and where
+    its labels come from."""
     progress = engine.progress()
-    info["stop_reason"] = progress["stop_reason"]
+    info["stop_reason"] = reason
     info["advice"] = progress["advice"]
     sources = [p["source"] for p in engine.provenance().values()]
     info["provenance"] = {s: sources.count(s) for s in ("seen", "inferred", "prior")}
@@ -401,10 +402,11 @@ def _task_run(
         if hours() >= next_point:
             curve.append(snapshot())
             next_point += checkpoint_hours
+    reason = engine.progress()["stop_reason"]
     while (hours_cap is None or hours() + SECONDS_PER_LABEL / 3600 <= hours_cap) and ask(True):
         pass
     curve.append(snapshot())
-    _stopped(engine, info)
+    _stopped(engine, info, reason)
     return curve
 
 
@@ -462,8 +464,9 @@ def _engine_run(
         if batches % every == 0:
             curve.append(snapshot())
     # The rest of the boundary budget (all of it for paper: the study probed at the end).
+    reason = engine.progress()["stop_reason"]
     while (hours_cap is None or hours() + SECONDS_PER_LABEL / 3600 <= hours_cap) and ask(True):
         pass
     curve.append(snapshot())
-    _stopped(engine, info)
+    _stopped(engine, info, reason)
     return curve

@@ -113,8 +113,9 @@ def test_hybrid_follows_each_raters_measured_time():
             for _ in range(5):  # the rater's own median replaces the prior after 5
                 engine.record_time(rater.name, slow, 600.0)
         served[slow] = _run_tasks(engine, panel, 30)
-    assert served["rank"]["label"] == 30  # batches take them 10 minutes: questions only
-    assert served["label"]["rank"] == 30  # questions take 10 minutes: batches only
+    # Batches take them 10 minutes: questions only (until the engine stops); and the reverse.
+    assert served["rank"]["rank"] == 0 and served["rank"]["label"] >= 5
+    assert served["label"]["label"] == 0 and served["label"]["rank"] >= 5
     assert engine.task_seconds()["label"]["r1"] == 600.0
 
 
