@@ -22,10 +22,18 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ml_backend.settings import BackendSettings, check_auth
+from slicerank_base.bodylimit import BodyLimit
 
 log = logging.getLogger(__name__)
+
+#: What a Redis that is down or unreachable raises.
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
+#: Seconds ``/health`` waits for Redis to answer a ping.
+HEALTH_PING_S = 0.5
 
 #: Basic-auth credential parser (no auto error: the dependency answers 401 itself).
 _BASIC = HTTPBasic(auto_error=False)
@@ -167,6 +175,9 @@ class SliceClassifier:
         self, tasks: list[dict[str, Any]], context: Any = None, label_config: str | None = None
     ) -> dict[str, Any]:
         """Predictions for ``tasks`` (one per task, same order), or a clear 'no model yet'."""
+        from ml_backend.data import MissingImageError
+        from ml_backend.media import ImageRefError
+
         from_name, to_name, value = "slice_class", IMAGE_OBJECT, "image"
         if label_config:
             from_name, to_name, value = check_label_config(label_config)
@@ -178,20 +189,25 @@ class SliceClassifier:
                 "message": "no trained model yet: start training from Label Studio's model "
                 "settings or run `slicerank train`",
             }
-        images = [
-            predictor.load_task_image(
-                t,
-                media_root=self.settings.media_root,
-                manifest=self._get_manifest(),
-                label_studio_url=self.settings.label_studio_url,
-                api_key=self.settings.label_studio_api_key,
-                value=value,
-            )  # fmt: skip
-            for t in tasks
-        ]
-        results = predictor.predict_images(images, from_name=from_name, to_name=to_name)
-        results = self.scans.decode(predictor, tasks, results)
-        return {"results": results, "model_version": predictor.version}
+        results, skipped = predictor.predict_tasks(
+            tasks, media_root=self.settings.media_root, manifest=self._get_manifest(),
+            label_studio_url=self.settings.label_studio_url,
+            api_key=self.settings.label_studio_api_key, value=value, from_name=from_name,
+            to_name=to_name, scans=self.scans,
+        )  # fmt: skip
+        if tasks and len(skipped) == len(tasks):
+            # Nothing to serve: the request fails with the first task's reason, as a whole.
+            first = skipped[0]
+            raise (ImageRefError if first["error"] == "ImageRefError" else MissingImageError)(
+                first["reason"]
+            )
+        out: dict[str, Any] = {"results": results, "model_version": predictor.version}
+        if skipped:
+            # The others are served; each skipped task gets no prediction ([]) and a reason.
+            for item in skipped[:20]:
+                log.warning("/predict skipped task %s: %s", item["task"], item["reason"])
+            out["skipped"] = [{k: x[k] for k in ("task", "reason")} for x in skipped]
+        return out
 
     def fit(self, event: str, data: dict[str, Any]) -> dict[str, Any]:
         """Start training on ``START_TRAINING`` (enqueue only); other events are ignored."""
@@ -215,7 +231,6 @@ class SliceClassifier:
             model_dir=str(self.settings.model_dir),
             # The backend's own device is for inference; the worker picks the training one.
             device="auto",
-            label_studio_url=self.settings.label_studio_url,
         )
         result = enqueue_training(
             self.redis,
@@ -250,6 +265,7 @@ def create_app(
     # Refuse to build an unauthenticated app unless the development flag says so.
     check_auth(settings)
     model = SliceClassifier(settings, redis_conn=redis_conn, device=device)
+    redis_state = RedisState(redis_conn, settings.redis_url)
     expected = _digest(settings.basic_auth_user, settings.basic_auth_pass)
 
     def authenticate(
@@ -264,6 +280,8 @@ def create_app(
     # The interactive docs and the schema are served behind the same auth as the API.
     app = FastAPI(title="slicerank ML backend", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.model = model
+    # Every endpoint's body is capped, from Content-Length and while it streams in.
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     # Everything but the health check needs the basic-auth credentials when they are set; the
     # health check reveals nothing and container health probes cannot send credentials.
     api = APIRouter(dependencies=[Depends(authenticate)])
@@ -285,7 +303,12 @@ def create_app(
     @app.get("/health")
     @app.get("/")
     def health() -> dict[str, Any]:
-        """Label Studio's health check."""
+        """Label Studio's health check: "UP", or "DEGRADED" naming what is down (always 200:
+        predictions still work without Redis, and Label Studio would disconnect on an error)."""
+        problem = redis_state.check()
+        if problem:
+            return {"status": "DEGRADED", "model_class": type(model).__name__,
+                    "down": {"redis": problem}}  # fmt: skip
         return {"status": "UP", "model_class": type(model).__name__}
 
     @api.post("/setup")
@@ -301,6 +324,12 @@ def create_app(
         tasks = data.get("tasks")
         if not isinstance(tasks, list):
             raise HTTPException(400, "'tasks' must be a list of Label Studio tasks")
+        if len(tasks) > settings.predict_max_tasks:
+            raise HTTPException(
+                413,
+                f"{len(tasks)} tasks in one /predict request; at most {settings.predict_max_tasks} "
+                "(SLICERANK_PREDICT_MAX_TASKS): select fewer tasks in Label Studio's Data Manager",
+            )
         params = data.get("params") or {}
         if not isinstance(params, dict):
             raise HTTPException(400, "'params' must be a JSON object")
@@ -338,6 +367,8 @@ def create_app(
             raise HTTPException(400, str(exc)) from None
         except RuntimeError as exc:
             raise HTTPException(503, str(exc)) from None
+        except REDIS_DOWN as exc:
+            raise HTTPException(503, redis_state.down(exc)) from None
         code = 201 if out.get("created") else 200
         return JSONResponse(out, status_code=code)
 
@@ -365,6 +396,8 @@ def create_app(
             return job_summary(model.redis, str(data.get("job")))
         except NoSuchJobError:
             raise HTTPException(404, f"no training job {data.get('job')!r}") from None
+        except REDIS_DOWN as exc:
+            raise HTTPException(503, redis_state.down(exc)) from None
 
     @app.exception_handler(UnknownVersionError)
     async def _unknown_version(_: Request, exc: UnknownVersionError) -> JSONResponse:
@@ -386,6 +419,60 @@ def create_app(
 
     app.include_router(api)
     return app
+
+
+class RedisState:
+    """Whether the training queue's Redis answers, for ``/health`` and the 503s; each change
+    (down, back) is logged once, naming REDIS_URL."""
+
+    def __init__(self, conn: Any, url: str) -> None:
+        self.conn, self.url = conn, url
+        self.problem: str | None = None
+        self._probe = _quick_client(conn) if conn is not None else None
+
+    def check(self) -> str | None:
+        """Ping Redis; the problem in one line, or None when it answers (or none is set)."""
+        if self._probe is None:
+            return self._set("no Redis connection: set REDIS_URL")
+        try:
+            self._probe.ping()
+        except REDIS_DOWN as exc:
+            return self.down(exc)
+        return self._set(None)
+
+    def down(self, exc: BaseException) -> str:
+        """The message for a Redis that failed with ``exc``."""
+        from slicerank_base.reach import redact_url
+
+        return self._set(
+            f"Redis unreachable at {redact_url(self.url)} (REDIS_URL): {exc}; training cannot be "
+            "queued until it is back (start Redis or fix REDIS_URL; predictions still work)"
+        )
+
+    def _set(self, problem: str | None) -> str | None:
+        if problem != self.problem:
+            if problem:
+                log.warning("backend: %s", problem)
+            elif self.problem:
+                log.info("backend: Redis at REDIS_URL answers again")
+            self.problem = problem
+        return problem
+
+
+def _quick_client(conn: Any) -> Any:
+    """A client to the same Redis as ``conn`` that gives up within :data:`HEALTH_PING_S`:
+    Label Studio waits 1 s for ``/health`` (ML_TIMEOUT_HEALTH) before it calls the backend
+    broken, and a Redis host that drops packets would otherwise hold the answer for seconds."""
+    import redis
+
+    pool = getattr(conn, "connection_pool", None)
+    if pool is None:  # not a redis-py client: ping it as it is
+        return conn
+    kwargs = {**pool.connection_kwargs, "socket_connect_timeout": HEALTH_PING_S,
+              "socket_timeout": HEALTH_PING_S}  # fmt: skip
+    return redis.Redis(
+        connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
+    )
 
 
 def _digest(user: str, password: str) -> bytes:

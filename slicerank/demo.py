@@ -188,7 +188,7 @@ def run_demo(
                 conn, queue_name, label_source=source, project_id=projects["Classify"],
                 consensus_path=consensus_file if source == "ranking" else None,
                 layout=layout, preset=cfg.train_preset, device=env["SLICERANK_DEVICE"],
-                epochs=cfg.epochs, label_studio_url=server.url, check_alive=procs.check_alive,
+                epochs=cfg.epochs, check_alive=procs.check_alive,
                 timeout_s=cfg.timeout_s,
             )  # fmt: skip
         result["models"] = models

@@ -21,7 +21,6 @@ def stage_train(
     preset: str,
     device: str,
     epochs: int | None,
-    label_studio_url: str,
     check_alive: Callable[[], None],
     timeout_s: float,
 ) -> dict[str, Any]:
@@ -45,7 +44,6 @@ def stage_train(
         device=device,
         epochs=epochs,
         write_predictions=True,
-        label_studio_url=label_studio_url,
     )
     queued = enqueue_training(conn, request, queue_name=queue_name)
     if not queued.created:

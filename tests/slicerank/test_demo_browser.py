@@ -384,7 +384,7 @@ def test_trained_model_choice_is_preselected(demo_run, browser):
         redis.Redis.from_url(demo_run.result["redis"]["url"]),
         f"slicerank-demo-{demo_run.creds['api_key'][:8]}",
         label_source="classify", project_id=classify, layout=Layout(demo_run.out),
-        preset="cpu-small", device="cpu", epochs=1, label_studio_url=demo_run.url,
+        preset="cpu-small", device="cpu", epochs=1,
         check_alive=lambda: None, timeout_s=600,
     )  # fmt: skip
     version = model["model_version"]
