@@ -243,7 +243,10 @@ class TaskChooser:
         post = self._post
         mis = self._misclassified(cuts)
         limit = STACK_CANDIDATES if post.layout is not None else CANDIDATES
-        cand = np.argsort(-(mis + self.short_of_views() * MIN_VIEWS_BONUS), kind="stable")[:limit]
+        key = mis + self.short_of_views() * MIN_VIEWS_BONUS
+        cand = np.arange(post.n)
+        if post.n > limit:
+            cand = np.sort(np.argpartition(-key, limit - 1)[:limit])
         reading = self._reading_var("", cand, "rank", cuts)
         if post.layout is not None:
             value = self.stack_view_value(cand, cuts, reading)

@@ -55,6 +55,8 @@ MIN_GAIN_PER_HOUR = 6.0
 fewer than this many misclassified slices per clinician hour (its value per second at the prior
 task times, x 3600): with persistent errors the expected misclassifications level off above a
 small cohort's target, and another hour then buys almost nothing."""
+GAIN_EVERY = 4
+"""Answers between evaluations of the diminishing-returns rule (it costs two task valuations)."""
 ADVICE_WINDOW = 32
 """``ranking`` compares its batch with the best single question every ``ADVICE_EVERY`` batches
 and advises ``hybrid`` when questions won most of the last this many comparisons."""
@@ -111,6 +113,9 @@ class Strategy:
         """Why the strategy stopped, or None while it goes on."""
         raise NotImplementedError
 
+    def after_answer(self) -> None:
+        """Called by the engine after every answer (a ranking or a single label)."""
+
     def advice(self) -> str | None:
         """A recommendation to the project lead, or None."""
         return None
@@ -161,16 +166,23 @@ class BayesStrategy(Strategy):
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self._wins: deque[bool] = deque(maxlen=ADVICE_WINDOW)
-        self._gain: tuple[tuple[int, int], float] | None = None
+        self._gain: tuple[None, float] | None = None
 
-    def gain_per_hour(self) -> float:
-        """Misclassified slices the best next task is expected to put right per clinician hour
-        (prior task times; the kinds this strategy serves). Depends on the answers only (no
-        random tie-breaks, cached per state), so a rebuilt engine stops where the live one did."""
+    def after_answer(self) -> None:
+        """Called by the engine after every answer: every ``GAIN_EVERY`` answers the
+        diminishing-returns figure is brought up to date. Evaluated on the answers alone, in
+        their order, so a log replayed into a new engine stops where the live one did."""
         post = self.posterior
-        key = (post.batches, int(post.label_views.sum()))
-        if self._gain is not None and self._gain[0] == key:
-            return self._gain[1]
+        if (post.batches + int(post.label_views.sum())) % GAIN_EVERY == 0:
+            self._gain = (None, self.gain_per_hour(cached=False))
+
+    def gain_per_hour(self, *, cached: bool = True) -> float:
+        """Misclassified slices the best next task is expected to put right per clinician hour
+        (prior task times; the kinds this strategy serves); no random tie-breaks. ``cached``:
+        the figure last brought up to date by ``after_answer`` (infinite before any)."""
+        if cached:
+            return float("inf") if self._gain is None else self._gain[1]
+        post = self.posterior
         cuts = self.finder.cuts(fresh=False)
         zero = np.zeros(post.n)
         every = np.ones(post.n, dtype=bool)
@@ -181,9 +193,7 @@ class BayesStrategy(Strategy):
         if "rank" in self.KINDS:
             value = self.chooser.best_batch_value(cuts)
             rates.append(value / PRIOR_SECONDS["rank"])
-        rate = max(rates) * 3600
-        self._gain = (key, rate)
-        return rate
+        return max(rates) * 3600
 
     def select(self, rater: str, available: np.ndarray, jitter: np.ndarray) -> list[int]:
         cuts = self.finder.cuts(fresh=False)
