@@ -397,7 +397,6 @@ class RankingEngine:
         self._posterior.add_ranking(rater, idx)
         if batch_id is not None:
             self._close(batch_id)
-        self._policy.after_answer()
 
     def release(self, ids: Sequence[str]) -> None:
         """Close an open batch without a result (e.g. its task was deleted)."""
@@ -473,7 +472,6 @@ class RankingEngine:
         )
         self._label_open.pop(i, None)
         self._finder.add_label(i, cls)
-        self._policy.after_answer()
 
     def boundary_status(self) -> dict[str, dict[str, Any]]:
         """Per cut: ``state`` (waiting/searching/settled/budget_spent), ``queries`` (answers

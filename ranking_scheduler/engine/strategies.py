@@ -113,9 +113,6 @@ class Strategy:
         """Why the strategy stopped, or None while it goes on."""
         raise NotImplementedError
 
-    def after_answer(self) -> None:
-        """Called by the engine after every answer (a ranking or a single label)."""
-
     def advice(self) -> str | None:
         """A recommendation to the project lead, or None."""
         return None
@@ -166,23 +163,18 @@ class BayesStrategy(Strategy):
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self._wins: deque[bool] = deque(maxlen=ADVICE_WINDOW)
-        self._gain: tuple[None, float] | None = None
+        self._gain: tuple[int, float] | None = None
 
-    def after_answer(self) -> None:
-        """Called by the engine after every answer: every ``GAIN_EVERY`` answers the
-        diminishing-returns figure is brought up to date. Evaluated on the answers alone, in
-        their order, so a log replayed into a new engine stops where the live one did."""
-        post = self.posterior
-        if (post.batches + int(post.label_views.sum())) % GAIN_EVERY == 0:
-            self._gain = (None, self.gain_per_hour(cached=False))
-
-    def gain_per_hour(self, *, cached: bool = True) -> float:
+    def gain_per_hour(self) -> float:
         """Misclassified slices the best next task is expected to put right per clinician hour
-        (prior task times; the kinds this strategy serves); no random tie-breaks. ``cached``:
-        the figure last brought up to date by ``after_answer`` (infinite before any)."""
-        if cached:
-            return float("inf") if self._gain is None else self._gain[1]
+        (prior task times; the kinds this strategy serves); no random tie-breaks. Brought up to
+        date once per ``GAIN_EVERY`` answers, when first asked for: replaying a log costs
+        nothing, and a rebuilt engine evaluates it at the current state (so it may stop up to
+        ``GAIN_EVERY - 1`` answers apart from the live one, never differently otherwise)."""
         post = self.posterior
+        key = (post.batches + int(post.label_views.sum())) // GAIN_EVERY
+        if self._gain is not None and self._gain[0] == key:
+            return self._gain[1]
         cuts = self.finder.cuts(fresh=False)
         zero = np.zeros(post.n)
         every = np.ones(post.n, dtype=bool)
@@ -193,7 +185,9 @@ class BayesStrategy(Strategy):
         if "rank" in self.KINDS:
             value = self.chooser.best_batch_value(cuts)
             rates.append(value / PRIOR_SECONDS["rank"])
-        return max(rates) * 3600
+        rate = max(rates) * 3600
+        self._gain = (key, rate)
+        return rate
 
     def select(self, rater: str, available: np.ndarray, jitter: np.ndarray) -> list[int]:
         cuts = self.finder.cuts(fresh=False)
