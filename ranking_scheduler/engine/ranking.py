@@ -309,21 +309,25 @@ class RankingEngine:
         return self._chooser.timer.summary()
 
     # ----------------------------------------------------------------- batches
-    def next_batch(self, rater: str) -> list[str]:
-        """The next batch for ``rater`` (shuffled), recorded as open; ``[]`` once done."""
+    def next_batch(self, rater: str, avoid: Iterable[str] = ()) -> list[str]:
+        """The next batch for ``rater`` (shuffled), recorded as open; ``[]`` once done.
+
+        ``avoid``: images left out while enough others are free (the service passes the
+        slices ranked in the last minutes, as it cannot choose which rater gets a task)."""
         _check_rater(rater)
         if self._policy.done() or "rank" not in self._policy.KINDS:
             return []
-        return self._open_batch(rater, self._policy.select(rater, *self._draw()))
+        return self._open_batch(rater, self._policy.select(rater, *self._draw(avoid)))
 
-    def next_task(self, rater: str) -> Task | None:
+    def next_task(self, rater: str, avoid: Iterable[str] = ()) -> Task | None:
         """The next task for ``rater``, or ``None`` once done: a batch to rank (recorded as
         open, as ``next_batch``) or a single slice to label (recorded as an open question until
-        ``submit_boundary`` or ``release_question``), as the strategy decides."""
+        ``submit_boundary`` or ``release_question``), as the strategy decides. ``avoid`` as
+        in ``next_batch`` (for batches)."""
         _check_rater(rater)
         if self._policy.done():
             return None
-        available, jitter = self._draw()
+        available, jitter = self._draw(avoid)
         label_free = np.ones(self._n, dtype=bool)
         label_free[list(self._label_open)] = False
         label_free[list(self._finder.pending)] = False
@@ -354,8 +358,18 @@ class RankingEngine:
             raise ValueError(f"image_id: {image_id!r} is not an open single question")
         del self._label_open[self._index[image_id]]
 
-    def _draw(self) -> tuple[np.ndarray, np.ndarray]:
-        return self._in_open == 0, self._rng.random(self._n)
+    def _draw(self, avoid: Iterable[str] = ()) -> tuple[np.ndarray, np.ndarray]:
+        """The images free for a batch (not in an open one; ``avoid`` left out while enough
+        others are free) and the tie-breaking jitter."""
+        k = self.batch_size
+        available = self._in_open == 0
+        avoided = [self._index[i] for i in avoid if i in self._index]
+        if avoided:
+            rested = available.copy()
+            rested[avoided] = False
+            if rested.sum() >= k:
+                available = rested
+        return available, self._rng.random(self._n)
 
     def _open_batch(self, rater: str, chosen: list[int]) -> list[str]:
         k = self.batch_size
