@@ -134,11 +134,14 @@ def main(args: argparse.Namespace) -> int:
         for n in (3323, 100_000)
         for s, st in (("bayes", False), ("bayes", True), ("paper", False), ("random", True))
     ]
+    if args.strategies_only:
+        cases = []
     for n, s, st in tqdm(cases, desc="speed", unit="case"):
         result["speed"].append(speed(n, s, stacks=st))
     result["replay"] = [
         replay_speed(3323, 2000, s, stacks=st)
         for s, st in (("bayes", False), ("bayes", True), ("paper", False))
+        if not args.strategies_only
     ]
     for row in result["speed"]:
         print(
@@ -153,7 +156,7 @@ def main(args: argparse.Namespace) -> int:
             f"identical scores: {row['identical_scores']}"
         )
     write_json(out / "engine.json", result)
-    if not args.skip_study:
+    if not args.skip_study and not args.strategies_only:
         cohort = stack_cohort(args.images, 0)
         phases = []
         if args.seeds > 0:
@@ -182,11 +185,36 @@ def main(args: argparse.Namespace) -> int:
                 }
             )
             write_json(out / "engine.json", result)  # keep what is done if a later phase fails
+    if not args.skip_study and args.holdout_seeds > 0:
+        _strategy_phases(args, premises, out, result)
     write_json(out / "engine.json", result)
     if args.json:
         write_json(args.json, result)
     print(f"wrote {out / 'engine.json'}")
     return 0
+
+
+def _strategy_phases(
+    args: argparse.Namespace, premises: list[float], out: Path, result: dict[str, Any]
+) -> None:
+    """``ranking``, ``single`` and ``hybrid`` on the held-out seeds at each premise, on complete
+    and (``--incomplete``) partly covered cohorts, then the pilot cohorts; tables into ``out``."""
+    from slicerank_base.jsonout import write_json
+
+    held = list(range(1000, 1000 + args.holdout_seeds))
+    coverages = [0.0] + ([args.incomplete] if args.incomplete > 0 else [])
+    result["strategies"], result["pilots"] = [], []
+    for h in premises:
+        for incomplete in coverages:
+            print(f"strategy study: premise {h}, incomplete coverage {incomplete:.0%}", flush=True)
+            st = strategy_study(args.images, held, h, incomplete=incomplete)
+            table = strategy_table(st)
+            (out / f"strategies_{h}_incomplete{incomplete:g}.md").write_text(table)
+            print(table)
+            result["strategies"].append(st)
+            write_json(out / "engine.json", result)
+        result["pilots"].append({"premise": h, "rows": pilot_study(h)})
+        write_json(out / "engine.json", result)
 
 
 BUDGETS = (0.10, 0.15, 0.20, 0.25, 0.50, 1.00)
