@@ -64,6 +64,8 @@ MAX_EPOCHS = 500
 """Most epochs one job may ask for (the study trains 70)."""
 MAX_SEEDS = 32
 """Most seeds (ensemble members) one job may ask for (the study trains 10)."""
+MAX_VAL_SCANS = 100_000
+"""Most validation scan ids one job may name."""
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d{1,2})?")
 
 
@@ -85,6 +87,10 @@ class TrainRequest:
     device: str = "auto"
     epochs: int | None = None
     seeds: tuple[int, ...] | None = None
+    #: Scan ids that form the validation set; every other labelled image trains (no internal
+    #: test split). One split shared by every arm of a comparison (issue 19); None = the
+    #: preset's stratified split.
+    val_scans: tuple[str, ...] | None = None
     #: After registering, write the new model's predictions on the project's tasks.
     write_predictions: bool = True
 
@@ -119,6 +125,15 @@ class TrainRequest:
                 f"got {str(list(self.seeds))[:60]}"
             )
 
+        if self.val_scans is not None and not (
+            1 <= len(self.val_scans) <= MAX_VAL_SCANS
+            and all(isinstance(x, str) and 0 < len(x) <= 200 for x in self.val_scans)
+        ):
+            raise ValueError(
+                f"val_scans must be 1-{MAX_VAL_SCANS} scan ids (strings of 1-200 characters), "
+                f"got {str(list(self.val_scans))[:60]}"
+            )
+
     @property
     def lock_name(self) -> str:
         """What "the same project" means for the one-job-at-a-time rule."""
@@ -130,6 +145,7 @@ class TrainRequest:
         """JSON-able form."""
         d = asdict(self)
         d["seeds"] = list(self.seeds) if self.seeds is not None else None
+        d["val_scans"] = list(self.val_scans) if self.val_scans is not None else None
         return d
 
     @classmethod
@@ -143,6 +159,8 @@ class TrainRequest:
             raise ValueError(f"a training request has unknown field(s) {', '.join(unknown)[:200]}")
         if d.get("seeds") is not None:
             d["seeds"] = tuple(d["seeds"])
+        if d.get("val_scans") is not None:
+            d["val_scans"] = tuple(d["val_scans"])
         return cls(**d)
 
 
@@ -458,7 +476,7 @@ def _train(request: TrainRequest, settings, progress: _Progress, own_ls_url: str
     from ml_backend.labels import collect_labels
     from ml_backend.registry import ModelRegistry
     from ml_backend.settings import resolve_device
-    from ml_backend.splits import grouped_stratified_split
+    from ml_backend.splits import grouped_stratified_split, split_by_validation_scans
     from ml_backend.train import protocol_checkpoint, run_protocol
 
     # The worker, not the enqueuer, knows its hardware: "auto" defers to its environment.
@@ -506,8 +524,15 @@ def _train(request: TrainRequest, settings, progress: _Progress, own_ls_url: str
         for item in skipped[:20]:
             log.warning("training without an image: %s", item["reason"])
         progress.update(n_skipped=len(skipped), skipped=skipped[:100])
-    groups = split_groups(labels, Path(media_root)) if config.group_by_scan else None
-    if groups is not None:
+    wants_groups = config.group_by_scan or request.val_scans is not None
+    groups = split_groups(labels, Path(media_root)) if wants_groups else None
+    if request.val_scans is not None:
+        if groups is None:
+            raise ValueError(
+                "val_scans needs every labelled image's scan id from the media root's manifest"
+            )
+        train_idx, val_idx, test_idx = split_by_validation_scans(groups, request.val_scans)
+    elif groups is not None:
         train_idx, val_idx, test_idx = grouped_stratified_split(
             [x.label for x in labels], groups, config.split, config.split_seed
         )
@@ -555,6 +580,7 @@ def _train(request: TrainRequest, settings, progress: _Progress, own_ls_url: str
         splits={
             "train": train.image_ids, "val": val.image_ids, "test": test.image_ids,
             "grouped_by": "scan" if groups is not None else "image",
+            "shared_validation_scans": request.val_scans is not None,
             "scans": {
                 name: sorted({groups[i] for i in idx}) if groups is not None else []
                 for name, idx in (("train", train_idx), ("val", val_idx), ("test", test_idx))
