@@ -27,7 +27,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "project ids of its first start, and a start that finds others refuses; same as "
         "SCHEDULER_REBIND_PROJECTS=1)",
     )
+    p.add_argument(
+        "--accept-reconcile",
+        action="store_true",
+        help="list what the last refused reconciliation pass would drop from the log (nothing "
+        "changes); with --yes, accept it: the scheduler's next full pass drops exactly those",
+    )
+    p.add_argument("--yes", action="store_true", help="confirm --accept-reconcile")
     p.set_defaults(func=_scheduler)
+
+
+def _accept_reconcile(settings, yes: bool) -> int:
+    """``--accept-reconcile [--yes]``: show the refused drop; accept it with ``--yes``."""
+    from ranking_scheduler.service.accept import accept_drop, format_drop, refused_drop
+    from ranking_scheduler.service.store import SubmissionStore
+
+    with SubmissionStore(settings.db_url) as store:
+        drop = refused_drop(store)
+        if drop is None:
+            print("No reconciliation pass is refused: nothing to accept.")
+            return 0
+        print(format_drop(drop))
+        if not yes:
+            print(
+                "\nNothing changed. If Label Studio lost these on purpose (a lead deleted them), "
+                "run again with --accept-reconcile --yes."
+            )
+            return 0
+        n = accept_drop(store)
+    print(
+        f"\nAccepted: {n} annotation(s) are dropped at the scheduler's next full "
+        "reconciliation (SCHEDULER_FULL_RECONCILE_INTERVAL_S) or its next start."
+    )
+    return 0
 
 
 def _scheduler(args: argparse.Namespace) -> int:
@@ -35,9 +67,9 @@ def _scheduler(args: argparse.Namespace) -> int:
     import os
     import sys
 
-    import uvicorn
     from label_studio_sdk import LabelStudio
 
+    from ranking_scheduler.service.limits import listen, serve
     from ranking_scheduler.service.ls_adapter import LabelStudioAdapter
     from ranking_scheduler.service.service import SchedulerService
     from ranking_scheduler.service.settings import SchedulerSettings
@@ -56,20 +88,31 @@ def _scheduler(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if getattr(args, "accept_reconcile", False):
+        return _accept_reconcile(settings, args.yes)
     if settings.db_url.startswith("sqlite:///"):
         os.makedirs(os.path.dirname(os.path.abspath(settings.db_url[10:])), exist_ok=True)
     store = SubmissionStore(settings.db_url)
     client = LabelStudio(base_url=settings.label_studio_url, api_key=settings.api_key, timeout=60)
     service = SchedulerService(settings, store, LabelStudioAdapter(client, settings.project_prefix))
+    # Listen before starting: from here on a webhook waits in the socket's backlog, so the
+    # first reconciliation (queued once the app runs) reads every answer whose webhook failed.
+    try:
+        sock = listen(args.host, args.port)
+    except OSError as exc:
+        print(f"error: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        store.close()
+        return 2
     try:
         service.start()
     except (LookupError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        sock.close()
         store.close()
         return 2
     logging.getLogger(__name__).info("scheduler listening on http://%s:%d", args.host, args.port)
     try:
-        uvicorn.run(create_app(service), host=args.host, port=args.port, log_level="warning")
+        serve(create_app(service), sock)
     finally:
         service.stop()
         store.close()

@@ -189,6 +189,20 @@ class FakeLabelStudio:
                 if (t in task_ids if task_ids is not None else t not in self.hidden)
             ]
 
+    def annotation(self, annotation_id):
+        """An annotation by id, as the scheduler reads it back after a webhook, or None."""
+        with self.lock:
+            for task_id, d in self.tasks.items():
+                for ann in d["annotations"]:
+                    if ann["id"] == annotation_id:
+                        return {**ann, "task": task_id, "project": self.projects[RANK]}
+        return None
+
+    def task(self, task_id):
+        with self.lock:
+            d = self.tasks.get(task_id)
+            return None if d is None else {"id": task_id, "meta": {}, "data": {}}
+
     boundary_failures = 0  # how many boundary creations fail before they work
 
     def create_boundary_task(self, image, boundary):
