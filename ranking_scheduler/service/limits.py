@@ -155,8 +155,9 @@ def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
     return socket.create_server((host, port), family=family, backlog=backlog)
 
 
-def serve(app, sock: socket.socket, **config: Any) -> None:
-    """Serve ``app`` on the listening ``sock`` with the limits above (blocks until stopped)."""
+def make_server(app, **config: Any):
+    """A ``uvicorn.Server`` for ``app`` with the limits above (``config`` overrides them);
+    run it on a listening socket with ``server.run(sockets=[sock])``."""
     import uvicorn
 
     settings = {
@@ -166,5 +167,9 @@ def serve(app, sock: socket.socket, **config: Any) -> None:
         "timeout_keep_alive": 5,
         **config,
     }
-    server = uvicorn.Server(uvicorn.Config(app, **settings))
-    server.run(sockets=[sock])
+    return uvicorn.Server(uvicorn.Config(app, **settings))
+
+
+def serve(app, sock: socket.socket, **config: Any) -> None:
+    """Serve ``app`` on the listening ``sock`` with the limits above (blocks until stopped)."""
+    make_server(app, **config).run(sockets=[sock])
