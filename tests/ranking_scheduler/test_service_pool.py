@@ -323,6 +323,33 @@ def test_a_webhook_for_a_task_still_being_recorded_waits_instead_of_being_reject
     assert store.get_task(ids[0]).status == "answered"
 
 
+def test_a_delete_that_races_a_parked_create_is_not_undone(service):
+    # The create of an answer waits for its task's import; meanwhile it is deleted in Label
+    # Studio. The delete finds nothing in the log; the parked create must not count afterwards.
+    svc, fake, store = service
+    release = fake.hold()
+    _answer(svc, fake, fake.unanswered()[0], 211, rater=1)
+    assert _wait_for(lambda: fake.held, 5)
+    ((ids, batches),) = fake.held
+    images = [img.image_id for img in batches[0][1]]
+    with fake.lock:
+        fake.tasks[ids[0]] = {"id": ids[0], "images": images, "annotations": []}
+    svc.enqueue("ANNOTATION_CREATED", fake.annotate(ids[0], 212, 2, images))
+    assert _wait_for(lambda: svc._parked, 5)  # read back from Label Studio, then parked
+    with fake.lock:
+        fake.tasks[ids[0]]["annotations"].clear()  # deleted in Label Studio
+    svc.enqueue("ANNOTATIONS_DELETED", {"action": "ANNOTATIONS_DELETED",
+                                        "annotations": [{"id": 212}]})  # fmt: skip
+    time.sleep(0.2)
+    release.set()
+    assert svc.wait_idle(10)
+    assert [s.annotation_id for s in store.effective_submissions("rank")] == [211]
+    assert svc.engine.progress()["batches"] == 1
+    # A read that begins after the delete is believed: had Label Studio still shown 212 (the
+    # delete was forged), the next full pass would have counted it.
+    assert svc.reconcile()["applied"] == 0
+
+
 def test_a_failed_import_releases_its_batches_and_the_next_event_retries(service, monkeypatch):
     svc, fake, store = service
     real = fake.create_rank_tasks
