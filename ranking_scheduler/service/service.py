@@ -450,6 +450,7 @@ class SchedulerService:
                 if isinstance(status, intake.AnnotationEvent):
                     read, status = status, self.apply_event(status)
                     if status == "parked":
+                        self._counts["parked"] = self._counts.get("parked", 0) + 1
                         item = ("event", read, time.perf_counter())
                         self._parked.append((PRIO_WEBHOOK, next(self._seq), item))
                         return status

@@ -24,13 +24,13 @@ from ranking_scheduler.service.limits import (
     listen,
     make_server,
 )
+from ranking_scheduler.service.settings import SchedulerSettings
 from ranking_scheduler.service.webapp import create_app
 from tests.ranking_scheduler.test_webapp_auth import (
     DASHBOARD_TOKEN,
     WEBHOOK_SECRET,
     RecordingService,
 )
-from ranking_scheduler.service.settings import SchedulerSettings
 
 READ_TIMEOUT_S = 1.0
 
