@@ -970,9 +970,11 @@ def _forged_bodies(case: CaseRun, rng: random.Random, n: int) -> list[dict]:
     real annotations with another rater and order, deletes of real answers and tasks."""
     from ls_config.webclient import ranker_result
 
+    import json
+
     pid = case.projects["Rank"]
-    tasks = [
-        t if isinstance(t, dict) else t.dict()
+    tasks = [  # as plain JSON, the way a webhook body carries them
+        json.loads(json.dumps(t if isinstance(t, dict) else t.dict(), default=str))
         for t in case.bench.client().tasks.list(project=pid, fields="all", page_size=500)
     ]
     real = [(t, a if isinstance(a, dict) else a.dict()) for t in tasks for a in t["annotations"]]

@@ -38,7 +38,8 @@ def test_parse_ranking_accepts_the_ranker_result_shape():
     ("order", "reason"),
     [
         (IDS[:7], "missing ['i7']"),
-        (IDS + ["zz"], "extra ['zz']"),
+        (IDS[:7] + ["zz"], "extra ['zz']"),
+        (IDS + ["zz"], "holds 9 items, more than the task's 8 images"),
         (IDS[:7] + ["i0"], "repeated ['i0']"),
     ],
 )
