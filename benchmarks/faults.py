@@ -968,9 +968,9 @@ def case_tasks_deleted(case: CaseRun, runs: int, rng: random.Random) -> None:
 def _forged_bodies(case: CaseRun, rng: random.Random, n: int) -> list[dict]:
     """``n`` webhooks a Label Studio user could forge: invented annotations on real tasks,
     real annotations with another rater and order, deletes of real answers and tasks."""
-    from ls_config.webclient import ranker_result
-
     import json
+
+    from ls_config.webclient import ranker_result
 
     pid = case.projects["Rank"]
     tasks = [  # as plain JSON, the way a webhook body carries them
