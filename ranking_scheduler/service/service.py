@@ -50,7 +50,6 @@ from typing import Any
 from ls_config.provision import BOUNDARY, RANK
 from ranking_scheduler.engine.ranking import RankingEngine
 from ranking_scheduler.service import intake
-from ranking_scheduler.service.intake import _int_or_none
 from ranking_scheduler.service.ls_adapter import LabelStudioAdapter
 from ranking_scheduler.service.pool import TaskPool
 from ranking_scheduler.service.publisher import Publisher
@@ -469,11 +468,12 @@ class SchedulerService:
             return "ignored"
         seen_at = _utcnow()
         ann = self.ls.annotation(annotation_id)
-        if ann is None or _int_or_none(ann.get("id")) != annotation_id:
+        event = None if ann is None else intake.from_annotation(ann, seen_at=seen_at)
+        if event is None or event.annotation_id != annotation_id:
             self._counts["not_in_label_studio"] += 1
             log.info("webhook about annotation %s, which Label Studio does not have", annotation_id)
             return "not_in_label_studio"
-        return intake.from_annotation(ann, seen_at=seen_at)
+        return event
 
     def _reject(
         self, reason: str, *, kind, event: intake.AnnotationEvent, content: bool = False
