@@ -384,10 +384,12 @@ class SchedulerService:
     def _creation_done(self, what: str, batches, result, since: float | None) -> None:
         """On the worker: the pool records the created tasks (or releases the batches of a
         failed import); the webhooks that waited for them go back in the queue; top up again."""
-        self.tasks.creation_done(what, batches, result, since)
-        for entry in self._parked:  # back in their original place in the queue
-            self._queue.put(entry)
-        self._parked.clear()
+        try:
+            self.tasks.creation_done(what, batches, result, since)
+        finally:
+            for entry in self._parked:  # back in their original place in the queue
+                self._queue.put(entry)
+            self._parked.clear()
         if what == "created":
             self.top_up()
 
