@@ -1,7 +1,29 @@
 """The pure rating/ranking engine: no network, no disk, deterministic for a seed.
 
-``ranking.py`` holds :class:`RankingEngine` (the bookkeeping every strategy shares);
-``bayes.py`` and ``glicko.py`` the two rating models; ``boundary.py`` the cut finder.
+:class:`RankingEngine` (``ranking.py``) is the facade the service and the simulator call; it
+validates input, keeps the open batches and hands the work to its parts, one module each:
+
+=================  =====================================================================
+``ranking.py``     the facade ``RankingEngine``: constructor, open batches, validation
+``strategies.py``  the policies ``paper``, ``bayes``, ``random``: which model, which
+                   batches, when to stop (a new strategy is a new small class here)
+``chooser.py``     the task chooser: what one more view is worth, the batch worth most
+``cuts.py``        the cut finder: the two class cuts, boundary questions and answers
+``posterior.py``   the posterior: rankings in; scores, order, class probabilities,
+                   misclassification probability and classes out
+``glicko.py``      the study's Glicko-2 ratings (``paper``)
+``bayes.py``       the ranked-probit posterior with per-rater noise (``bayes``, ``random``)
+``stacks.py``      its per-scan Gaussian-process prior, stack layout, monotone classes
+``boundary.py``    the maths of one cut's posterior on the list (probabilistic bisection)
+=================  =====================================================================
+
+Imports run one way (``tests/slicerank/test_layering.py`` pins them)::
+
+    ranking  ->  strategies  ->  chooser, cuts  ->  posterior  ->  glicko, bayes, stacks
+                                      \\-> boundary (maths)
+
+The chooser and the cut finder are siblings: neither imports the other (the chooser reads the
+cuts it is handed). Nothing imports ``ranking.py`` but this ``__init__``.
 """
 
 from __future__ import annotations

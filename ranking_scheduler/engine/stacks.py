@@ -157,7 +157,8 @@ class StackModel(BayesModel):
     ``mu``/``var`` hold each image's marginal posterior, as in ``BayesModel``; ``cov_rows[i]``
     holds image ``i``'s row of its scan's posterior covariance (slots of its scan, zero
     padded) and ``mates[i]`` the images of those slots (padded with ``i`` itself), so the value
-    of a view to the whole stack is a vectorised computation (``ranking._stack_view_value``).
+    of a view to the whole stack is a vectorised computation
+    (``chooser.TaskChooser.stack_view_value``).
     """
 
     def __init__(

@@ -141,7 +141,7 @@ def test_per_cut_counts_are_rebuilt_from_the_labels():
     replay = RankingEngine(ids, strategy="bayes", seed=0)
     for rep in range(21):
         replay.submit(f"r{rep % 3 + 1}", ids, require_open=False)
-    for image, cls in [(engine.image_ids[i], c) for i, c in engine._labels]:
+    for image, cls in [(engine.image_ids[i], c) for i, c in engine._finder.labels]:
         replay.submit_boundary(image, cls)
     assert replay.boundary_status() == engine.boundary_status()
 

@@ -67,7 +67,7 @@ def test_scheduler_ranks_with_the_manifests_stacks(label_studio, tmp_path):
         engine = sched.service.engine
         scan_of = {r["image_id"]: r["scan_id"] for r in setup.rows}
         # The engine got the geometry: 10 scans, each slice's order from the manifest.
-        layout = engine._layout
+        layout = engine._posterior.layout
         assert layout is not None and layout.n_scans == 10
         for group in layout.groups:
             indices = [int(engine.image_ids[k].rsplit("-", 1)[1]) for k in group]

@@ -5,8 +5,10 @@ ours; every other package may use it; only ``slicerank`` (the console script and
 sits on top and imports the rest, and nothing imports ``slicerank``. ``benchmarks`` sits beside
 the product: it may import any package, and the only product file that imports it is the
 console script (``slicerank/cli.py``, which registers ``slicerank bench``). Inside ``slicerank`` the
-demo's stage modules never import the orchestrator ``slicerank.demo``. Imports inside
-functions count too: a lazy import is still an arrow.
+demo's stage modules never import the orchestrator ``slicerank.demo``. Inside
+``ranking_scheduler.engine`` the facade sits over the strategies, over the task chooser and
+the cut finder, over the posterior (``ENGINE_ARROWS``). Imports inside functions count too: a
+lazy import is still an arrow.
 """
 
 from __future__ import annotations
@@ -113,3 +115,49 @@ def test_benchmarks_live_beside_the_product():
     # No harness left in a product room.
     strays = [p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*bench*.py")]
     assert strays == []
+
+
+ENGINE = "ranking_scheduler.engine"
+ENGINE_ARROWS = {
+    # module -> the engine modules it may import (the rest of the engine is off limits).
+    "ranking": {"strategies", "chooser", "cuts", "posterior", "stacks", "boundary"},
+    "strategies": {"chooser", "cuts", "posterior"},
+    "chooser": {"posterior", "boundary"},
+    "cuts": {"posterior", "boundary", "bayes"},
+    "posterior": {"bayes", "glicko", "stacks"},
+    "stacks": {"bayes"},
+    "bayes": set(),
+    "glicko": set(),
+    "boundary": set(),
+}
+"""The engine's parts: the facade (``ranking``) over the strategies, over the task chooser and
+the cut finder (siblings), over the posterior, over the rating models and the maths."""
+
+
+def engine_edges() -> dict[str, set[str]]:
+    """Engine module -> the engine modules it imports (``__init__`` left out: it re-exports)."""
+    folder = ROOT / "ranking_scheduler" / "engine"
+    edges: dict[str, set[str]] = {}
+    for path in sorted(folder.glob("*.py")):
+        if path.stem == "__init__":
+            continue
+        targets = set()
+        for module in imported_modules(path):
+            if module.startswith(ENGINE + "."):
+                targets.add(module[len(ENGINE) + 1 :].split(".")[0])
+        edges[path.stem] = targets - {path.stem}
+    return edges
+
+
+def test_every_engine_module_has_its_place():
+    assert set(engine_edges()) == set(ENGINE_ARROWS)
+
+
+@pytest.mark.parametrize("module", sorted(ENGINE_ARROWS))
+def test_engine_parts_import_only_what_lies_below_them(module):
+    assert engine_edges()[module] <= ENGINE_ARROWS[module]
+
+
+def test_no_engine_part_imports_the_facade():
+    assert [m for m, targets in engine_edges().items() if "ranking" in targets] == []
+    assert find_cycle(engine_edges()) is None
