@@ -36,8 +36,10 @@ TASKS_DELETED_ACTION = "TASKS_DELETED"
 Label Studio sends no ``ANNOTATIONS_DELETED`` for those)."""
 
 MAX_IDS_PER_WEBHOOK = 10_000
-"""At most this many ids are taken from one delete webhook (Label Studio sends a bulk delete
-in batches far smaller; the body cap bounds it anyway)."""
+"""At most this many ids are taken from one delete webhook, so that a forged one cannot keep
+the worker busy for minutes (each id costs a look at the log). Label Studio 1.23 sends a bulk
+delete in batches of 5,000 (``WEBHOOK_BATCH_SIZE``) where batching is on; ids beyond the cap
+are left to the full reconciliation (and its guard: see ``--accept-reconcile``)."""
 
 MAX_REASON_CHARS = 500
 """A rejection reason is cut to this length (stored, logged and served)."""
@@ -217,7 +219,9 @@ def from_webhook(action: str, payload: dict) -> list[Event]:
     return [IgnoredEvent(action)]
 
 
-def from_annotation(ann: dict, *, seen_at: datetime | None, task: dict | None = None):
+def from_annotation(
+    ann: dict, *, seen_at: datetime | None, task: dict | None = None
+) -> AnnotationEvent:
     """The event of one annotation as Label Studio returned it by id (``GET
     /api/annotations/{id}/``): its project, task and rater are Label Studio's."""
     task_id = ann.get("task")
