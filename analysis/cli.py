@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Evaluate one or more prediction or label sets against a ground truth and write "
             "DIR/report.md and DIR/report.html (with PNG plots): accuracy, F1 and ROC AUC with "
-            "95%% CIs, LV vs not-LV tables, McNemar's test, Cohen's kappa, label-efficiency curves."
+            "95% CIs, LV vs not-LV tables, McNemar's test, Cohen's kappa, label-efficiency curves."
         ),
     )
     p.add_argument(

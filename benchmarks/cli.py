@@ -145,13 +145,40 @@ def _faults(bench_subparsers: argparse._SubParsersAction) -> None:
 
 def _train(bench_subparsers: argparse._SubParsersAction) -> None:
     """``slicerank bench train``."""
-    p = bench_subparsers.add_parser("train", help="training throughput and /predict latency")
-    p.add_argument("--batches", type=int, default=6, help="timed training batches (study model)")
+    p = bench_subparsers.add_parser(
+        "train",
+        help="training throughput vs the bare step, optional /predict latency; --full: the "
+        "study protocol (GPU), cut to --epochs/--seeds/--max-seconds",
+    )
+    p.add_argument(
+        "--batches", type=int,
+        help="timed steps per rate (default 6; --full: 200 for its bare forward+backward)",
+    )  # fmt: skip
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--predict-requests", type=int, default=40)
+    p.add_argument(
+        "--repeats", type=int,
+        help="timings per rate, the median reported (default 3 on a GPU, 1 on a CPU)",
+    )  # fmt: skip
+    p.add_argument(
+        "--predict-requests", type=int, default=40,
+        help="/predict requests timed (0: skip; skipped anyway without FastAPI/uvicorn)",
+    )  # fmt: skip
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--preset", help="training preset (default: gpu on CUDA, study otherwise; --full on a "
+        "CPU needs cpu-small)",
+    )  # fmt: skip
     p.add_argument("--full", action="store_true",
-                   help="GPU: run the study's full protocol (70 epochs x 10 seeds, 3,323 images)")  # fmt: skip
+                   help="run the study's protocol (70 epochs x 10 seeds, 3,323 images; GPU)")  # fmt: skip
+    p.add_argument("--epochs", type=int, help="--full: epochs per seed (default: the preset's, 70)")
+    p.add_argument("--seeds", type=int, help="--full: seeds 0..N-1 (default: the preset's 10)")
+    p.add_argument(
+        "--max-seconds", type=float,
+        help="--full: stop after the epoch that leaves less than two epochs' time, start no "
+        "new seed, and extrapolate to 70 epochs x 10 seeds",
+    )  # fmt: skip
+    p.add_argument("--images", type=int, default=3323, help="--full: synthetic images")
+    p.add_argument("--jsonl", metavar="FILE", help="--full: append one JSON line per epoch here")
     p.add_argument("--json", metavar="FILE", help="write the numbers as JSON")
     p.set_defaults(func=_handler("train"))
 

@@ -74,6 +74,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="also search each slice's margins for text drawn into the pixels and exclude those "
         "that have some (a heuristic for scanner overlays; env SLICERANK_CHECK_PIXELS_FOR_TEXT=1)",
     )
+    p.add_argument(
+        "--clean",
+        action="store_true",
+        help="remove PNGs in OUT/images that the new manifest does not list (an earlier run's); "
+        "without it they are kept and reported",
+    )
     p.add_argument("--json", metavar="FILE", help="also write the ingest report here")
     p.set_defaults(func=_ingest)
 
@@ -138,18 +144,25 @@ def _ingest(args: argparse.Namespace) -> int:
     if not os.path.exists(args.src):
         print(f"slicerank ingest: source {args.src} does not exist", file=sys.stderr)
         return 2
-    report = ingest(
-        args.src,
-        args.out,
-        salt=settings.id_salt,
-        orientation_tolerance_deg=settings.orientation_tolerance_deg,
-        any_orientation=args.any_orientation,
-        truth=args.truth,
-        png_compress_level=settings.png_compress_level,
-        include_burned_in=settings.include_burned_in,
-        check_pixels_for_text=settings.check_pixels_for_text,
-        progress=True,
-    )
+    from cmr_ingest.errors import IngestInputError
+
+    try:
+        report = ingest(
+            args.src,
+            args.out,
+            salt=settings.id_salt,
+            orientation_tolerance_deg=settings.orientation_tolerance_deg,
+            any_orientation=args.any_orientation,
+            truth=args.truth,
+            png_compress_level=settings.png_compress_level,
+            include_burned_in=settings.include_burned_in,
+            check_pixels_for_text=settings.check_pixels_for_text,
+            clean=args.clean,
+            progress=True,
+        )
+    except IngestInputError as exc:
+        print(f"slicerank ingest: {exc}", file=sys.stderr)
+        return 2
     print(report.summary())
     if args.json:
         from slicerank_base.jsonout import write_json

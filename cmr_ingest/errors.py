@@ -13,6 +13,8 @@ Series-level reasons that are not errors of a single file are plain codes in
 :data:`REASONS` (``not_short_axis``, ``no_geometry``, ``duplicate_position``,
 ``duplicate_instance``, ``burned_in_annotation``, ``burned_in_text``).
 Ingestion never raises these to the caller: each becomes an entry of the ingest report.
+What it does raise is :class:`IngestInputError`: an argument it cannot work with (an empty or
+short salt, a ground-truth file that is missing or lacks columns), before anything is written.
 """
 
 from __future__ import annotations
@@ -74,3 +76,8 @@ class InconsistentSeriesError(IngestError):
     """The file's geometry disagrees with the rest of its series."""
 
     code = "inconsistent_series"
+
+
+class IngestInputError(ValueError):
+    """An argument of :func:`cmr_ingest.ingest.ingest` is unusable (the salt, the truth file);
+    the message names it and says what to give instead. ``slicerank ingest`` exits 2."""

@@ -26,8 +26,9 @@ from PIL import Image
 
 from cmr_ingest import dicom_io, geometry, ids, pixels
 from cmr_ingest.burned_in import text_near_borders
-from cmr_ingest.errors import REASONS, IngestError
+from cmr_ingest.errors import REASONS, IngestError, IngestInputError
 from cmr_ingest.manifest import MANIFEST_NAME, write_manifest
+from cmr_ingest.settings import MIN_SALT_LENGTH
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,10 @@ class IngestReport:
     seconds: float = 0.0
     #: Slices flagged for burned-in text but kept (``include_burned_in``), by reason code.
     burned_in_kept: dict[str, int] = field(default_factory=dict)
+    #: PNGs in ``images/`` the manifest does not list (an earlier run's), and whether
+    #: ``clean`` removed them.
+    stale_images: list[str] = field(default_factory=list)
+    stale_removed: bool = False
 
     def counts(self) -> dict[str, Any]:
         """Totals and the number of files per reason."""
@@ -79,6 +84,7 @@ class IngestReport:
             "skipped_series": self.skipped_series,
             "stacks": self.stacks,
             "truth": self.truth,
+            "stale_images": {"count": len(self.stale_images), "removed": self.stale_removed},
             "supported_transfer_syntaxes": [u.name for u in dicom_io.supported_transfer_syntaxes()],
             "seconds": round(self.seconds, 3),
         }
@@ -118,6 +124,13 @@ class IngestReport:
             )
         if self.truth:
             lines.append(f"ground truth joined for {self.truth['matched']} slices")
+        if self.stale_images and self.stale_removed:
+            lines.append(f"removed {len(self.stale_images)} PNGs of an earlier run (--clean)")
+        elif self.stale_images:
+            lines.append(
+                f"WARNING: images/ holds {len(self.stale_images)} PNGs of an earlier run that "
+                "manifest.csv does not list; --clean removes them (or ingest into a new folder)"
+            )
         return "\n".join(lines)
 
 
@@ -142,15 +155,48 @@ class _Redactor:
         return self._rx.sub("[redacted]", text)
 
 
+#: Columns a ground-truth CSV must have (``frame`` is optional, 0 when absent).
+TRUTH_COLUMNS = ("sop_instance_uid", "position", "true_class")
+
+
 def _read_truth(path: Path) -> dict[tuple[str, int], tuple[float, str]]:
+    """The ground truth keyed by (SOPInstanceUID, frame); :class:`IngestInputError` naming the
+    file, the line and what to fix when it cannot be read."""
+    if not path.is_file():
+        raise IngestInputError(f"--truth {path}: no such file")
+    out: dict[tuple[str, int], tuple[float, str]] = {}
     with path.open(newline="") as fh:
-        return {
-            (r["sop_instance_uid"], int(r.get("frame") or 0)): (
-                float(r["position"]),
-                r["true_class"],
+        reader = csv.DictReader(fh)
+        missing = [c for c in TRUTH_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise IngestInputError(
+                f"--truth {path} lacks column(s) {', '.join(missing)}; its header must be "
+                f"sop_instance_uid,frame,position,true_class (frame optional), found "
+                f"{','.join(reader.fieldnames or []) or 'no header'}"
             )
-            for r in csv.DictReader(fh)
-        }
+        for line, r in enumerate(reader, start=2):
+            try:
+                out[(r["sop_instance_uid"], int(r.get("frame") or 0))] = (
+                    float(r["position"]),
+                    r["true_class"],
+                )
+            except (TypeError, ValueError):
+                raise IngestInputError(
+                    f"--truth {path} line {line}: frame must be a whole number and position a "
+                    f"number (got frame={r.get('frame')!r}, position={r.get('position')!r})"
+                ) from None
+    return out
+
+
+def _stale_images(out: Path, rows: list[dict[str, Any]], *, clean: bool) -> list[str]:
+    """PNGs under ``out/images`` that the new manifest does not list (left by an earlier run
+    into the same folder); removed when ``clean``. Returns their names."""
+    listed = {Path(r["path"]).name for r in rows}
+    stale = sorted(p.name for p in (out / "images").glob("*.png") if p.name not in listed)
+    if clean:
+        for name in stale:
+            (out / "images" / name).unlink()
+    return stale
 
 
 def _stack_key(h: dicom_io.SliceHeader) -> str:
@@ -194,6 +240,7 @@ def ingest(
     png_compress_level: int = 1,
     include_burned_in: bool = False,
     check_pixels_for_text: bool = False,
+    clean: bool = False,
     progress: bool = False,
 ) -> IngestReport:
     """Ingest every DICOM file under ``src`` into the media root ``out_dir``.
@@ -207,9 +254,19 @@ def ingest(
     Files whose header says their pixels may carry burned-in text (see
     :func:`cmr_ingest.burned_in.header_risk`) and, with ``check_pixels_for_text``, slices with
     text-like strokes in their margins are excluded and reported, unless
-    ``include_burned_in`` (then they are written and counted as kept).
+    ``include_burned_in`` (then they are written and counted as kept). PNGs already in
+    ``out_dir/images`` that the new manifest does not list are reported, and removed when
+    ``clean``. Raises :class:`IngestInputError` for a salt shorter than 8 characters or an
+    unusable truth file, before anything is written.
     """
     t0 = time.perf_counter()
+    if not isinstance(salt, str) or len(salt) < MIN_SALT_LENGTH:
+        # The same rule as the command line: a short salt makes the ids guessable.
+        raise IngestInputError(
+            f"the id salt must be a secret of at least {MIN_SALT_LENGTH} characters (got "
+            f"{len(salt) if isinstance(salt, str) else type(salt).__name__}); e.g. "
+            "python3 -c 'import secrets; print(secrets.token_hex(16))'"
+        )
     src, out = Path(src), Path(out_dir)
     if not src.exists():
         raise FileNotFoundError(f"ingest source {src} does not exist")
@@ -300,6 +357,8 @@ def ingest(
     bar.close()
     write_manifest(out / MANIFEST_NAME, rows)
     report.slices_written = len(rows)
+    report.stale_images = _stale_images(out, rows, clean=clean)
+    report.stale_removed = clean
     if truth_map is not None:
         report.truth = {"file": Path(truth).name, "entries": len(truth_map), "matched": matched}
     for path, code, detail in bad:

@@ -1,4 +1,4 @@
-"""The manifest of a media root: one CSV row per slice image (see ARCHITECTURE.md).
+"""The manifest of a media root: one CSV row per slice image (see docs/INTERFACES.md).
 
 Columns: ``image_id``, ``scan_id``, ``slice_index`` (0 = most basal in its stack),
 ``n_slices``, ``path`` (relative to the media root), ``position`` (0 basal .. 1 apical,

@@ -36,7 +36,7 @@ class IngestSettings:
         if len(self.id_salt) < MIN_SALT_LENGTH:
             raise ValueError(
                 f"the id salt must be at least {MIN_SALT_LENGTH} characters: set {SALT_ENV} to a "
-                "secret, e.g. the output of: python -c 'import secrets; print(secrets.token_hex(16))'"
+                "secret, e.g. the output of: python3 -c 'import secrets; print(secrets.token_hex(16))'"
             )
         if not 0.0 < self.orientation_tolerance_deg <= 90.0:
             raise ValueError(
@@ -49,10 +49,18 @@ class IngestSettings:
     def from_env(cls, environ: Mapping[str, str], salt_env: str = SALT_ENV) -> IngestSettings:
         """Build the settings from ``environ`` (pass ``os.environ``); the salt from ``salt_env``."""
         kwargs: dict = {"id_salt": environ.get(salt_env, "")}
-        if environ.get("SLICERANK_ORIENTATION_TOLERANCE"):
-            kwargs["orientation_tolerance_deg"] = float(environ["SLICERANK_ORIENTATION_TOLERANCE"])
-        if environ.get("SLICERANK_PNG_COMPRESS_LEVEL"):
-            kwargs["png_compress_level"] = int(environ["SLICERANK_PNG_COMPRESS_LEVEL"])
+        for name, key, kind, what in (
+            ("SLICERANK_ORIENTATION_TOLERANCE", "orientation_tolerance_deg", float,
+             "a number of degrees in (0, 90], e.g. 40"),
+            ("SLICERANK_PNG_COMPRESS_LEVEL", "png_compress_level", int, "a whole number 0..9"),
+        ):  # fmt: skip
+            raw = environ.get(name, "").strip()
+            if not raw:
+                continue
+            try:
+                kwargs[key] = kind(raw)
+            except ValueError:
+                raise ValueError(f"{name}={raw!r} is not {what}") from None
         for name, key in (("SLICERANK_INCLUDE_BURNED_IN", "include_burned_in"),
                           ("SLICERANK_CHECK_PIXELS_FOR_TEXT", "check_pixels_for_text")):  # fmt: skip
             value = environ.get(name, "").strip().lower()
@@ -63,6 +71,6 @@ class IngestSettings:
         if not kwargs["id_salt"]:
             raise ValueError(
                 f"{salt_env} is not set: ingestion needs a secret salt for the id hashes, e.g. "
-                f"export {salt_env}=$(python -c 'import secrets; print(secrets.token_hex(16))')"
+                f"export {salt_env}=$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
             )
         return cls(**kwargs)

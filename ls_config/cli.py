@@ -46,6 +46,7 @@ def _provision(args: argparse.Namespace) -> int:
 
     from label_studio_sdk import LabelStudio
 
+    from ls_config.access import check_access
     from ls_config.provision import provision
     from slicerank_base.jsonout import write_json
 
@@ -72,6 +73,8 @@ def _provision(args: argparse.Namespace) -> int:
     if not rows:
         print(f"error: manifest {manifest} has no rows", file=sys.stderr)
         return 2
+    # Unreachable (exit 3) or a refused key (exit 2) in two lines, before any change is made.
+    check_access(url, api_key)
     try:
         report = provision(
             LabelStudio(base_url=url, api_key=api_key, timeout=120),

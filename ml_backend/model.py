@@ -89,9 +89,14 @@ class SliceResNet(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """N×C×H×W images → the head's raw output (N×1 latent position or N×3 logits)."""
-        x = self.body(self.stem(x))
-        return self.head(torch.flatten(self.pool(x), 1))
+        """N×C×H×W images → the head's raw output (N×1 latent position or N×3 logits).
+
+        The head runs in float32 even under autocast: in bfloat16 the latent position would be
+        rounded in steps of 0.016-0.03, and the decision bias fitted on those probabilities
+        would not match serving's float32 ones. The head is tiny; the body keeps the speed."""
+        x = torch.flatten(self.pool(self.body(self.stem(x))), 1)
+        with torch.autocast(x.device.type, enabled=False):
+            return self.head(x.float())
 
     def scores(self, raw: torch.Tensor) -> torch.Tensor:
         """Raw head output → N×3 class scores (ordinal: log-probabilities)."""

@@ -4,8 +4,10 @@ A task's scan and place in the stack come from its data (``scan_id`` + ``slice_i
 failing that, from the media root's manifest (by ``image_id``). The scan's other slices
 that the request does not carry are read from the media root too (when the manifest lists
 them), so even Label Studio's one-task-at-a-time ``/predict`` calls are decoded against the
-whole stack (:func:`ml_backend.stack.decode_stack`). A task whose scan is unknown keeps its
-per-slice prediction. Each result says which way it was made (``decoding``).
+whole stack: the scan's monotone class sequence with the most slices expected right
+(:func:`ml_backend.stack.decode_marginals`), so each shown choice, its ``score`` and its
+``probabilities`` agree. A task whose scan is unknown keeps its per-slice prediction. Each
+result says which way it was made (``decoding``, ``choice_rule``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ml_backend.stack import decode_stack, stack_marginals
+from ml_backend.stack import decode_marginals, stack_marginals
 from slicerank_base import CLASSES
 
 #: Decoded scans kept per served model (a scan's slices are usually asked for together).
@@ -43,6 +45,10 @@ def task_stack_key(
 
 
 def _relabel(pred: dict[str, Any], marginals: np.ndarray, label: int) -> dict[str, Any]:
+    """``pred`` with the scan-decoded choice: ``score`` is the choice's probability and
+    ``probabilities`` the same constrained marginals, so the three agree; ``choice_rule`` says
+    how the choice was made (and, in the rare stack where the most probable classes do not
+    read monotone, that it is not the most probable one)."""
     out = dict(pred)
     result = [dict(r) for r in pred["result"]]
     for r in result:
@@ -53,6 +59,12 @@ def _relabel(pred: dict[str, Any], marginals: np.ndarray, label: int) -> dict[st
     out["per_slice_probabilities"] = pred.get("probabilities")
     out["probabilities"] = {c: float(x) for c, x in zip(CLASSES, marginals, strict=True)}
     out["decoding"] = "stack"
+    out["choice_rule"] = (
+        "most probable class given the scan's other slices"
+        if int(np.argmax(marginals)) == label
+        else "decoded along the scan: classes must read too_basal, lv, too_apical from base "
+        "to apex, which here overrides the most probable class"
+    )
     return out
 
 
@@ -105,7 +117,9 @@ class ScanDecoder:
                 continue
             rows.sort(key=lambda r: r[0])
             probs = np.stack([r[2] for r in rows])
-            labels, marg = decode_stack(probs), stack_marginals(probs)
+            # The choice follows the marginals it is shown with (issue 22), in stack order.
+            marg = stack_marginals(probs)
+            labels = decode_marginals(marg)
             for (_, name, _), label, m in zip(rows, labels, marg, strict=True):
                 if name.startswith("task:"):
                     k = int(name[5:])

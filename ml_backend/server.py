@@ -22,10 +22,17 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ml_backend.settings import BackendSettings, check_auth
 
 log = logging.getLogger(__name__)
+
+#: What a Redis that is down or unreachable raises.
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
+#: Seconds ``/health`` waits for Redis to answer a ping.
+HEALTH_PING_S = 0.5
 
 #: Basic-auth credential parser (no auto error: the dependency answers 401 itself).
 _BASIC = HTTPBasic(auto_error=False)
@@ -250,6 +257,7 @@ def create_app(
     # Refuse to build an unauthenticated app unless the development flag says so.
     check_auth(settings)
     model = SliceClassifier(settings, redis_conn=redis_conn, device=device)
+    redis_state = RedisState(redis_conn, settings.redis_url)
     expected = _digest(settings.basic_auth_user, settings.basic_auth_pass)
 
     def authenticate(
@@ -285,7 +293,12 @@ def create_app(
     @app.get("/health")
     @app.get("/")
     def health() -> dict[str, Any]:
-        """Label Studio's health check."""
+        """Label Studio's health check: "UP", or "DEGRADED" naming what is down (always 200:
+        predictions still work without Redis, and Label Studio would disconnect on an error)."""
+        problem = redis_state.check()
+        if problem:
+            return {"status": "DEGRADED", "model_class": type(model).__name__,
+                    "down": {"redis": problem}}  # fmt: skip
         return {"status": "UP", "model_class": type(model).__name__}
 
     @api.post("/setup")
@@ -338,6 +351,8 @@ def create_app(
             raise HTTPException(400, str(exc)) from None
         except RuntimeError as exc:
             raise HTTPException(503, str(exc)) from None
+        except REDIS_DOWN as exc:
+            raise HTTPException(503, redis_state.down(exc)) from None
         code = 201 if out.get("created") else 200
         return JSONResponse(out, status_code=code)
 
@@ -365,6 +380,8 @@ def create_app(
             return job_summary(model.redis, str(data.get("job")))
         except NoSuchJobError:
             raise HTTPException(404, f"no training job {data.get('job')!r}") from None
+        except REDIS_DOWN as exc:
+            raise HTTPException(503, redis_state.down(exc)) from None
 
     @app.exception_handler(UnknownVersionError)
     async def _unknown_version(_: Request, exc: UnknownVersionError) -> JSONResponse:
@@ -386,6 +403,60 @@ def create_app(
 
     app.include_router(api)
     return app
+
+
+class RedisState:
+    """Whether the training queue's Redis answers, for ``/health`` and the 503s; each change
+    (down, back) is logged once, naming REDIS_URL."""
+
+    def __init__(self, conn: Any, url: str) -> None:
+        self.conn, self.url = conn, url
+        self.problem: str | None = None
+        self._probe = _quick_client(conn) if conn is not None else None
+
+    def check(self) -> str | None:
+        """Ping Redis; the problem in one line, or None when it answers (or none is set)."""
+        if self._probe is None:
+            return self._set("no Redis connection: set REDIS_URL")
+        try:
+            self._probe.ping()
+        except REDIS_DOWN as exc:
+            return self.down(exc)
+        return self._set(None)
+
+    def down(self, exc: BaseException) -> str:
+        """The message for a Redis that failed with ``exc``."""
+        from slicerank_base.reach import redact_url
+
+        return self._set(
+            f"Redis unreachable at {redact_url(self.url)} (REDIS_URL): {exc}; training cannot be "
+            "queued until it is back (start Redis or fix REDIS_URL; predictions still work)"
+        )
+
+    def _set(self, problem: str | None) -> str | None:
+        if problem != self.problem:
+            if problem:
+                log.warning("backend: %s", problem)
+            elif self.problem:
+                log.info("backend: Redis at REDIS_URL answers again")
+            self.problem = problem
+        return problem
+
+
+def _quick_client(conn: Any) -> Any:
+    """A client to the same Redis as ``conn`` that gives up within :data:`HEALTH_PING_S`:
+    Label Studio waits 1 s for ``/health`` (ML_TIMEOUT_HEALTH) before it calls the backend
+    broken, and a Redis host that drops packets would otherwise hold the answer for seconds."""
+    import redis
+
+    pool = getattr(conn, "connection_pool", None)
+    if pool is None:  # not a redis-py client: ping it as it is
+        return conn
+    kwargs = {**pool.connection_kwargs, "socket_connect_timeout": HEALTH_PING_S,
+              "socket_timeout": HEALTH_PING_S}  # fmt: skip
+    return redis.Redis(
+        connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
+    )
 
 
 def _digest(user: str, password: str) -> bytes:

@@ -49,6 +49,9 @@ class BackendSettings:
     consensus_path: Path | None = None
     #: Seconds a training job may run before RQ stops it.
     job_timeout: int = 6 * 3600
+    #: Seconds ``slicerank train --wait`` lets a job sit in the queue before it says that no
+    #: worker has taken it, and how to start one (SLICERANK_WORKER_PICKUP_S).
+    pickup_warn_s: float = 60.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> BackendSettings:
@@ -71,6 +74,13 @@ class BackendSettings:
             raise ValueError(
                 f"SLICERANK_JOB_TIMEOUT={timeout_text!r} is not a whole number of seconds"
             ) from None
+        pickup_text = environ.get("SLICERANK_WORKER_PICKUP_S", "").strip() or "60"
+        try:
+            pickup_warn_s = float(pickup_text)
+        except ValueError:
+            raise ValueError(
+                f"SLICERANK_WORKER_PICKUP_S={pickup_text!r} is not a number of seconds"
+            ) from None
         return cls(
             label_studio_url=environ.get("LABEL_STUDIO_URL", cls.label_studio_url).rstrip("/"),
             label_studio_api_key=environ.get("LABEL_STUDIO_API_KEY", ""),
@@ -87,6 +97,7 @@ class BackendSettings:
             label_source=label_source,
             consensus_path=opt_path("SLICERANK_CONSENSUS"),
             job_timeout=job_timeout,
+            pickup_warn_s=pickup_warn_s,
         )
 
 

@@ -34,17 +34,34 @@ def decode_stack(probs: np.ndarray) -> list[int]:
     """The most probable monotone class sequence (0, 1, 2 = too_basal, lv, too_apical) for
     slices ordered base → apex, given each slice's class probabilities (n×3)."""
     p = _check(probs)
-    n = len(p)
+    return _best_monotone(np.log(np.clip(p, EPS, None)))
+
+
+def decode_marginals(marginals: np.ndarray) -> list[int]:
+    """The monotone class sequence with the most slices expected right: it maximises
+    ``sum_i m_i(y_i)`` over the :func:`stack_marginals` ``m`` (maximum expected accuracy).
+
+    Where each slice's most probable class already reads monotone along the stack (nearly
+    always) this *is* that class, so a shown choice agrees with its own probabilities; the
+    single most probable sequence (:func:`decode_stack`) can instead pick, near a boundary, a
+    class whose marginal is small (issue 22: ``lv`` shown at 0.13 beside ``too_basal`` 0.86).
+    """
+    return _best_monotone(_check(marginals))
+
+
+def _best_monotone(scores: np.ndarray) -> list[int]:
+    """The non-decreasing sequence maximising the sum of per-slice ``scores`` (n×3): exact
+    dynamic programming over the three states (a Viterbi pass with forward moves only)."""
+    n = len(scores)
     if n == 0:
         return []
-    logp = np.log(np.clip(p, EPS, None))
-    best = logp[0].copy()  # best[k]: best score of slices 0..i ending in class k
+    best = scores[0].copy()  # best[k]: best score of slices 0..i ending in class k
     back = np.zeros((n, 3), dtype=int)
     for i in range(1, n):
         # Class k at slice i may follow any class j <= k at slice i-1.
         prev = np.maximum.accumulate(best)
         arg = np.array([int(np.argmax(best[: k + 1])) for k in range(3)])
-        best = prev + logp[i]
+        best = prev + scores[i]
         back[i] = arg
     out = [int(np.argmax(best))]
     for i in range(n - 1, 0, -1):

@@ -16,9 +16,10 @@ the model's own cut-point frame (cuts at -1/+1 in the consensus map to ``c1``/``
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,19 +67,68 @@ class FitResult:
     optimizer_state: dict[str, Any] | None = None
 
 
-def _to_cpu(obj: Any) -> Any:
+def _copy(obj: Any, device: torch.device | str | None = None) -> Any:
+    """A detached copy of every tensor in ``obj`` (nested dicts/lists), on ``device`` (default:
+    where each tensor already is)."""
     if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
+        t = obj.detach()
+        return t.clone() if device is None else t.to(device, copy=True)
     if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
+        return {k: _copy(v, device) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return type(obj)(_to_cpu(v) for v in obj)
+        return type(obj)(_copy(v, device) for v in obj)
     return obj
+
+
+def _to_cpu(obj: Any) -> Any:
+    return _copy(obj, "cpu")
+
+
+#: Largest evaluation batch on a GPU: the study's validation split (332 images) is one batch.
+GPU_EVAL_BATCH = 1024
+
+
+def eval_batch_size(config: TrainConfig, device: torch.device) -> int:
+    """Evaluation batch: one large batch on a GPU (one launch sequence, one sync), the CPU's
+    modest one elsewhere (memory)."""
+    return GPU_EVAL_BATCH if device.type == "cuda" else max(config.batch_size, 64)
+
+
+def set_cuda_flags(device: torch.device) -> None:
+    """The cuDNN setting every training run and its benchmark baseline share: autotuned
+    convolutions (the input shapes are fixed)."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
+@functools.cache
+def _native_bf16(index: int) -> bool:
+    # Ampere (sm_80) and later compute in bf16 natively; older GPUs only emulate it, slowly
+    # (what torch.cuda.is_bf16_supported(including_emulation=False) reports).
+    return torch.cuda.get_device_capability(index)[0] >= 8
+
+
+def amp_dtype(device: torch.device) -> torch.dtype:
+    """The autocast type on ``device``: bfloat16 where the GPU has it natively, else float16
+    (which needs a :func:`grad_scaler`)."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        if not _native_bf16(index):
+            return torch.float16
+    return torch.bfloat16
+
+
+def grad_scaler(device: torch.device, amp: bool) -> torch.amp.GradScaler | None:
+    """A loss scaler when training autocasts to float16 (its range needs one), else None. With
+    the fused AdamW the scaler's inf check stays on the GPU (no per-step sync)."""
+    if amp and device.type == "cuda" and amp_dtype(device) == torch.float16:
+        return torch.amp.GradScaler("cuda")
+    return None
 
 
 def _autocast(device: torch.device, enabled: bool):
     if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cuda", dtype=amp_dtype(device))
     return contextlib.nullcontext()
 
 
@@ -124,6 +174,16 @@ def batch_loss(
     return loss
 
 
+def _rows(t: torch.Tensor, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Rows ``idx`` of ``t`` on ``device`` without stalling the host: a host tensor is gathered
+    on the host (``idx`` is drawn there too) and copied from pinned memory asynchronously."""
+    rows = t[idx if idx.device == t.device else idx.to(t.device)]
+    if rows.device.type == "cpu" and device.type == "cuda":
+        return rows.pin_memory().to(device, non_blocking=True)
+    # (A no-op when already there: "cuda" and "cuda:0" compare unequal but are one device.)
+    return rows.to(device)
+
+
 def train_one_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -139,33 +199,45 @@ def train_one_epoch(
     max_batches: int = 0,
     adjust: torch.Tensor | None = None,
     position_weight: float = 0.0,
+    order_generator: torch.Generator | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[float, int]:
-    """One pass over ``data`` in a random order; returns (mean loss, images seen)."""
+    """One pass over ``data`` in a random order; returns (mean loss, images seen).
+
+    ``generator`` draws the augmentation (on the training device); ``order_generator`` (default:
+    ``generator``) the order, and should live where ``data`` does, so indexing host data never
+    waits for the GPU. ``scaler`` scales a float16 loss (:func:`grad_scaler`)."""
     model.train()
-    order = torch.randperm(len(data), generator=generator, device=generator.device)
+    order_generator = order_generator or generator
+    order = torch.randperm(len(data), generator=order_generator, device=order_generator.device)
     # BatchNorm cannot train on a batch of one: drop such a remainder.
     n_use = len(data) - 1 if len(data) % batch_size == 1 and len(data) > 1 else len(data)
-    total, seen = 0.0, 0
+    total: float | torch.Tensor = 0.0
+    seen = 0
     for batches, start in enumerate(range(0, n_use, batch_size), start=1):
         idx = order[start : start + batch_size]
-        images = data.images[idx.to(data.images.device)].to(device, non_blocking=True)
-        x = preset(images, generator)
+        x = preset(_rows(data.images, idx, device), generator)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        targets = data.targets[idx.to(data.targets.device)].to(device, non_blocking=True)
+        targets = _rows(data.targets, idx, device)
         soft = None
         if use_soft and data.soft is not None:
-            soft = data.soft[idx.to(data.soft.device)].to(device, non_blocking=True)
+            soft = _rows(data.soft, idx, device)
         positions = None
         if position_weight > 0 and data.positions is not None:
-            positions = data.positions[idx.to(data.positions.device)].to(device)
+            positions = _rows(data.positions, idx, device)
         loss = batch_loss(
             model, x, targets, soft=soft, positions=positions, adjust=adjust,
             position_weight=position_weight, amp_device=device, amp=amp,
         )  # fmt: skip
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
         # On CUDA keep the sum on the device: a float() per batch would stall the GPU queue.
         total += (
             loss.detach() * len(idx) if device.type == "cuda" else float(loss.detach()) * len(idx)
@@ -174,6 +246,33 @@ def train_one_epoch(
         if max_batches and batches >= max_batches:
             break
     return float(total) / max(seen, 1), seen
+
+
+def _probs_on_device(
+    model: nn.Module,
+    batches: Iterable[torch.Tensor],
+    device: torch.device,
+    *,
+    amp: bool = False,
+    channels_last: bool = False,
+) -> torch.Tensor | None:
+    """Class probabilities (fp32, on ``device``) of normalised input batches; None if none.
+    Nothing is copied to the host here, so a caller pays one sync for all batches."""
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for x in batches:
+            x = x.to(device)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with _autocast(device, amp):
+                logits = model(x)
+            out.append(torch.softmax(logits.float(), dim=1))
+    return torch.cat(out) if out else None
+
+
+def _chunks(images: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+    return (images[s : s + batch_size] for s in range(0, len(images), batch_size))
 
 
 def predict_proba(
@@ -186,17 +285,43 @@ def predict_proba(
     channels_last: bool = False,
 ) -> torch.Tensor:
     """Class probabilities (N×3, CPU float) for normalised input images (N×1×crop×crop)."""
-    model.eval()
-    out = []
-    with torch.inference_mode():
-        for start in range(0, len(images), batch_size):
-            x = images[start : start + batch_size].to(device)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with _autocast(device, amp):
-                logits = model(x)
-            out.append(torch.softmax(logits.float(), dim=1).cpu())
-    return torch.cat(out) if out else torch.zeros(0, len(CLASSES))
+    p = _probs_on_device(
+        model, _chunks(images, batch_size), device, amp=amp, channels_last=channels_last
+    )
+    return p.cpu() if p is not None else torch.zeros(0, len(CLASSES))
+
+
+def prepared_probs(
+    model: nn.Module,
+    images: torch.Tensor,
+    preset: EvalPreset,
+    device: torch.device,
+    *,
+    batch_size: int = 64,
+    amp: bool = False,
+    channels_last: bool = False,
+) -> torch.Tensor | None:
+    """Class probabilities (on ``device``) of prepared uint8 images, framed by ``preset`` on
+    the device batch by batch; None for no images."""
+    batches = (preset(chunk.to(device)) for chunk in _chunks(images, batch_size))
+    return _probs_on_device(model, batches, device, amp=amp, channels_last=channels_last)
+
+
+def class_loss(
+    probs: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    soft: torch.Tensor | None = None,
+    adjust: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The training loss's class part from probabilities (logit-adjusted by ``adjust`` when
+    given; against ``soft`` targets when given), computed where ``probs`` lives."""
+    logp = torch.log(probs.clamp_min(1e-12))
+    if adjust is not None:
+        logp = torch.log_softmax(logp + adjust.to(probs.device), dim=1)
+    if soft is not None:
+        return -(soft.to(probs.device) * logp).sum(1).mean()
+    return nn.functional.nll_loss(logp, targets.to(probs.device))
 
 
 def evaluate(
@@ -213,24 +338,43 @@ def evaluate(
 ) -> dict[str, Any]:
     """Loss, accuracy, macro F1, one-vs-rest ROC AUC and the probabilities on ``data``; the
     loss is the training loss's class part (logit-adjusted by ``adjust`` when given)."""
-    probs = []
-    for start in range(0, len(data), batch_size):
-        x = preset(data.images[start : start + batch_size].to(device))
-        probs.append(
-            predict_proba(
-                model, x, device, batch_size=batch_size, amp=amp, channels_last=channels_last
-            )
-        )
-    p = torch.cat(probs) if probs else torch.zeros(0, len(CLASSES))
+    p = prepared_probs(
+        model, data.images, preset, device,
+        batch_size=batch_size, amp=amp, channels_last=channels_last,
+    )  # fmt: skip
+    p = p.cpu() if p is not None else torch.zeros(0, len(CLASSES))
     targets = data.targets.cpu()
-    logp = torch.log(p.clamp_min(1e-12))
-    if adjust is not None and len(p):
-        logp = torch.log_softmax(logp + adjust.cpu(), dim=1)
-    if use_soft and data.soft is not None:
-        loss = float(-(data.soft.cpu() * logp).sum(1).mean()) if len(p) else float("nan")
-    else:
-        loss = float(nn.functional.nll_loss(logp, targets)) if len(p) else float("nan")
+    soft = data.soft.cpu() if use_soft and data.soft is not None else None
+    loss = float(class_loss(p, targets, soft=soft, adjust=adjust)) if len(p) else float("nan")
     return {"loss": loss, **classification_metrics(targets.numpy(), p.numpy()), "probs": p.numpy()}
+
+
+def validation_loss_accuracy(
+    model: nn.Module,
+    data: SliceDataset,
+    preset: EvalPreset,
+    device: torch.device,
+    *,
+    batch_size: int,
+    amp: bool = False,
+    channels_last: bool = False,
+    use_soft: bool = False,
+    adjust: torch.Tensor | None = None,
+) -> tuple[float, float]:
+    """:func:`evaluate`'s loss and accuracy, computed on the device with one host sync (what
+    each epoch needs; the full metrics cost a transfer and scikit-learn per epoch)."""
+    p = prepared_probs(
+        model, data.images, preset, device,
+        batch_size=batch_size, amp=amp, channels_last=channels_last,
+    )  # fmt: skip
+    if p is None:
+        return float("nan"), 0.0
+    targets = data.targets.to(p.device, non_blocking=True)
+    soft = data.soft if use_soft and data.soft is not None else None
+    loss = class_loss(p, targets, soft=soft, adjust=adjust)
+    accuracy = (p.argmax(1) == targets).float().mean()
+    loss_value, accuracy_value = torch.stack([loss, accuracy]).tolist()
+    return loss_value, accuracy_value
 
 
 def classification_metrics(targets: np.ndarray, probs: np.ndarray) -> dict[str, float | None]:
@@ -273,8 +417,12 @@ def fit(
     *,
     seed: int,
     on_epoch: Callable[[EpochStats], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> FitResult:
-    """Train one model from random weights for ``config.epochs``; keep the lowest val loss."""
+    """Train one model from random weights for ``config.epochs``; keep the lowest val loss.
+
+    ``should_stop`` is asked after every epoch; when it says yes the fit ends there (a time
+    budget: the history shows how many epochs ran)."""
     device = torch.device(device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -283,15 +431,19 @@ def fit(
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     cuda = device.type == "cuda"
-    if cuda:
-        torch.backends.cudnn.benchmark = True
+    set_cuda_flags(device)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=cuda
     )
-    # On a GPU the shuffling and augmentation draws happen there too (no host round trips).
+    scaler = grad_scaler(device, config.amp)
+    # On a GPU the augmentation draws happen there too (no host round trips); the order is
+    # drawn where the data lives, so indexing host-resident data never waits for the GPU.
     generator = torch.Generator(device=device if cuda else "cpu").manual_seed(seed)
     if config.data_on_device:
         train, val = train.to(device), val.to(device)
+    order_generator = generator
+    if train.images.device.type != generator.device.type:
+        order_generator = torch.Generator(device=train.images.device).manual_seed(seed)
     train_preset, eval_preset = TrainPreset.from_config(config), EvalPreset(config)
     use_soft = config.soft_targets and train.soft is not None
     adjust = None
@@ -300,6 +452,10 @@ def fit(
         adjust = adjust.to(device)
     position_weight = config.position_weight if config.head == "ordinal" else 0.0
     best = FitResult(seed, {}, -1, float("inf"))
+    # The best weights and optimizer state are kept where they are (on the GPU: a device-side
+    # copy, no wait) and copied to the host once, after the last epoch.
+    best_model: dict[str, torch.Tensor] = {}
+    best_optimizer: dict[str, Any] | None = None
     # Dropout draws from the global generator: seed it for this fit, and give the caller's
     # state back after, so one seed trains the same model whatever ran before it in the process
     # (the imbalanced-set test flipped with the order the tests ran in).
@@ -311,31 +467,36 @@ def fit(
                 model, optimizer, train, train_preset, device,
                 batch_size=config.batch_size, generator=generator, amp=config.amp,
                 channels_last=config.channels_last, use_soft=use_soft, max_batches=config.max_batches,
-                adjust=adjust, position_weight=position_weight,
+                adjust=adjust, position_weight=position_weight, order_generator=order_generator,
+                scaler=scaler,
             )  # fmt: skip
-            if device.type == "cuda":
+            if cuda:
                 torch.cuda.synchronize(device)
             train_seconds = time.perf_counter() - t0
-            result = evaluate(
-                model, val, eval_preset, device, batch_size=max(config.batch_size, 64),
+            val_loss, val_accuracy = validation_loss_accuracy(
+                model, val, eval_preset, device, batch_size=eval_batch_size(config, device),
                 amp=config.amp, channels_last=config.channels_last, use_soft=use_soft, adjust=adjust,
             )  # fmt: skip
             stats = EpochStats(
-                seed, epoch, train_loss, result["loss"], result["accuracy"] or 0.0,
+                seed, epoch, train_loss, val_loss, val_accuracy,
                 time.perf_counter() - t0, seen / max(train_seconds, 1e-9),
             )  # fmt: skip
             best.history.append(stats)
-            if result["loss"] < best.best_val_loss:
-                best.best_val_loss = result["loss"]
+            if val_loss < best.best_val_loss:
+                best.best_val_loss = val_loss
                 best.best_epoch = epoch
-                best.state_dict = _to_cpu(model.state_dict())
-                best.optimizer_state = _to_cpu(optimizer.state_dict())
+                best_model = _copy(model.state_dict())
+                best_optimizer = _copy(optimizer.state_dict())
             log.info(
                 "seed %d epoch %d/%d: train loss %.4f, val loss %.4f, val acc %.3f, %.0f img/s",
-                seed, epoch, config.epochs, train_loss, result["loss"], stats.val_accuracy, stats.images_per_s,
+                seed, epoch, config.epochs, train_loss, val_loss, val_accuracy, stats.images_per_s,
             )  # fmt: skip
             if on_epoch is not None:
                 on_epoch(stats)
+            if should_stop is not None and should_stop():
+                break
+    best.state_dict = _to_cpu(best_model)
+    best.optimizer_state = _to_cpu(best_optimizer)
     return best
 
 
@@ -386,9 +547,11 @@ def _eval_probs(
     model: nn.Module, data: SliceDataset, config: TrainConfig, device: torch.device
 ) -> np.ndarray:
     """Class probabilities of ``data`` under the evaluation preset (N×3 NumPy)."""
-    return evaluate(
-        model, data, EvalPreset(config), device, amp=config.amp, channels_last=config.channels_last
-    )["probs"]
+    p = prepared_probs(
+        model, data.images, EvalPreset(config), device, batch_size=eval_batch_size(config, device),
+        amp=config.amp, channels_last=config.channels_last,
+    )  # fmt: skip
+    return p.cpu().numpy() if p is not None else np.zeros((0, len(CLASSES)), np.float32)
 
 
 def _decision_bias(config: TrainConfig, probs: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -407,18 +570,25 @@ def run_protocol(
     device: torch.device | str,
     *,
     on_epoch: Callable[[EpochStats], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> ProtocolResult:
     """Fit every seed of ``config``; fit each seed's and the ensemble's decision bias on the
-    training and validation images; evaluate all of them on ``test``."""
+    training and validation images; evaluate all of them on ``test``.
+
+    ``should_stop`` (a time budget) is asked after every epoch: when it says yes, the current
+    seed ends after that epoch, no further seed starts, and the result holds the seeds so far."""
     device = torch.device(device)
+    run = functools.partial(
+        _run_protocol, config, train, val, test, device, on_epoch=on_epoch, should_stop=should_stop
+    )
     if device.type == "cpu" and config.cpu_threads:
         previous = torch.get_num_threads()
         torch.set_num_threads(config.cpu_threads)
         try:
-            return _run_protocol(config, train, val, test, device, on_epoch=on_epoch)
+            return run()
         finally:
             torch.set_num_threads(previous)
-    return _run_protocol(config, train, val, test, device, on_epoch=on_epoch)
+    return run()
 
 
 def _run_protocol(
@@ -429,6 +599,7 @@ def _run_protocol(
     device: torch.device,
     *,
     on_epoch: Callable[[EpochStats], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> ProtocolResult:
     fits, tests, biases = [], [], []
     fitted_probs, test_probs = [], []
@@ -440,7 +611,9 @@ def _run_protocol(
     fitted_targets = fitted.targets.numpy()
     test_targets = test.targets.cpu().numpy()
     for seed in config.seeds:
-        result = fit(config, train, val, device, seed=seed, on_epoch=on_epoch)
+        result = fit(
+            config, train, val, device, seed=seed, on_epoch=on_epoch, should_stop=should_stop
+        )
         model = model_from_state(config, result.state_dict).to(device)
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -454,6 +627,8 @@ def _run_protocol(
         biases.append([float(b) for b in bias])
         fitted_probs.append(p_fit)
         test_probs.append(p_test)
+        if should_stop is not None and should_stop():
+            break
     ens_bias = _decision_bias(config, np.mean(fitted_probs, axis=0), fitted_targets)
     ens_test = apply_bias(np.mean(test_probs, axis=0), ens_bias)
     ensemble = {**classification_metrics(test_targets, ens_test), "probs": ens_test}

@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the console script; returns the process exit status."""
+    """Run the console script; returns the process exit status (the convention is in
+    :mod:`slicerank_base.reach`: 2 configuration, 3 an unreachable service)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose + 1, 2)]
@@ -61,12 +62,51 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.parse_args(["bench", "--help"])
         parser.print_help()
         return 2
+    from slicerank_base.reach import (
+        EXIT_CONFIG,
+        EXIT_UNREACHABLE,
+        ConfigError,
+        ServiceUnreachable,
+    )
+
     try:
         result = func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except ServiceUnreachable as exc:
+        # Two lines, no traceback: what is down, where, which variable; then what to do.
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except Exception as exc:
+        message = lost_service(exc)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_UNREACHABLE
     return int(result or 0)
+
+
+def lost_service(exc: BaseException) -> str | None:
+    """One line for a service that stopped answering after a command's own checks passed
+    (Redis or Label Studio going down mid-run), or None for any other error."""
+    redis_errors = sys.modules.get("redis.exceptions")
+    if redis_errors and isinstance(exc, (redis_errors.ConnectionError, redis_errors.TimeoutError)):
+        return f"Redis stopped answering (REDIS_URL): {exc}; start it again, then rerun"
+    httpx = sys.modules.get("httpx")
+    if httpx and isinstance(exc, httpx.TransportError):
+        try:
+            where = f" at {exc.request.url.scheme}://{exc.request.url.netloc.decode()}"
+        except RuntimeError:  # no request attached
+            where = ""
+        return (
+            f"a service{where} stopped answering ({type(exc).__name__}: {exc}); check that it "
+            "runs (LABEL_STUDIO_URL for Label Studio), then rerun"
+        )
+    return None
 
 
 if __name__ == "__main__":  # pragma: no cover

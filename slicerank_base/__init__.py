@@ -10,5 +10,5 @@ __all__ = ["CLASSES", "__version__"]
 
 __version__ = "0.1.0"
 
-#: The three classes, most basal first. The names are a contract (see ARCHITECTURE.md).
+#: The three classes, most basal first. The names are a contract (see docs/INTERFACES.md).
 CLASSES: tuple[str, str, str] = ("too_basal", "lv", "too_apical")

@@ -1,4 +1,4 @@
-"""The console script's surface: every subcommand of ARCHITECTURE.md exists and has help."""
+"""The console script's surface: every subcommand of the README exists and has help."""
 
 from __future__ import annotations
 

@@ -66,16 +66,20 @@ def _scheduler(args: argparse.Namespace) -> int:
     import logging
     import os
     import sys
+    import threading
 
     from label_studio_sdk import LabelStudio
 
-    from ranking_scheduler.service.limits import listen, serve
+    from ranking_scheduler.service.limits import make_server
     from ranking_scheduler.service.ls_adapter import LabelStudioAdapter
     from ranking_scheduler.service.service import SchedulerService
     from ranking_scheduler.service.settings import SchedulerSettings
+    from ranking_scheduler.service.startup import HealthProbe, StartGate, start_when_reachable
     from ranking_scheduler.service.store import SubmissionStore
     from ranking_scheduler.service.webapp import create_app
+    from slicerank_base.reach import EXIT_CONFIG, EXIT_UNREACHABLE, ServiceUnreachable, start_wait_s
 
+    log = logging.getLogger(__name__)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -85,35 +89,64 @@ def _scheduler(args: argparse.Namespace) -> int:
         settings.require_secrets()
         if getattr(args, "rebind_projects", False):
             settings = settings.with_(rebind_projects=True)
+        give_up = start_wait_s(os.environ)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     if getattr(args, "accept_reconcile", False):
         return _accept_reconcile(settings, args.yes)
     if settings.db_url.startswith("sqlite:///"):
         os.makedirs(os.path.dirname(os.path.abspath(settings.db_url[10:])), exist_ok=True)
-    store = SubmissionStore(settings.db_url)
-    client = LabelStudio(base_url=settings.label_studio_url, api_key=settings.api_key, timeout=60)
-    service = SchedulerService(settings, store, LabelStudioAdapter(client, settings.project_prefix))
-    # Listen before starting: from here on a webhook waits in the socket's backlog, so the
-    # first reconciliation (queued once the app runs) reads every answer whose webhook failed.
+
+    def start_service(store):
+        client = LabelStudio(
+            base_url=settings.label_studio_url, api_key=settings.api_key, timeout=60
+        )
+        adapter = LabelStudioAdapter(client, settings.project_prefix)
+        return SchedulerService(settings, store, adapter).start()
+
+    # Listen at once: while Label Studio or the database is awaited, /health says what is down.
+    # The server has the scheduler's limits (limits.py: slow clients cut off, connections
+    # capped; the app caps bodies).
+    gate = StartGate()
+    server = make_server(gate, host=args.host, port=args.port)
+    started: dict = {}
+
+    def start() -> None:
+        try:
+            store, service = start_when_reachable(
+                lambda: SubmissionStore(settings.db_url), start_service,
+                db_url=settings.db_url, label_studio_url=settings.label_studio_url,
+                api_key=settings.api_key, gate=gate, give_up_after_s=give_up,
+                stop=lambda: server.should_exit,
+            )  # fmt: skip
+        except ServiceUnreachable as exc:
+            started["error"] = (EXIT_UNREACHABLE, str(exc))
+        except (LookupError, ValueError) as exc:  # ConfigError is a ValueError
+            started["error"] = (EXIT_CONFIG, str(exc))
+        except Exception as exc:  # noqa: BLE001 - reported below, and the server stops
+            started["error"] = (1, f"{type(exc).__name__}: {exc}")
+        else:
+            started.update(store=store, service=service)
+            gate.open(
+                create_app(service, health=HealthProbe(settings.label_studio_url, store).down)
+            )
+            # Reconcile only once webhooks are accepted: nothing can fall in between.
+            service.request_reconcile()
+            log.info("scheduler ready on http://%s:%d", args.host, args.port)
+            return
+        server.should_exit = True
+
+    threading.Thread(target=start, name="scheduler-start", daemon=True).start()
+    log.info("scheduler listening on http://%s:%d (starting)", args.host, args.port)
     try:
-        sock = listen(args.host, args.port)
-    except OSError as exc:
-        print(f"error: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
-        store.close()
-        return 2
-    try:
-        service.start()
-    except (LookupError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sock.close()
-        store.close()
-        return 2
-    logging.getLogger(__name__).info("scheduler listening on http://%s:%d", args.host, args.port)
-    try:
-        serve(create_app(service), sock)
+        server.run()
     finally:
-        service.stop()
-        store.close()
+        if "service" in started:
+            started["service"].stop()
+            started["store"].close()
+    if "error" in started:
+        code, message = started["error"]
+        print(f"error: {message}", file=sys.stderr)
+        return code
     return 0

@@ -8,8 +8,8 @@
   whole, headers and body, within ``REQUEST_READ_TIMEOUT_S`` of its connection opening (or of
   the previous response on a kept-alive connection), or the connection is closed. uvicorn alone
   holds a half-sent request forever (21 of them were still open after 45 s).
-* :func:`serve` runs the app on a socket that is already listening, with those limits and a cap
-  on concurrent connections.
+* :func:`make_server` builds the uvicorn server with those limits and a cap on concurrent
+  connections; :func:`listen` opens a socket before the service starts (the tests' harness).
 
 A reverse proxy in front (docs/guide/label-studio.md) may add its own, stricter limits.
 """
@@ -168,8 +168,3 @@ def make_server(app, **config: Any):
         **config,
     }
     return uvicorn.Server(uvicorn.Config(app, **settings))
-
-
-def serve(app, sock: socket.socket, **config: Any) -> None:
-    """Serve ``app`` on the listening ``sock`` with the limits above (blocks until stopped)."""
-    make_server(app, **config).run(sockets=[sock])

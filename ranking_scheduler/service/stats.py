@@ -5,7 +5,7 @@ reads the engine only through :func:`read_engine`, which copies the engine's fig
 milliseconds of calls that each return fresh objects) while the caller's engine lock is held;
 everything else (the store, the sums, the histograms) runs after the lock is released, from
 that snapshot, so a dashboard refresh never holds up a submission and never iterates a dict
-the worker is changing. The engine is used only through the API in ARCHITECTURE.md /
+the worker is changing. The engine is used only through the API in docs/INTERFACES.md /
 INTERFACES.md; a method a strategy does not offer (or that raises because it does not apply
 yet, e.g. ``classes()`` before the thresholds are known) leaves its figure ``None`` and is
 listed under ``"unavailable"`` instead of failing the whole page.

@@ -1,6 +1,6 @@
 """Durable store of the scheduler service: the submission log, rejections, tasks and state.
 
-The **submission log** is the source of truth (ARCHITECTURE.md): every ranked batch and every
+The **submission log** is the source of truth (docs/INTERFACES.md): every ranked batch and every
 boundary label that Label Studio delivered, with its annotation id, task id, rater and times.
 It is append-only: an edited annotation appends an ``update`` event that supersedes the
 earlier one, a deleted annotation appends a ``delete`` event. Engine state is *derived*: it is

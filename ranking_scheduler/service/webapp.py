@@ -67,10 +67,13 @@ def login_page(message: str = "") -> str:
     )
 
 
-def create_app(service: SchedulerService):
+def create_app(service: SchedulerService, *, health=None):
     """The FastAPI app: ``POST /webhook`` (webhook secret header), ``GET /health`` (open),
     ``GET/POST /login``, ``POST /logout``, and the reads ``GET /dashboard``, ``/api/stats``,
-    ``/api/consensus`` (dashboard token as a bearer token, or the session cookie)."""
+    ``/api/consensus`` (dashboard token as a bearer token, or the session cookie).
+
+    ``health()``, when given, returns what is down (name -> reason): ``/health`` then says
+    "DEGRADED" and names it (``startup.HealthProbe``)."""
     from urllib.parse import parse_qs
 
     from fastapi import FastAPI, HTTPException
@@ -85,9 +88,9 @@ def create_app(service: SchedulerService):
 
     @asynccontextmanager
     async def lifespan(_app):
-        # The first reconciliation. `slicerank scheduler` opens its socket before the service
-        # starts (limits.listen): a webhook sent from then on waits in the backlog, one sent
-        # before is for an answer this pass reads. Nothing falls in between.
+        # The first reconciliation, once the app serves webhooks: nothing falls in between.
+        # (`slicerank scheduler` serves the app behind startup.StartGate, which answers the
+        # lifespan itself; the CLI queues this pass when it opens the gate.)
         service.request_reconcile()
         yield
 
@@ -146,7 +149,10 @@ def create_app(service: SchedulerService):
         return page
 
     @app.get("/health")
-    def health():
+    def health_check():
+        down = health() if health is not None else {}
+        if down:
+            return {"status": "DEGRADED", "down": down, "queue": service.queue_depth()}
         return {"status": "UP", "queue": service.queue_depth()}
 
     @app.post("/webhook")

@@ -49,8 +49,10 @@ def predict_body(tasks):
             "params": {"login": None, "password": None, "context": None}}  # fmt: skip
 
 
-def test_health_is_open_everything_else_needs_basic_auth(tmp_path, media):
-    client = make_client(tmp_path, media[0])
+def test_health_is_open_everything_else_needs_basic_auth(tmp_path, media, redis_conn):
+    settings = BackendSettings(model_dir=tmp_path / "models", media_root=media[0],
+                               basic_auth_user=AUTH[0], basic_auth_pass=AUTH[1])  # fmt: skip
+    client = TestClient(create_app(settings, redis_conn=redis_conn))
     assert client.get("/health").json() == {"status": "UP", "model_class": "SliceClassifier"}
     assert client.post("/setup", json={"schema": CLASSIFY_XML}).status_code == 401
     assert (
