@@ -317,8 +317,9 @@ class SchedulerService:
         self._put(("reconcile", full), PRIO_PERIODIC)
 
     def queue_depth(self) -> int:
-        """Events waiting for the worker."""
-        return self._queue.qsize()
+        """Events waiting for the worker, the answers parked until their task's import returns
+        included (``/health`` says the scheduler is not settled while one waits)."""
+        return self._queue.qsize() + len(self._parked)
 
     def _put(self, item: tuple | None, priority: int) -> None:
         self._queue.put((priority, next(self._seq), item))

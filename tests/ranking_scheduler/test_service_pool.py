@@ -321,6 +321,7 @@ def test_a_webhook_for_a_task_still_being_recorded_waits_instead_of_being_reject
     svc.enqueue("ANNOTATION_CREATED", fake.annotate(ids[0], 202, 2, images))
     time.sleep(0.2)
     assert not store.rejections()  # parked, not refused
+    assert svc.queue_depth() == 1  # still to be applied: /health does not say settled
     release.set()
     assert svc.wait_idle(10)
     assert not store.rejections()
