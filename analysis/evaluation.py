@@ -226,8 +226,14 @@ def evaluate(
     confidence: float = 0.95,
     proportion_method: str = "clopper-pearson",
     reference: str | None = None,
+    clusters: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Compute every table of the report; returns a JSON-ready dict.
+
+    ``clusters`` (image id → scan id), when given, adds ``clustered``: each model's accuracy
+    and each comparison's paired accuracy difference with a bootstrap that resamples scans
+    (:func:`~analysis.intervals.cluster_bootstrap`), the intervals to quote when test slices
+    cluster in scans.
 
     ``truth`` maps image id → class; every entry of ``predictions`` (name → :class:`Predictions`)
     must cover exactly those ids, or ``ValueError`` names the model and the mismatch.
@@ -324,6 +330,11 @@ def evaluate(
             entry["delong"] = delong
         comparisons.append(entry)
 
+    clustered = (
+        _clustered(ids, y_true, predictions, reference, clusters, seed, n_boot, confidence)
+        if clusters is not None
+        else None
+    )
     label_sets = {TRUTH_NAME: y_true} | {
         name: pred.labels_for(ids) for name, pred in predictions.items()
     }
@@ -357,9 +368,54 @@ def evaluate(
             "models": models,
             "comparisons": comparisons,
             "agreement": agreement,
+            "clustered": clustered,
             "notes": notes,
         }
     )
+
+
+#: How the report names the scan-clustered bootstrap.
+CLUSTERED_METHOD = "percentile bootstrap resampling scans (clusters), ratio estimator"
+
+
+def _clustered(ids, y_true, predictions, reference, clusters, seed, n_boot, confidence):
+    """Accuracy per model and paired differences against ``reference``, resampling scans."""
+    from analysis.intervals import cluster_bootstrap
+
+    missing = [i for i in ids if i not in clusters]
+    if missing:
+        raise ValueError(f"clusters: no scan id for {len(missing)} image(s), e.g. {missing[:3]}")
+    groups = [str(clusters[i]) for i in ids]
+    truth = np.asarray(y_true)
+    correct = {
+        name: (np.asarray(pred.labels_for(ids)) == truth).astype(float)
+        for name, pred in predictions.items()
+    }
+
+    def boot(values) -> dict[str, Any]:
+        # The same seed for every statistic: the same scans are drawn for every model.
+        b = cluster_bootstrap(
+            values, groups, rng=np.random.default_rng([seed, 31]), n_boot=n_boot,
+            confidence=confidence,
+        )  # fmt: skip
+        return {"value": b.value, "low": b.low, "high": b.high, "pvalue": b.pvalue}
+
+    models = {}
+    for name, c in correct.items():
+        acc = boot(c)
+        del acc["pvalue"]  # "accuracy is 0" is no question worth a P value
+        models[name] = {"accuracy": acc}
+    comparisons = [
+        {"model": name, "reference": reference,
+         "accuracy_difference": boot(correct[name] - correct[reference])}
+        for name in predictions if name != reference
+    ]  # fmt: skip
+    return {
+        "method": CLUSTERED_METHOD,
+        "n_clusters": len(set(groups)),
+        "models": models,
+        "comparisons": comparisons,
+    }
 
 
 def summarise_curves(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

@@ -9,7 +9,11 @@ Which method goes where (the report states it too):
   Biometrics 44:837) with a normal interval clipped to [0, 1], and DeLong's paired test
   between two models scored on the same images;
 * F1 scores and the averaged AUCs: a percentile bootstrap over images with an explicit
-  ``numpy.random.Generator`` (no global random state).
+  ``numpy.random.Generator`` (no global random state);
+* accuracy and paired accuracy differences when images cluster in scans (slices of one scan
+  share anatomy, imaging and labels' errors, so they are not independent): a percentile
+  bootstrap that resamples whole scans (:func:`cluster_bootstrap`), the ratio estimator
+  (correct slices over slices drawn) in every resample.
 """
 
 from __future__ import annotations
@@ -23,8 +27,11 @@ from scipy import stats
 __all__ = [
     "PROPORTION_METHODS",
     "DeLongTest",
+    "ClusterBootstrap",
     "bootstrap_interval",
     "clopper_pearson_interval",
+    "cluster_bootstrap",
+    "runs_to_detect",
     "delong_interval",
     "delong_test",
     "delong_variance",
@@ -243,3 +250,69 @@ def resampled_auc(
         total = pos_w.sum(axis=1) * neg_w.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(total > 0, wins / np.maximum(total, 1), np.nan)
+
+
+@dataclass(frozen=True)
+class ClusterBootstrap:
+    """A statistic (the mean of per-image values) and its scan-clustered bootstrap."""
+
+    value: float
+    low: float
+    high: float
+    #: Two-sided bootstrap P of "the mean is 0" (for paired differences): twice the smaller
+    #: share of resamples at or beyond 0 on either side, at most 1.
+    pvalue: float
+    n_images: int
+    n_clusters: int
+    n_boot: int
+
+
+def cluster_bootstrap(
+    values: Sequence[float] | np.ndarray,
+    clusters: Sequence[str],
+    *,
+    rng: np.random.Generator,
+    n_boot: int = 2000,
+    confidence: float = 0.95,
+) -> ClusterBootstrap:
+    """Mean of per-image ``values`` with a percentile interval that resamples whole clusters.
+
+    ``clusters[i]`` names image ``i``'s cluster (its scan). Each resample draws as many
+    clusters as there are, with replacement, and takes the ratio estimator: the sum of the
+    drawn clusters' values over the number of images in them. For accuracy pass 0/1
+    correctness; for a paired accuracy difference pass ``correct_a - correct_b`` per image
+    (both models on the same images, so the pairing survives the resampling).
+    """
+    v = np.asarray(values, dtype=float)
+    if v.ndim != 1 or v.size == 0 or len(clusters) != v.size:
+        raise ValueError(
+            f"values ({v.size}) and clusters ({len(clusters)}) must be equally long and not empty"
+        )
+    if n_boot <= 0:
+        raise ValueError(f"n_boot must be positive, got {n_boot}")
+    names, which = np.unique(np.asarray(clusters, dtype=str), return_inverse=True)
+    sums = np.bincount(which, weights=v, minlength=names.size)
+    sizes = np.bincount(which, minlength=names.size).astype(float)
+    draws = rng.integers(0, names.size, size=(n_boot, names.size))
+    counts = resample_counts(draws, names.size)
+    boot = (counts @ sums) / (counts @ sizes)
+    low, high = percentile_interval(boot, confidence)
+    p = 2 * min(float((boot <= 0).mean()), float((boot >= 0).mean()))
+    return ClusterBootstrap(
+        value=float(v.mean()), low=low, high=high, pvalue=min(1.0, p),
+        n_images=int(v.size), n_clusters=int(names.size), n_boot=int(n_boot),
+    )  # fmt: skip
+
+
+def runs_to_detect(
+    paired_sd: float, effect: float = 0.01, *, alpha: float = 0.05, power: float = 0.8
+) -> int | None:
+    """Runs needed for a two-sided paired test at ``alpha`` to find ``effect`` with ``power``,
+    given the sd of the per-run paired difference: ``((z_(1-alpha/2) + z_power) sd / effect)^2``
+    rounded up (the normal approximation; at least 2). None when the sd is not a number."""
+    if not np.isfinite(paired_sd) or paired_sd < 0:
+        return None
+    if effect <= 0:
+        raise ValueError(f"effect must be positive, got {effect}")
+    z = stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)
+    return max(2, int(np.ceil((z * paired_sd / effect) ** 2)))

@@ -11,7 +11,7 @@ import base64
 import html
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -368,8 +368,36 @@ def _curves_table(curves: Mapping[str, Any]) -> Table:
     )
 
 
+def _clustered_table(summary: Mapping[str, Any]) -> Table | None:
+    """Accuracy and paired differences with the scan-clustered bootstrap (when scans known)."""
+    c = summary.get("clustered")
+    if not c:
+        return None
+    rows = [
+        [name, _fmt_ci(m["accuracy"], 3), "", ""] for name, m in c["models"].items()
+    ]
+    for d in c["comparisons"]:
+        diff = d["accuracy_difference"]
+        rows.append([
+            f"{d['model']} − {d['reference']}", "",
+            f"{diff['value']:+.3f} ({diff['low']:+.3f} to {diff['high']:+.3f})", _fmt_p(diff["pvalue"]),
+        ])  # fmt: skip
+    s = summary["settings"]
+    return Table(
+        f"Accuracy with scan-clustered CIs ({c['n_clusters']} scans, {summary['n_images']} images)",
+        ["Model", "Accuracy (95% CI)", "Paired difference (95% CI)", "Bootstrap P"],
+        rows,
+        f"Bootstrap: {c['method']}; {s['n_boot']} resamples, seed {s['seed']}. Slices of one "
+        "scan are not independent, so these intervals (not the per-image ones of Table 2) are "
+        "the ones to quote for accuracy and its differences.",
+    )
+
+
 def _tables(summary: Mapping[str, Any]) -> list[Table]:
     tables = [_table2(summary), _table3(summary), _table4(summary), _table4b(summary)]
+    clustered = _clustered_table(summary)
+    if clustered is not None:
+        tables.insert(0, clustered)
     for optional in (_comparisons_table(summary), _stack_table(summary)):
         if optional is not None:
             tables.append(optional)
@@ -406,7 +434,10 @@ def render_markdown(
     title: str, summary: Mapping[str, Any], figures: Sequence[tuple[str, str]]
 ) -> str:
     """The Markdown report; ``figures`` are ``(caption, relative PNG path)`` pairs."""
-    lines = [f"# {title}", "", _intro(summary), ""]
+    lines = [f"# {title}", ""]
+    if summary.get("lead"):
+        lines += ["## In brief", ""] + [f"- {x}" for x in summary["lead"]] + [""]
+    lines += [_intro(summary), ""]
     for table in _tables(summary):
         lines += [
             f"## {table.title}",
@@ -452,8 +483,12 @@ def render_html(
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{e(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{e(title)}</h1>",
-        f"<p>{e(_intro(summary))}</p>",
     ]
+    if summary.get("lead"):
+        parts.append(
+            "<h2>In brief</h2><ul>" + "".join(f"<li>{e(x)}</li>" for x in summary["lead"]) + "</ul>"
+        )
+    parts.append(f"<p>{e(_intro(summary))}</p>")
     for table in _tables(summary):
         parts.append(f"<h2>{e(table.title)}</h2><table><thead><tr>")
         parts += [f"<th>{e(h)}</th>" for h in table.header]
@@ -506,6 +541,8 @@ def build_report(
     proportion_method: str = "clopper-pearson",
     reference: str | None = None,
     title: str = "slicerank: labelling strategies and models compared",
+    clusters: Mapping[str, str] | None = None,
+    lead: Sequence[str] | Callable[[Mapping[str, Any]], Sequence[str]] | None = None,
 ) -> ReportResult:
     """Evaluate ``predictions`` against ``truth`` and write ``report.md``, ``report.html`` and PNGs.
 
@@ -515,7 +552,9 @@ def build_report(
 
     ``truth`` maps image id → class name; ``predictions`` maps a display name → a
     :class:`~analysis.predictions.Predictions` (with or without probabilities) covering exactly
-    the truth's images. ``curves`` are label-efficiency runs as read by
+    the truth's images. ``clusters`` (image id → scan id) adds accuracy and paired differences
+    with a bootstrap that resamples scans. ``lead``: a few plain lines that open the report
+    ("In brief"), or a function that writes them from the summary. ``curves`` are label-efficiency runs as read by
     :func:`analysis.io.read_curves` (``simulate --compare`` output). The first prediction set
     (or ``reference``) is the baseline of McNemar's and DeLong's tests. Bootstrap intervals are
     reproducible for a given ``seed``. Raises ``ValueError`` (naming the model) on mismatched
@@ -531,7 +570,10 @@ def build_report(
         confidence=confidence,
         proportion_method=proportion_method,
         reference=reference,
+        clusters=clusters,
     )
+    if lead is not None:
+        summary["lead"] = list(lead(summary) if callable(lead) else lead)
     summary["generated"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     if curves:
         summary["curves"] = summarise_curves(curves)

@@ -135,6 +135,12 @@ def summarise_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
             if (r.get("label_headline") or {}).get("models", {}).get(label_set)
         ]
         labels[name] = _mean_sd(vals)
+    paired = [
+        c["accuracy_difference"]["value"]
+        for r in done
+        for c in ((r["headline"].get("clustered") or {}).get("comparisons") or [])
+        if c["model"] == MODELS[1]
+    ]
     stack_gain = {}
     for name in MODELS:
         if name in models and name + STACK_SUFFIX in models:
@@ -155,7 +161,16 @@ def summarise_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     )
     walls = [r["wall_s"] for r in done]
     targets["time"] = bool(walls) and max(walls) <= DEMO_TIME_TARGET_S
+    from analysis.intervals import runs_to_detect
+
+    premises = sorted({r["headline"].get("premise") for r in done}, key=str)
+    paired_summary = _mean_sd(paired)
+    if paired_summary:
+        sd = paired_summary["sd"] if len(paired) > 1 else None
+        paired_summary["runs_to_detect_1_point"] = runs_to_detect(sd) if sd is not None else None
     return {
+        "premise": premises[0] if len(premises) == 1 else premises,
+        "paired_difference": paired_summary,
         "runs_finished": len(done),
         "runs": len(runs),
         "models": models,
@@ -177,10 +192,21 @@ def runs_table(runs: list[dict[str, Any]], summary: dict[str, Any]) -> str:
         except (KeyError, TypeError):
             return "—"
 
+    def paired(run: dict[str, Any]) -> str:
+        for c in ((run.get("headline") or {}).get("clustered") or {}).get("comparisons") or []:
+            if c["model"] == MODELS[1]:
+                d = c["accuracy_difference"]
+                return f"{d['value']:+.3f} ({d['low']:+.3f} to {d['high']:+.3f})"
+        return "—"
+
     lines = [
+        f"Premise: {summary.get('premise')} (abs_difficulty). Paired difference: ranking-trained "
+        "minus one-at-a-time-trained model, 95% CI from a bootstrap over held-out scans.",
+        "",
         "| run (seed) | labels 1-at-a-time | labels ranking | model 1-at-a-time | model ranking "
-        "| ranking, stack-decoded | min class F1 (1-at-a-time / ranking) | wall s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| paired difference (95% CI) | ranking, stack-decoded "
+        "| min class F1 (1-at-a-time / ranking) | wall s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for run in runs:
         head = run.get("headline") or {}
@@ -191,7 +217,7 @@ def runs_table(runs: list[dict[str, Any]], summary: dict[str, Any]) -> str:
         lines.append(
             f"| {run.get('seed')} | {acc(run, LABEL_SETS['one-at-a-time'], 'label_headline')} "
             f"| {acc(run, LABEL_SETS['ranking'], 'label_headline')} | {acc(run, MODELS[0])} "
-            f"| {acc(run, MODELS[1])} | {acc(run, MODELS[1] + STACK_SUFFIX)} "
+            f"| {acc(run, MODELS[1])} | {paired(run)} | {acc(run, MODELS[1] + STACK_SUFFIX)} "
             f"| {' / '.join('—' if v is None else f'{v:.2f}' for v in f1)} | {run.get('wall_s')} |"
         )
 
@@ -203,9 +229,17 @@ def runs_table(runs: list[dict[str, Any]], summary: dict[str, Any]) -> str:
         f"| **mean ± sd** | {ms(lab.get('one-at-a-time'))} | {ms(lab.get('ranking'))} "
         f"| {ms((m.get(MODELS[0]) or {}).get('accuracy'))} "
         f"| {ms((m.get(MODELS[1]) or {}).get('accuracy'))} "
+        f"| {ms(summary.get('paired_difference'))} "
         f"| {ms((m.get(MODELS[1] + STACK_SUFFIX) or {}).get('accuracy'))} | | "
         f"{ms(summary['wall_s'], 0)} |"
     )
+    need = (summary.get("paired_difference") or {}).get("runs_to_detect_1_point")
+    if need:
+        lines += [
+            "",
+            f"Runs needed to detect a 1-point paired difference (two-sided 5%, power 80%, from "
+            f"the measured sd across these runs): {need}.",
+        ]
     return "\n".join(lines)
 
 
@@ -237,7 +271,21 @@ def main(args) -> int:
     if args.runs < 1:
         print(f"error: --runs {args.runs}: must be at least 1", file=sys.stderr)
         return 2
+    from benchmarks.seeds import check_reporting
+
     seed0, extra = _demo_seed(args.demo_args or [])
+    recipe_flags = [a for a in extra if a.split("=")[0] in ("--preset", "--epochs", "--gpu")]
+    try:
+        check_reporting(
+            range(seed0, seed0 + args.runs), recipe_changed=bool(recipe_flags),
+            what=f"bench demo with {' '.join(recipe_flags)}",
+        )  # fmt: skip
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    extra = extra + ["--premise", str(args.premise)]
+    if args.test_scans is not None:
+        extra += ["--test-scans", str(args.test_scans)]
     runs = []
     with tempfile.TemporaryDirectory(prefix="slicerank-bench-demo-") as tmp:
         base = Path(args.out) if args.out else Path(tmp) / "demo"

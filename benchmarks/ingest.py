@@ -157,6 +157,7 @@ def run_text_check_bench(
             else:
                 missed.append(f"{path.name} ({corner})")
         n = len(pngs)
+        real_frames, real_alarms = real_sample_false_alarms()
         return {
             "scans": n_scans,
             "slices": n,
@@ -164,10 +165,47 @@ def run_text_check_bench(
             "with_overlay_detected": detected,
             "with_overlay_missed": missed[:20],
             "ms_per_slice": round(seconds / max(n, 1) * 1000, 2),
+            "real_sample_frames": real_frames,
+            "real_sample_false_alarms": real_alarms,
         }
     finally:
         if not workdir:
             shutil.rmtree(base, ignore_errors=True)
+
+
+def real_sample_false_alarms() -> tuple[int, list[str]]:
+    """The text check on the real MR and CT frames among pydicom's test files (grayscale, at
+    least 32 px, windowed as ingest windows a stack without a header window): how many frames,
+    and those it flags (none carries text)."""
+    import warnings
+
+    import pydicom
+
+    from cmr_ingest import pixels
+    from cmr_ingest.burned_in import text_near_borders
+
+    frames, alarms = 0, []
+    # The files pydicom ships (its test-data helper would try to download the rest).
+    shipped = Path(pydicom.__file__).parent / "data" / "test_files"
+    for path in sorted(p for p in shipped.rglob("*") if p.is_file()):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds = pydicom.dcmread(path)
+                if ds.get("Modality") not in ("MR", "CT") or int(ds.get("SamplesPerPixel", 1)) != 1:
+                    continue
+                arr = ds.pixel_array
+        except Exception:  # noqa: BLE001 - undecodable samples (no plugin) are not counted
+            continue
+        for frame in (arr if arr.ndim == 3 else arr[None])[:50]:
+            center, width = pixels.percentile_window(frame.astype(np.float32).reshape(-1))
+            png = pixels.rescale_window_to_uint8(frame.astype(np.float32), 1.0, 0.0, center, width)
+            if min(png.shape) < 32:
+                continue
+            frames += 1
+            if text_near_borders(png):
+                alarms.append(path.name)
+    return frames, alarms
 
 
 def main(args) -> int:

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,7 +37,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "environment (SLICERANK_ID_SALT unless --salt-env names another variable).",
     )
     p.add_argument("src", metavar="SRC", help="folder (or file) of DICOM files")
-    p.add_argument("--out", required=True, metavar="DIR", help="media root to write")
+    p.add_argument("--out", metavar="DIR", help="media root to write (required unless --locate)")
+    p.add_argument(
+        "--report",
+        metavar="DIR",
+        help="folder for the ingest report, outside the media root (default: the media root's "
+        "parent, as OUT-ingest_report.json and .txt)",
+    )
+    p.add_argument(
+        "--locate",
+        nargs="+",
+        metavar="ID",
+        help="instead of ingesting: print the files under SRC that the report names by these "
+        "ids (file-...; the same salt is needed)",
+    )
     p.add_argument(
         "--salt-env",
         default="SLICERANK_ID_SALT",
@@ -70,9 +84,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--check-pixels-for-text",
-        action="store_true",
-        help="also search each slice's margins for text drawn into the pixels and exclude those "
-        "that have some (a heuristic for scanner overlays; env SLICERANK_CHECK_PIXELS_FOR_TEXT=1)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="search each slice's margins for text drawn into the pixels and exclude those that "
+        "have some (a heuristic for scanner overlays; on by default, --no-check-pixels-for-text "
+        "or env SLICERANK_CHECK_PIXELS_FOR_TEXT=0 turns it off)",
     )
     p.add_argument(
         "--clean",
@@ -135,8 +151,8 @@ def _ingest(args: argparse.Namespace) -> int:
             changes["orientation_tolerance_deg"] = args.orientation_tolerance
         if args.include_burned_in:
             changes["include_burned_in"] = True
-        if args.check_pixels_for_text:
-            changes["check_pixels_for_text"] = True
+        if args.check_pixels_for_text is not None:
+            changes["check_pixels_for_text"] = args.check_pixels_for_text
         settings = dataclasses.replace(settings, **changes)
     except ValueError as exc:
         print(f"slicerank ingest: {exc}", file=sys.stderr)
@@ -144,9 +160,23 @@ def _ingest(args: argparse.Namespace) -> int:
     if not os.path.exists(args.src):
         print(f"slicerank ingest: source {args.src} does not exist", file=sys.stderr)
         return 2
+    if args.locate:
+        from cmr_ingest.ingest import locate_files
+
+        found = locate_files(args.src, settings.id_salt, set(args.locate))
+        for fid in args.locate:
+            print(f"{fid}: {found.get(fid, 'not found under SRC with this salt')}")
+        return 0 if len(found) == len(set(args.locate)) else 1
+    if not args.out:
+        print("slicerank ingest: --out DIR (the media root to write) is required", file=sys.stderr)
+        return 2
     from cmr_ingest.errors import IngestInputError
+    from cmr_ingest.ingest import report_paths
 
     try:
+        report_json, report_text = report_paths(
+            Path(args.out), Path(args.report) if args.report else None
+        )
         report = ingest(
             args.src,
             args.out,
@@ -158,12 +188,14 @@ def _ingest(args: argparse.Namespace) -> int:
             include_burned_in=settings.include_burned_in,
             check_pixels_for_text=settings.check_pixels_for_text,
             clean=args.clean,
+            report_dir=args.report,
             progress=True,
         )
     except IngestInputError as exc:
         print(f"slicerank ingest: {exc}", file=sys.stderr)
         return 2
     print(report.summary())
+    print(f"report: {report_json} and {report_text} (outside the media root)")
     if args.json:
         from slicerank_base.jsonout import write_json
 

@@ -252,7 +252,9 @@ def _first_line(exc: Exception) -> str:
 
 
 def phi_tokens(ds: pydicom.Dataset) -> set[str]:
-    """Identifying strings of ``ds`` (whole values and name components of 3+ characters)."""
+    """Identifying strings of ``ds``: whole values, every name component (short ones such as
+    "LI" too: the redactor matches those as whole words only), and each date in the ways
+    folders and notes write it (1970-01-02, 02.01.1970, ...), not only DICOM's 19700102."""
     out: set[str] = set()
     for kw in PHI_KEYWORDS:
         value = ds.get(kw)
@@ -261,11 +263,23 @@ def phi_tokens(ds: pydicom.Dataset) -> set[str]:
         values = value if isinstance(value, pydicom.multival.MultiValue) else [value]
         for v in values:
             s = str(v).strip()
-            if len(s) >= 3:
-                out.add(s)
-            for part in s.replace("^", " ").replace(",", " ").split():
-                if len(part) >= 3:
-                    out.add(part)
+            parts = s.replace("^", " ").replace(",", " ").replace("=", " ").split()
+            # Short numbers (StudyID "1") identify nobody and are in every message; short
+            # letters (a name "LI", an initial) are names.
+            out |= {t for t in (s, *parts) if len(t) >= 3 or t.isalpha()}
+            out |= date_variants(s)
+    return out
+
+
+def date_variants(text: str) -> set[str]:
+    """A DICOM date (``YYYYMMDD``) as people write it: ISO, European and US orders with ``-``,
+    ``.``, ``/``, ``_`` or nothing between the parts; empty for anything else."""
+    if len(text) != 8 or not text.isdigit():
+        return set()
+    y, m, d = text[:4], text[4:6], text[6:]
+    out = set()
+    for sep in ("-", ".", "/", "_", ""):
+        out |= {sep.join((y, m, d)), sep.join((d, m, y)), sep.join((m, d, y))}
     return out
 
 

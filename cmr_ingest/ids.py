@@ -29,3 +29,14 @@ def image_id(salt: str, sop_instance_uid: str, frame: int = 0) -> str:
 def scan_id(salt: str, series_instance_uid: str) -> str:
     """Id of one short-axis stack (a DICOM series)."""
     return _digest(salt, "series", series_instance_uid)[:SCAN_ID_CHARS]
+
+
+#: Hex characters kept for a source file's id in the ingest report.
+FILE_ID_CHARS = 12
+
+
+def file_id(salt: str, relative_path: str) -> str:
+    """Id of a source file, as the ingest report names it: its path (relative to the ingested
+    folder) hashed, so no folder or file name (often a patient's name or birth date) is
+    written anywhere; ``slicerank ingest SRC --locate ID`` finds the file again."""
+    return "file-" + _digest(salt, "file", relative_path)[:FILE_ID_CHARS]

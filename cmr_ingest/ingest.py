@@ -1,12 +1,15 @@
-"""DICOM folders → an anonymised media root: 8-bit PNG slices + ``manifest.csv`` + a report.
+"""DICOM folders → an anonymised media root: 8-bit PNG slices + ``manifest.csv``, and a report
+beside it.
 
 Two passes. The first reads every file's header (pixels deferred), groups frames by
 series, keeps the short-axis stacks and orders each base → apex along its normal. The
 second decodes each kept stack, applies the modality and VOI transforms, and writes one
 PNG per slice named by its salted-hash ``image_id``. Nothing identifying is written: ids
-are HMACs of UIDs, PNGs carry no metadata, and the report's paths and messages have every
-identifying header value seen in the run redacted. No bad file stops the run; each is
-listed in the report with its reason.
+are HMACs of UIDs, PNGs carry no metadata, the report names source files by hashed ids
+(:func:`cmr_ingest.ids.file_id`; ``slicerank ingest SRC --locate ID`` finds them) and its
+messages have every identifying header value seen in the run, and every date, redacted. The
+report goes outside the media root, which Label Studio serves to every project member. No bad
+file stops the run; each is listed in the report with its reason.
 """
 
 from __future__ import annotations
@@ -32,9 +35,41 @@ from cmr_ingest.settings import MIN_SALT_LENGTH
 
 log = logging.getLogger(__name__)
 
-#: Names of the report files written into the media root.
+#: Names of the report files (``<media root>-ingest_report.json`` beside the media root by
+#: default; earlier versions wrote these names inside it, and ingest removes those).
 REPORT_JSON = "ingest_report.json"
 REPORT_TEXT = "ingest_report.txt"
+
+
+def report_paths(out_dir: Path, report_dir: Path | None = None) -> tuple[Path, Path]:
+    """Where the report of an ingest into ``out_dir`` goes: ``report_dir`` (default: the media
+    root's parent) / ``<media root name>-ingest_report.{json,txt}``.
+    :class:`IngestInputError` when that lies inside the media root: Label Studio would serve
+    it."""
+    out = Path(os.path.realpath(out_dir))
+    folder = Path(os.path.realpath(report_dir)) if report_dir is not None else out.parent
+    if folder == out or folder.is_relative_to(out):
+        raise IngestInputError(
+            f"the ingest report folder {report_dir} is inside the media root {out_dir}, which "
+            "Label Studio serves to every project member: choose a folder outside it"
+        )
+    stem = f"{out.name}-"
+    return folder / (stem + REPORT_JSON), folder / (stem + REPORT_TEXT)
+
+
+def locate_files(src: str | os.PathLike[str], salt: str, wanted: set[str]) -> dict[str, Path]:
+    """The files under ``src`` whose report ids (:func:`cmr_ingest.ids.file_id`) are in
+    ``wanted``: how an operator finds a reported file again."""
+    src = Path(src)
+    root = src if src.is_dir() else src.parent
+    found = {}
+    for path in dicom_io.walk_files(src):
+        fid = ids.file_id(salt, os.path.relpath(path, root))
+        if fid in wanted:
+            found[fid] = path
+    return found
+
+
 #: Ground-truth sidecar that ``synth --dicom`` writes; joined automatically when present.
 TRUTH_NAME = "synth_truth.csv"
 
@@ -107,7 +142,7 @@ class IngestReport:
         for b in self.bad_files[:50]:
             lines.append(f"  {b['file']}: {b['reason']}: {b['detail']}")
         if len(self.bad_files) > 50:
-            lines.append(f"  … and {len(self.bad_files) - 50} more (see {REPORT_JSON})")
+            lines.append(f"  … and {len(self.bad_files) - 50} more (see the JSON report)")
         for s in self.skipped_series:
             lines.append(
                 f"  series {s['series']} ({s['files']} files): {s['reason']}: {s['detail']}"
@@ -134,8 +169,19 @@ class IngestReport:
         return "\n".join(lines)
 
 
+#: Dates in any common order and separator (1970-01-02, 02.01.1970, 19700102): a date in a
+#: message is redacted whether or not a header said it (birth dates hide in folder names).
+_DATE = re.compile(
+    r"(?<!\d)(?:(?:19|20)\d\d([-./_ ]?)[01]?\d\1[0-3]?\d|[0-3]?\d([-./_ ])[01]?\d\2(?:19|20)\d\d)(?!\d)"
+)
+
+
 class _Redactor:
-    """Replaces every identifying value seen in the run by ``[redacted]``."""
+    """Replaces every identifying value seen in the run, and every date, by ``[redacted]``.
+
+    Values of three or more characters are matched anywhere (case-insensitive); shorter ones
+    (a name "LI", an initial) only as whole words, so "slice" keeps its "li".
+    """
 
     def __init__(self) -> None:
         self.tokens: set[str] = set()
@@ -147,12 +193,15 @@ class _Redactor:
             self._rx = None
 
     def __call__(self, text: str) -> str:
-        if not self.tokens:
-            return text
-        if self._rx is None:
-            alts = sorted(self.tokens, key=len, reverse=True)
-            self._rx = re.compile("|".join(re.escape(t) for t in alts), re.IGNORECASE)
-        return self._rx.sub("[redacted]", text)
+        if self.tokens and self._rx is None:
+            alts = [
+                re.escape(t) if len(t) >= 3 else rf"(?<![^\W_]){re.escape(t)}(?![^\W_])"
+                for t in sorted(self.tokens, key=len, reverse=True)
+            ]
+            self._rx = re.compile("|".join(alts), re.IGNORECASE)
+        if self._rx is not None:
+            text = self._rx.sub("[redacted]", text)
+        return _DATE.sub("[redacted]", text)
 
 
 #: Columns a ground-truth CSV must have (``frame`` is optional, 0 when absent).
@@ -239,25 +288,27 @@ def ingest(
     truth: str | os.PathLike[str] | None = None,
     png_compress_level: int = 1,
     include_burned_in: bool = False,
-    check_pixels_for_text: bool = False,
+    check_pixels_for_text: bool = True,
     clean: bool = False,
+    report_dir: str | os.PathLike[str] | None = None,
     progress: bool = False,
 ) -> IngestReport:
     """Ingest every DICOM file under ``src`` into the media root ``out_dir``.
 
-    Writes ``images/<image_id>.png``, ``manifest.csv``, ``ingest_report.json`` and
-    ``ingest_report.txt``; returns the report. ``salt`` keys the id hashes (see
+    Writes ``images/<image_id>.png`` and ``manifest.csv`` into it, and the report
+    (:func:`report_paths`: ``report_dir``, default beside the media root) outside it; returns
+    the report. ``salt`` keys the id hashes (see
     :mod:`cmr_ingest.ids`). Series whose normal is more than ``orientation_tolerance_deg``
     from the typical LV long axis are skipped unless ``any_orientation``. ``truth`` is a
     ground-truth CSV keyed by SOPInstanceUID (``synth --dicom`` writes one into ``src``,
     used when ``truth`` is None) whose ``position`` and ``true_class`` go into the manifest.
     Files whose header says their pixels may carry burned-in text (see
-    :func:`cmr_ingest.burned_in.header_risk`) and, with ``check_pixels_for_text``, slices with
-    text-like strokes in their margins are excluded and reported, unless
-    ``include_burned_in`` (then they are written and counted as kept). PNGs already in
+    :func:`cmr_ingest.burned_in.header_risk`) and, with ``check_pixels_for_text`` (the
+    default), slices with text-like strokes in their margins are excluded and reported,
+    unless ``include_burned_in`` (then they are written and counted as kept). PNGs already in
     ``out_dir/images`` that the new manifest does not list are reported, and removed when
-    ``clean``. Raises :class:`IngestInputError` for a salt shorter than 8 characters or an
-    unusable truth file, before anything is written.
+    ``clean``. Raises :class:`IngestInputError` for a salt shorter than 8 characters, an
+    unusable truth file or a report folder inside the media root, before anything is written.
     """
     t0 = time.perf_counter()
     if not isinstance(salt, str) or len(salt) < MIN_SALT_LENGTH:
@@ -270,6 +321,7 @@ def ingest(
     src, out = Path(src), Path(out_dir)
     if not src.exists():
         raise FileNotFoundError(f"ingest source {src} does not exist")
+    report_json, report_text = report_paths(out, Path(report_dir) if report_dir else None)
     if truth is None and src.is_dir() and (src / TRUTH_NAME).is_file():
         truth = src / TRUTH_NAME
     truth_map = _read_truth(Path(truth)) if truth is not None else None
@@ -306,7 +358,7 @@ def ingest(
             if headers[0].sop_uid and key in seen:
                 bad.append((path, "duplicate_instance", f"same SOPInstanceUID as {seen[key]}"))
                 continue
-            seen[key] = os.path.relpath(path, root)
+            seen[key] = ids.file_id(salt, os.path.relpath(path, root))
             for h in headers:
                 series[_stack_key(h)].append(h)
 
@@ -362,14 +414,20 @@ def ingest(
     if truth_map is not None:
         report.truth = {"file": Path(truth).name, "entries": len(truth_map), "matched": matched}
     for path, code, detail in bad:
-        rel = os.path.relpath(path, root)
-        report.bad_files.append({"file": redact(rel), "reason": code, "detail": redact(detail)})
+        fid = ids.file_id(salt, os.path.relpath(path, root))
+        report.bad_files.append({"file": fid, "reason": code, "detail": redact(detail)})
     report.seconds = time.perf_counter() - t0
 
     from slicerank_base.jsonout import write_json
 
-    write_json(out / REPORT_JSON, report.to_dict())
-    (out / REPORT_TEXT).write_text(report.summary() + "\n")
+    report_json.parent.mkdir(parents=True, exist_ok=True)
+    write_json(report_json, report.to_dict())
+    report_text.write_text(report.summary() + "\n")
+    for stale in (out / REPORT_JSON, out / REPORT_TEXT):
+        # Written by earlier versions inside the media root, where Label Studio serves it.
+        if stale.is_file():
+            stale.unlink()
+            log.info("removed %s from the media root (the report now lives beside it)", stale)
     log.info("ingest: %d slices, %d stacks, %d bad files", len(rows), len(report.stacks), len(bad))
     return report
 

@@ -242,20 +242,26 @@ def _background(a: Anatomy, z: float, x: np.ndarray, y: np.ndarray, edge: float)
     return img
 
 
+def epicardial_radius(a: Anatomy, z: float) -> float:
+    """LV epicardial radius (mm) on the plane ``z`` mm below the annulus: slightly narrower
+    at the base, an ellipsoidal taper to 0 at the apex."""
+    apex = a.apex_mm
+    z_eq = 0.38 * apex
+    if z <= z_eq:
+        return a.radius_mm * (0.9 + 0.1 * max(0.0, z) / z_eq)
+    if z < apex:
+        return a.radius_mm * math.sqrt(1.0 - ((z - z_eq) / (apex - z_eq)) ** 2)
+    return 0.0
+
+
 def _heart(
     a: Anatomy, z: float, x: np.ndarray, y: np.ndarray, img: np.ndarray, edge: float
 ) -> None:
     """Paint the heart on the plane ``z`` mm below the mitral annulus over ``img`` (in place)."""
     apex = a.apex_mm
     cx, cyl = a.drift[0] * z, a.drift[1] * z
-    # Epicardial radius: slightly narrower at the base, ellipsoidal taper to the apex.
     z_eq = 0.38 * apex
-    if z <= z_eq:
-        r_epi = a.radius_mm * (0.9 + 0.1 * max(0.0, z) / z_eq)
-    elif z < apex:
-        r_epi = a.radius_mm * math.sqrt(1.0 - ((z - z_eq) / (apex - z_eq)) ** 2)
-    else:
-        r_epi = 0.0
+    r_epi = epicardial_radius(a, z)
     frac_apex = min(1.0, max(0.0, (z - z_eq) / (apex - z_eq)))
     wall = a.wall_mm + (a.apex_wall_mm - a.wall_mm) * frac_apex
     r_endo = r_epi - wall
@@ -390,3 +396,84 @@ def render_slice(a: Anatomy, u: float, view: View, rng: np.random.Generator) -> 
     mag = np.sqrt(re * re + im * im)
     big = np.asarray(Image.fromarray(mag).resize((view.matrix, view.matrix), Image.BILINEAR))
     return big * _bias_field(view)
+
+
+# --- what a reader can see in a rendered slice (simulated raters, issue 19) ----------------
+#
+# Fixed from the anatomy and the imaging physics above, before any model was trained on
+# labels drawn from it; only the raters' noise levels are calibrated afterwards (to the
+# study's kappa: ranking_scheduler.simulator.raters.PHANTOM_PARAMS).
+
+#: Rose criterion: a structure is seen when its contrast-to-noise ratio reaches about 5.
+ROSE_K = 5.0
+#: In-plane resolution in pixels: the anatomy is drawn at half resolution and blurred.
+RESOLUTION_PX = 4.0
+#: Population medians of the difficulty's three factors (noise over myocardium/blood
+#: contrast, pixel size, wall thickness), computed from the sampling ranges above, so an
+#: average scan has difficulty 1.
+_MEDIAN_NOISE_CONTRAST = 0.043
+_MEDIAN_PIXEL_MM = 0.80
+_MEDIAN_WALL_MM = 9.8
+
+
+def slab_coverage(a: Anatomy, u: float, thickness_mm: float) -> float:
+    """Myocardial coverage of the blood pool averaged over the slice thickness, on the same
+    three sub-planes :func:`render_slice` draws (partial volume)."""
+    z = a.z_of(u)
+    covs = [
+        a.coverage((z + dz - a.z50_mm) / a.lv_length_mm)
+        for dz in (-thickness_mm / 3.0, 0.0, thickness_mm / 3.0)
+    ]
+    return float(sum(covs) / len(covs))
+
+
+def apparent_u(a: Anatomy, view: View, u: float) -> float:
+    """Where on the long axis the slice at ``u`` *looks* to lie, judged at the nearer cut.
+
+    * Basal half: a reader judges whether myocardium surrounds half the blood pool. The image
+      shows the coverage averaged over the slab (:func:`slab_coverage`); the slice moves by
+      the difference between that and a thin slice's coverage, read on the coverage ramp
+      (nothing at the cut itself, where the ramp is linear across the slab).
+    * Apical half: a reader judges whether any LV myocardium is visible. The apical cap is
+      seen where its radius is at least the in-plane resolution (``RESOLUTION_PX`` pixels),
+      up to ``z_vis``; within a slab it shows only if it fills at least the share
+      ``f_min = ROSE_K * noise / contrast`` of the thickness (partial volume dilutes its
+      contrast against the apical fat). So a slice centred just past the apex can still show
+      myocardium, and a noisy one hides a thin cap: the apparent cut moves per scan.
+    """
+    if u < 0.5:
+        # The coverage a slab shows, read back through the thin-slice ramp; only the shift
+        # partial volume causes is kept, so slices past the ramp (coverage 0 or 1, where
+        # other cues order them) keep their place. A linear ramp averages out at the cut.
+        def thin(cov: float) -> float:
+            return (cov - 0.5) * 2.0 * a.ramp_mm / a.lv_length_mm
+
+        return u + thin(slab_coverage(a, u, view.thickness_mm)) - thin(a.coverage(u))
+    apex = a.apex_mm
+    z_eq = 0.38 * apex
+    r_min = RESOLUTION_PX * view.pixel_mm
+    s = math.sqrt(max(0.0, 1.0 - (r_min / a.radius_mm) ** 2))
+    z_vis = z_eq + s * (apex - z_eq)
+    contrast = max(1e-3, a.fat - a.myocardium)
+    f_min = min(1.0, ROSE_K * view.noise / contrast)
+    t = view.thickness_mm
+    z = a.z_of(u)
+    # Looks LV while the cap fills at least f_min of the slab [z - t/2, z + t/2].
+    z_seen = z - t / 2.0 + f_min * t
+    return 1.0 + (z_seen - z_vis) / a.lv_length_mm
+
+
+def reading_difficulty(a: Anatomy, view: View) -> float:
+    """How much harder than an average scan this one is to read (1 = the median scan).
+
+    The geometric mean of noise over myocardium/blood contrast, pixel size (blur) and the
+    thinness of the wall, each relative to its population median; the same for every slice
+    of the scan and for every reader.
+    """
+    contrast = max(1e-3, a.blood - a.myocardium)
+    parts = (
+        (view.noise / contrast) / _MEDIAN_NOISE_CONTRAST,
+        view.pixel_mm / _MEDIAN_PIXEL_MM,
+        _MEDIAN_WALL_MM / a.wall_mm,
+    )
+    return float(math.prod(parts) ** (1.0 / len(parts)))

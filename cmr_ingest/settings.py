@@ -23,14 +23,15 @@ class IngestSettings:
     ``png_compress_level`` (env ``SLICERANK_PNG_COMPRESS_LEVEL``, 0–9) have defaults.
     ``include_burned_in`` (env ``SLICERANK_INCLUDE_BURNED_IN``, default off) keeps slices
     flagged for burned-in text; ``check_pixels_for_text`` (env
-    ``SLICERANK_CHECK_PIXELS_FOR_TEXT``, default off) also searches the pixels for text.
+    ``SLICERANK_CHECK_PIXELS_FOR_TEXT``, default on: 0 false alarms in 1,222 synthetic and 12
+    real slices, docs/bench/security.md) also searches the pixels for text.
     """
 
     id_salt: str = field(repr=False)
     orientation_tolerance_deg: float = DEFAULT_TOLERANCE_DEG
     png_compress_level: int = 1
     include_burned_in: bool = False
-    check_pixels_for_text: bool = False
+    check_pixels_for_text: bool = True
 
     def __post_init__(self) -> None:
         if len(self.id_salt) < MIN_SALT_LENGTH:
@@ -66,7 +67,9 @@ class IngestSettings:
             value = environ.get(name, "").strip().lower()
             if value in ("1", "true", "yes", "on"):
                 kwargs[key] = True
-            elif value not in ("", "0", "false", "no", "off"):
+            elif value in ("0", "false", "no", "off"):
+                kwargs[key] = False
+            elif value:
                 raise ValueError(f"{name}={value!r} is not a yes/no value; use 1 or 0")
         if not kwargs["id_salt"]:
             raise ValueError(

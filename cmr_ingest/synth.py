@@ -111,6 +111,21 @@ def plan_scan(seed: int, index: int) -> ScanPlan:
     )
 
 
+def slice_perception(n_scans: int, seed: int = 0) -> dict[str, tuple[float, float]]:
+    """``image_id → (apparent position, reading difficulty)`` for every slice of the PNG
+    cohort ``generate_cohort(n_scans, seed=seed)`` writes: what its rendered image shows
+    (:func:`phantom.apparent_u`, on the position axis) and how hard its scan is to read
+    (:func:`phantom.reading_difficulty`). Cheap: plans the scans, renders nothing."""
+    out: dict[str, tuple[float, float]] = {}
+    for index in range(n_scans):
+        plan = plan_scan(seed, index)
+        difficulty = phantom.reading_difficulty(plan.anatomy, plan.view)
+        for k, u in enumerate(plan.us):
+            apparent = phantom.position(phantom.apparent_u(plan.anatomy, plan.view, u))
+            out[_synth_ids(seed, index, k)[1]] = (apparent, difficulty)
+    return out
+
+
 def render_scan(plan: ScanPlan, seed: int) -> list[np.ndarray]:
     """12-bit stored values (uint16) of every slice of ``plan``, base → apex."""
     rng = scan_rng(seed, plan.index, stream=1)

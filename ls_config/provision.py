@@ -44,15 +44,22 @@ WEBHOOK_PATH = "/webhook"
 
 INSTRUCTIONS = {
     RANK: (
-        "<p>Each task shows 8 short-axis slices from different scans. Drag them into order from "
-        "the <b>most basal</b> (top) to the <b>most apical</b> (bottom) and submit. Keyboard: "
-        "focus a slice, press Space, move it with the arrow keys, press Space again.</p>"
+        "<p>Each task shows 8 short-axis slices from different scans, marked <b>A</b> to "
+        "<b>H</b>. Put them in order from the <b>most basal</b> to the <b>most apical</b> and "
+        "submit.</p><p><b>Keyboard</b> (10 key presses): Tab, type the letters most basal first "
+        "(e.g. <code>CAHBDFE</code>; the eighth may be left out), Enter, Ctrl+Enter. A typed "
+        "order counts over the list. <b>Mouse</b>: drag the rows of the list (most basal at the "
+        "top), then Submit. <b>View</b> of all 8 at once: keys 1-4 brightness and contrast, 5-7 "
+        "zoom on the centre; the same key again resets it.</p>"
         "<p>New tasks are created as you work; you never wait for the next one.</p>"
     ),
     CLASSIFY: (
         "<p>Classify each slice as <b>too basal</b> (1), <b>LV</b> (2) or <b>too apical</b> (3) "
         "using the SCMR definitions: LV slices have at least 50% of the blood pool surrounded by "
-        "myocardium, down to the last slice with a visible blood pool at end-systole.</p>"
+        "myocardium, down to the last slice with a visible blood pool at end-systole. A class "
+        "ticked when the task opens is the model's suggestion: Ctrl+Enter accepts it. "
+        "Brightness, contrast and zoom are on the toolbar beside the slice (Shift+1 fits it "
+        "again).</p>"
     ),
     BOUNDARY: (
         "<p>These slices sit where the ranking places a class boundary. Classify each as "

@@ -31,6 +31,20 @@ def ranker_result(order: list[str], *, from_name: str = "order", to_name: str = 
     ]
 
 
+def typed_result(text: str, *, from_name: str = "typed", to_name: str = "grid"):
+    """The annotation ``result`` of the Rank page's typed-order field (``TextArea``)."""
+    return [
+        {
+            "id": uuid.uuid4().hex[:10],
+            "from_name": from_name,
+            "to_name": to_name,
+            "type": "textarea",
+            "origin": "manual",
+            "value": {"text": [text]},
+        }
+    ]
+
+
 def choices_result(label: str, *, from_name: str = "slice_class", to_name: str = "image"):
     """The annotation ``result`` of a single-choice ``Choices`` tag."""
     return [

@@ -85,7 +85,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, help="override the preset's epochs")
     p.add_argument("--seeds", type=int, help="number of seeds (0..N-1), overriding the preset")
     p.add_argument("--no-predictions", action="store_true", help="do not write predictions to LS")
-    p.add_argument("--label-studio-url", help="env LABEL_STUDIO_URL")
+    p.add_argument(
+        "--label-studio-url",
+        help="the Label Studio this command checks the project against before queueing (env "
+        "LABEL_STUDIO_URL); the job carries no URL: the worker uses its own",
+    )
     p.add_argument("--wait", action="store_true", help="wait for the job and show its progress")
     p.add_argument("--json", metavar="FILE", help="write the job's outcome as JSON")
     _common(p)
@@ -239,7 +243,6 @@ def _train(args: argparse.Namespace) -> int:
             epochs=args.epochs,
             seeds=tuple(range(args.seeds)) if args.seeds else None,
             write_predictions=not args.no_predictions,
-            label_studio_url=settings.label_studio_url,
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None

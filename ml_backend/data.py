@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from ml_backend.config import TrainConfig
 from ml_backend.labels import LabelledImage
-from ml_backend.transforms import load_grayscale, prepare_image
+from ml_backend.transforms import ImageRefusedError, load_grayscale, prepare_image
 from slicerank_base import CLASSES
 
 
@@ -41,13 +41,19 @@ def read_manifest_paths(media_root: Path) -> dict[str, str]:
 
 
 def resolve_image_paths(
-    labels: Sequence[LabelledImage], media_root: Path, manifest: dict[str, str]
-) -> list[Path]:
-    """The file of every labelled image: by manifest, else by the task's local-files path."""
+    labels: Sequence[LabelledImage], media_root: Path, manifest: dict[str, str],
+    *, skipped: list[dict[str, str]] | None = None,
+) -> list[Path | None]:  # fmt: skip
+    """The file of every labelled image: by manifest, else by the task's local-files path.
+
+    A refused path raises :class:`~ml_backend.media.ImageRefError`, or, when ``skipped`` is a
+    list, is recorded there (image id and reason) and gives None. An image that is not there
+    raises :class:`MissingImageError` either way (the media root is wrong or incomplete).
+    """
     from ml_backend.media import ImageRefError, confine, media_candidates
 
     root = Path(media_root)
-    paths = []
+    paths: list[Path | None] = []
     for item in labels:
         # Every path is confined to the media root (symlinks and '..' resolved) before any
         # file is looked at: task data is attacker-controlled.
@@ -61,9 +67,12 @@ def resolve_image_paths(
                 where, path = "task path", item.path_hint
                 candidates += media_candidates(root, item.path_hint)
         except ValueError as exc:
-            raise ImageRefError(
-                f"image {item.image_id!r}: {where} {path!r} refused: {exc}"
-            ) from None
+            error = ImageRefError(f"image {item.image_id!r}: {where} {path!r} refused: {exc}")
+            if skipped is None:
+                raise error from None
+            skipped.append({"image_id": item.image_id, "reason": str(error)})
+            paths.append(None)
+            continue
         found = next((p for p in candidates if p.is_file()), None)
         if found is None:
             tried = ", ".join(str(p) for p in candidates) or "no manifest row and no task path"
@@ -151,20 +160,38 @@ def build_dataset(
     config: TrainConfig,
     *,
     progress: bool = False,
+    skipped: list[dict[str, str]] | None = None,
 ) -> SliceDataset:
-    """Read, frame and stack the labelled images (raises :class:`MissingImageError`)."""
+    """Read, frame and stack the labelled images (raises :class:`MissingImageError`).
+
+    With ``skipped`` (a list), an image that is refused (a path out of the media root, too
+    many pixels, too elongated, a decompression bomb) or cannot be decoded is left out and
+    recorded there with its reason, so one bad task cannot stop every training job; the data
+    set then holds only the other images (its ``image_ids`` say which).
+    """
     manifest = read_manifest_paths(media_root)
-    paths = resolve_image_paths(labels, media_root, manifest)
-    arrays = []
+    paths = resolve_image_paths(labels, media_root, manifest, skipped=skipped)
+    arrays, kept = [], []
     for item, path in tqdm(
         list(zip(labels, paths, strict=True)), desc="images", disable=not progress, unit="img"
     ):
+        if path is None:
+            continue
         try:
             arrays.append(prepare_image(load_grayscale(path), config))
-        except OSError as exc:
-            raise MissingImageError(
-                f"image {item.image_id!r} at {path} cannot be read ({exc})"
-            ) from None
+        except (OSError, ImageRefusedError) as exc:
+            reason = f"image {item.image_id!r} at {path} cannot be read ({exc})"
+            if skipped is None:
+                raise MissingImageError(reason) from None
+            skipped.append({"image_id": item.image_id, "reason": reason})
+            continue
+        kept.append(item)
+    if not kept:
+        raise MissingImageError(
+            f"none of the {len(labels)} labelled images can be read: "
+            + "; ".join(x["reason"] for x in (skipped or [])[:3])
+        )
+    labels = kept
     images = torch.from_numpy(np.stack(arrays)).unsqueeze(1)
     targets = torch.tensor([CLASSES.index(x.label) for x in labels], dtype=torch.long)
     soft = None

@@ -14,13 +14,21 @@ One request per project: :func:`enqueue_training` keeps ``slicerank:train:<proje
 job id in Redis and refuses (reporting the running job) while that job is queued or started.
 This module imports only ``rq``/``redis`` at the top so the worker's parent process stays
 light; torch is imported inside the job.
+
+Whoever can write to Redis can queue a job, so a worker trusts nothing a job says: it runs only
+:func:`train_job` (:class:`TrainingJob` refuses any other function or callback name before RQ
+would import it), every path the job names must lie under the worker's own roots
+(:func:`confine_request`), and Label Studio is reached only at the worker's own
+``LABEL_STUDIO_URL``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -36,6 +44,8 @@ from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
+from ml_backend.config import PRESETS
+
 log = logging.getLogger(__name__)
 
 #: Job states in which a project's training is still under way.
@@ -48,6 +58,15 @@ LOCK_PREFIX = "slicerank:train:"
 #: worker never unpickles what someone who reached Redis wrote there (arbitrary code). Every
 #: Queue, Worker and Job.fetch on the training queue must use it.
 SERIALIZER = JSONSerializer
+
+
+MAX_EPOCHS = 500
+"""Most epochs one job may ask for (the study trains 70)."""
+MAX_SEEDS = 32
+"""Most seeds (ensemble members) one job may ask for (the study trains 10)."""
+MAX_VAL_SCANS = 100_000
+"""Most validation scan ids one job may name."""
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d{1,2})?")
 
 
 @dataclass(frozen=True)
@@ -68,9 +87,12 @@ class TrainRequest:
     device: str = "auto"
     epochs: int | None = None
     seeds: tuple[int, ...] | None = None
+    #: Scan ids that form the validation set; every other labelled image trains (no internal
+    #: test split). One split shared by every arm of a comparison (issue 19); None = the
+    #: preset's stratified split.
+    val_scans: tuple[str, ...] | None = None
     #: After registering, write the new model's predictions on the project's tasks.
     write_predictions: bool = True
-    label_studio_url: str = ""
 
     def __post_init__(self) -> None:
         if self.label_source not in ("classify", "ranking"):
@@ -78,6 +100,38 @@ class TrainRequest:
         if self.project_id is None and not self.labels_path and not self.consensus_path:
             raise ValueError(
                 "a training request needs a project id, a labels export file or a consensus file"
+            )
+        # A request can arrive through Redis from anyone who can write there: every number
+        # that sets how much work a job does has a bound before the work starts.
+        if self.preset != "auto" and self.preset not in PRESETS:
+            raise ValueError(
+                f"training preset {str(self.preset)[:40]!r} is not one of auto, "
+                f"{', '.join(sorted(PRESETS))}"
+            )
+        if not isinstance(self.device, str) or not _DEVICE.fullmatch(self.device):
+            raise ValueError(f"device {str(self.device)[:40]!r} must be auto, cpu, cuda or cuda:N")
+        if self.epochs is not None and not (
+            isinstance(self.epochs, int) and 1 <= self.epochs <= MAX_EPOCHS
+        ):
+            raise ValueError(
+                f"epochs {str(self.epochs)[:20]} must be a whole number 1-{MAX_EPOCHS}"
+            )
+        if self.seeds is not None and not (
+            1 <= len(self.seeds) <= MAX_SEEDS
+            and all(isinstance(x, int) and 0 <= x < 2**31 for x in self.seeds)
+        ):
+            raise ValueError(
+                f"seeds must be 1-{MAX_SEEDS} whole numbers in 0..2**31-1, "
+                f"got {str(list(self.seeds))[:60]}"
+            )
+
+        if self.val_scans is not None and not (
+            1 <= len(self.val_scans) <= MAX_VAL_SCANS
+            and all(isinstance(x, str) and 0 < len(x) <= 200 for x in self.val_scans)
+        ):
+            raise ValueError(
+                f"val_scans must be 1-{MAX_VAL_SCANS} scan ids (strings of 1-200 characters), "
+                f"got {str(list(self.val_scans))[:60]}"
             )
 
     @property
@@ -91,14 +145,22 @@ class TrainRequest:
         """JSON-able form."""
         d = asdict(self)
         d["seeds"] = list(self.seeds) if self.seeds is not None else None
+        d["val_scans"] = list(self.val_scans) if self.val_scans is not None else None
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainRequest:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict`; ValueError for fields it does not know."""
         d = dict(d)
+        # Jobs queued by earlier versions name a Label Studio URL: the worker uses its own.
+        d.pop("label_studio_url", None)
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"a training request has unknown field(s) {', '.join(unknown)[:200]}")
         if d.get("seeds") is not None:
             d["seeds"] = tuple(d["seeds"])
+        if d.get("val_scans") is not None:
+            d["val_scans"] = tuple(d["val_scans"])
         return cls(**d)
 
 
@@ -113,6 +175,71 @@ class EnqueueResult:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+#: The one function a training worker runs.
+JOB_FUNCTION = "ml_backend.jobs.train_job"
+
+
+class RefusedJobError(RuntimeError):
+    """A job on the training queue names something other than :func:`train_job`."""
+
+
+def job_refusal(job: Job) -> str | None:
+    """Why ``job`` must not run on a training worker, or None when it is a plain
+    :func:`train_job` call (one request dict, no instance, no callbacks)."""
+    name = job.func_name
+    if name != JOB_FUNCTION:
+        return (
+            f"job {job.id} names the function {str(name)[:200]!r}; workers run only {JOB_FUNCTION}"
+        )
+    if job.instance is not None:
+        return f"job {job.id} names an instance to call {JOB_FUNCTION} on"
+    callbacks = [
+        n for n in (job._success_callback_name, job._failure_callback_name,
+                    job._stopped_callback_name) if n
+    ]  # fmt: skip
+    if callbacks:
+        return f"job {job.id} names callbacks ({', '.join(callbacks)[:200]}); workers run none"
+    if job.kwargs or len(job.args) != 1 or not isinstance(job.args[0], dict):
+        return f"job {job.id} must carry exactly one training request (a JSON object)"
+    return None
+
+
+class TrainingJob(Job):
+    """An RQ job that can only run :func:`train_job`.
+
+    RQ imports whatever dotted name a job carries, as its function and as its success, failure
+    and stopped callbacks, whatever the serializer: a job naming ``os.system`` would run it.
+    This class compares names instead of importing them. A refused job fails with
+    :class:`RefusedJobError` (in the work horse, so it is recorded like any failed job), and
+    callbacks are never resolved, not even on the failure path or by the abandoned-job clean-up.
+    """
+
+    @property
+    def func(self):
+        problem = job_refusal(self)
+        if problem:
+            log.error("refused: %s", problem)
+            raise RefusedJobError(problem)
+        return train_job
+
+    @property
+    def success_callback(self):
+        return None
+
+    @property
+    def failure_callback(self):
+        return None
+
+    @property
+    def stopped_callback(self):
+        return None
+
+
+def training_queue(conn: Redis, queue_name: str) -> Queue:
+    """The training queue, with the JSON serializer and the job class that runs only our job."""
+    return Queue(queue_name, connection=conn, serializer=SERIALIZER, job_class=TrainingJob)
+
+
 def _job_active(conn: Redis, job_id: str, claimed_at: float) -> bool:
     try:
         job = Job.fetch(job_id, connection=conn, serializer=SERIALIZER)
@@ -125,9 +252,10 @@ def enqueue_training(
     conn: Redis, request: TrainRequest, *, queue_name: str, job_timeout: int = 6 * 3600
 ) -> EnqueueResult:
     """Enqueue a training job unless one for the same project is queued or running."""
-    queue = Queue(queue_name, connection=conn, serializer=SERIALIZER)
-    # Jobs of workers that died are moved to "failed" here, so they cannot hold the lock.
-    StartedJobRegistry(queue=queue).cleanup()
+    queue = training_queue(conn, queue_name)
+    # Jobs of workers that died are moved to "failed" here, so they cannot hold the lock (with
+    # our job class: the clean-up would otherwise import a failure callback a job names).
+    StartedJobRegistry(queue=queue, job_class=TrainingJob).cleanup()
     key = LOCK_PREFIX + request.lock_name
     job_id = uuid.uuid4().hex
     with conn.pipeline() as pipe:
@@ -151,7 +279,7 @@ def enqueue_training(
             except WatchError:
                 continue
     job = queue.enqueue(
-        "ml_backend.jobs.train_job",
+        JOB_FUNCTION,
         request.to_dict(),
         job_id=job_id,
         job_timeout=job_timeout,
@@ -232,8 +360,10 @@ def run_worker(
 ) -> bool:
     """Run an RQ worker on the training queue (one per GPU); returns when stopped or, with
     ``burst``, when the queue is empty."""
-    queue = Queue(queue_name, connection=conn, serializer=SERIALIZER)
-    worker = Worker([queue], connection=conn, name=name, serializer=SERIALIZER)
+    worker = Worker(
+        [training_queue(conn, queue_name)], connection=conn, name=name, serializer=SERIALIZER,
+        job_class=TrainingJob,
+    )  # fmt: skip
     return worker.work(burst=burst, with_scheduler=False)
 
 
@@ -257,12 +387,12 @@ class _Progress:
 def train_job(request_dict: dict[str, Any]) -> dict[str, Any]:
     """RQ job: export labels, build the data set, train every seed, register, predict back.
 
-    Secrets (the Label Studio API key) come from the worker's environment, read when the job
-    starts; everything else is in the request.
+    The worker's environment, read when the job starts, gives the secrets (the Label Studio
+    API key), Label Studio's address and the roots the request's paths must lie under; the
+    request says what to train.
     """
     from ml_backend.settings import BackendSettings
 
-    request = TrainRequest.from_dict(request_dict)
     progress = _Progress()
     job = progress.job
     conn = job.connection if job is not None else None
@@ -270,7 +400,8 @@ def train_job(request_dict: dict[str, Any]) -> dict[str, Any]:
     progress.update(stage="starting", pid=os.getpid())
     try:
         settings = BackendSettings.from_env(os.environ)
-        return _train(request, settings, progress)
+        request = confine_request(TrainRequest.from_dict(request_dict), settings.job_roots())
+        return _train(request, settings, progress, os.environ.get("LABEL_STUDIO_URL", ""))
     except Exception as exc:
         progress.update(stage="failed", error=f"{type(exc).__name__}: {exc}")
         raise
@@ -279,32 +410,65 @@ def train_job(request_dict: dict[str, Any]) -> dict[str, Any]:
             _release_lock(conn, job.meta["lock"], job.id)
 
 
-def job_label_studio_url(requested: str, own: str | None) -> str:
-    """The Label Studio a job talks to, and so sends the worker's token to: the worker's own
-    LABEL_STUDIO_URL when its environment sets one, else the URL the request names.
+class JobPathError(ValueError):
+    """A queued job names a file or folder outside the worker's roots."""
 
-    A request comes from Redis: whoever can write there must not be able to point the worker's
-    token at a host of theirs (and a remote worker reaches Label Studio by its own address).
+
+#: The request fields that name files or folders on the worker.
+PATH_FIELDS = ("labels_path", "consensus_path", "model_dir", "media_root")
+
+
+def confine_request(request: TrainRequest, roots: list[Path]) -> TrainRequest:
+    """``request`` with every path it names resolved (symlinks too), or
+    :class:`JobPathError` when one lies outside all of ``roots`` (the worker's MODEL_DIR,
+    SLICERANK_MEDIA_ROOT, SLICERANK_CONSENSUS's folder and SLICERANK_WORKER_ROOTS).
+
+    A request comes from Redis: whoever can write there must not make the worker read or
+    write files of their choosing. The resolved paths are used from here on.
     """
-    if own:
-        if requested and requested.rstrip("/") != own.rstrip("/"):
-            log.warning(
-                "job asked for Label Studio at %.100r; using the worker's LABEL_STUDIO_URL",
-                requested,
+    real_roots = [Path(os.path.realpath(r)) for r in roots]
+    changes = {}
+    for name in PATH_FIELDS:
+        value = getattr(request, name)
+        if value is None:
+            continue
+        if not isinstance(value, str) or not value or "\x00" in value:
+            raise JobPathError(f"job field {name} must be a path, not {str(value)[:100]!r}")
+        real = Path(os.path.realpath(value))
+        if not any(real == r or real.is_relative_to(r) for r in real_roots):
+            shown = ", ".join(str(r) for r in real_roots)
+            raise JobPathError(
+                f"job field {name}={value[:200]!r} lies outside the worker's roots ({shown}): "
+                "put the file under one of them or add its folder to SLICERANK_WORKER_ROOTS "
+                "in the worker's environment"
             )
-        return own.rstrip("/")
-    return requested
+        changes[name] = str(real)
+    return dataclasses.replace(request, **changes)
+
+
+def worker_label_studio(own_url: str, api_key: str, request: TrainRequest) -> tuple[str, str]:
+    """The Label Studio this job talks to, and so sends the worker's token to: the worker's
+    own LABEL_STUDIO_URL, never an address from the job. ValueError when the job needs Label
+    Studio (it names a project) and the worker has no URL or token of its own."""
+    if request.project_id is None:
+        return "", ""
+    if not own_url:
+        raise ValueError(
+            f"job for project {request.project_id} needs Label Studio, but the worker has no "
+            "LABEL_STUDIO_URL: set it (and LABEL_STUDIO_API_KEY) in the worker's environment"
+        )
+    if not api_key:
+        raise ValueError("LABEL_STUDIO_API_KEY is not set in the worker's environment")
+    return own_url.rstrip("/"), api_key
 
 
 def _ls_client(url: str, api_key: str):
     from label_studio_sdk import LabelStudio
 
-    if not api_key:
-        raise ValueError("LABEL_STUDIO_API_KEY is not set in the worker's environment")
     return LabelStudio(base_url=url, api_key=api_key)
 
 
-def _train(request: TrainRequest, settings, progress: _Progress) -> dict[str, Any]:
+def _train(request: TrainRequest, settings, progress: _Progress, own_ls_url: str) -> dict[str, Any]:
     import torch
 
     from ml_backend.config import get_preset
@@ -312,7 +476,7 @@ def _train(request: TrainRequest, settings, progress: _Progress) -> dict[str, An
     from ml_backend.labels import collect_labels
     from ml_backend.registry import ModelRegistry
     from ml_backend.settings import resolve_device
-    from ml_backend.splits import grouped_stratified_split
+    from ml_backend.splits import grouped_stratified_split, split_by_validation_scans
     from ml_backend.train import protocol_checkpoint, run_protocol
 
     # The worker, not the enqueuer, knows its hardware: "auto" defers to its environment.
@@ -330,8 +494,7 @@ def _train(request: TrainRequest, settings, progress: _Progress) -> dict[str, An
     config = config.replace(**changes)
     if device.type != "cuda" and (config.amp or config.data_on_device):
         log.warning("preset %s asks for CUDA features but runs on %s", config.name, device)
-    ls_url = job_label_studio_url(request.label_studio_url, os.environ.get("LABEL_STUDIO_URL"))
-    ls_url = ls_url or settings.label_studio_url
+    ls_url, api_key = worker_label_studio(own_ls_url, settings.label_studio_api_key, request)
 
     progress.update(stage="labels", project=request.project_id, label_source=request.label_source)
     tasks = None
@@ -342,7 +505,7 @@ def _train(request: TrainRequest, settings, progress: _Progress) -> dict[str, An
         # new model's predictions.
         from ml_backend.labels import export_tasks
 
-        tasks = export_tasks(_ls_client(ls_url, settings.label_studio_api_key), request.project_id)
+        tasks = export_tasks(_ls_client(ls_url, api_key), request.project_id)
     labels = collect_labels(
         request.label_source, tasks=tasks,
         consensus_path=Path(request.consensus_path) if request.consensus_path else None,
@@ -352,9 +515,24 @@ def _train(request: TrainRequest, settings, progress: _Progress) -> dict[str, An
     if not media_root:
         raise ValueError("no media root: set SLICERANK_MEDIA_ROOT or pass --media-root")
     progress.update(stage="images", n_labels=len(labels))
-    dataset = build_dataset(labels, Path(media_root), config)
-    groups = split_groups(labels, Path(media_root)) if config.group_by_scan else None
-    if groups is not None:
+    # One bad task (an image refused or undecodable) is left out with its reason, not fatal.
+    skipped: list[dict[str, str]] = []
+    dataset = build_dataset(labels, Path(media_root), config, skipped=skipped)
+    if skipped:
+        kept = set(dataset.image_ids)
+        labels = [x for x in labels if x.image_id in kept]
+        for item in skipped[:20]:
+            log.warning("training without an image: %s", item["reason"])
+        progress.update(n_skipped=len(skipped), skipped=skipped[:100])
+    wants_groups = config.group_by_scan or request.val_scans is not None
+    groups = split_groups(labels, Path(media_root)) if wants_groups else None
+    if request.val_scans is not None:
+        if groups is None:
+            raise ValueError(
+                "val_scans needs every labelled image's scan id from the media root's manifest"
+            )
+        train_idx, val_idx, test_idx = split_by_validation_scans(groups, request.val_scans)
+    elif groups is not None:
         train_idx, val_idx, test_idx = grouped_stratified_split(
             [x.label for x in labels], groups, config.split, config.split_seed
         )
@@ -397,10 +575,12 @@ def _train(request: TrainRequest, settings, progress: _Progress) -> dict[str, An
             "source": request.label_source, "project_id": request.project_id,
             "labels_path": request.labels_path, "consensus_path": request.consensus_path,
             "soft_targets": request.soft_targets, "n_labels": len(labels), "class_counts": counts,
+            "skipped_images": skipped[:100], "n_skipped": len(skipped),
         },
         splits={
             "train": train.image_ids, "val": val.image_ids, "test": test.image_ids,
             "grouped_by": "scan" if groups is not None else "image",
+            "shared_validation_scans": request.val_scans is not None,
             "scans": {
                 name: sorted({groups[i] for i in idx}) if groups is not None else []
                 for name, idx in (("train", train_idx), ("val", val_idx), ("test", test_idx))
@@ -415,9 +595,8 @@ def _train(request: TrainRequest, settings, progress: _Progress) -> dict[str, An
         progress.update(stage="predicting")
         try:
             n_predicted = write_predictions(
-                _ls_client(ls_url, settings.label_studio_api_key), request.project_id, version,
-                tasks, Path(media_root), device, label_studio_url=ls_url,
-                api_key=settings.label_studio_api_key,
+                _ls_client(ls_url, api_key), request.project_id, version,
+                tasks, Path(media_root), device, label_studio_url=ls_url, api_key=api_key,
             )  # fmt: skip
         except Exception as exc:
             # The version is trained and registered; pre-annotations are a follow-up that
@@ -477,16 +656,13 @@ def write_predictions(
     batch = 64
     for start in range(0, len(tasks), batch):
         chunk = tasks[start : start + batch]
-        images = [
-            predictor.load_task_image(
-                t,
-                media_root=media_root,
-                manifest=manifest,
-                label_studio_url=label_studio_url,
-                api_key=api_key,
-            )  # fmt: skip
-            for t in chunk
-        ]
+        preds, skipped = predictor.predict_tasks(
+            chunk, media_root=media_root, manifest=manifest, label_studio_url=label_studio_url,
+            api_key=api_key, scans=scans,
+        )  # fmt: skip
+        for item in skipped:
+            # A task whose image is refused or unreadable gets no pre-annotation; the rest do.
+            log.warning("no prediction for task %s: %s", item["task"], item["reason"])
         requests = [
             PredictionRequest(
                 task=task["id"],
@@ -494,10 +670,11 @@ def write_predictions(
                 score=pred["score"],
                 model_version=pred["model_version"],
             )  # fmt: skip
-            for task, pred in zip(
-                chunk, scans.decode(predictor, chunk, predictor.predict_images(images)), strict=True
-            )
+            for task, pred in zip(chunk, preds, strict=True)
+            if pred
         ]
+        if not requests:
+            continue
         client.projects.import_predictions(project_id, request=requests)
         written += len(requests)
     return written

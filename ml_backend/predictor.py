@@ -19,8 +19,12 @@ from ml_backend.labels import CLASS_CONTROL
 from ml_backend.media import MediaAccess
 from ml_backend.registry import ModelRegistry, ModelVersion
 from ml_backend.train import load_checkpoint, predict_proba
-from ml_backend.transforms import EvalPreset, load_grayscale
+from ml_backend.transforms import EvalPreset, ImageRefusedError, load_grayscale
 from slicerank_base import CLASSES
+
+#: Tasks whose images are decoded at once when predicting a request (bounds its memory: a
+#: 4096² image is 16 MB as grayscale).
+TASK_CHUNK = 16
 
 
 @dataclass
@@ -71,6 +75,48 @@ class Predictor:
             })  # fmt: skip
         return out
 
+    def predict_tasks(
+        self, tasks: Sequence[dict[str, Any]], *, media_root: Path | None,
+        manifest: dict[str, str] | None = None, label_studio_url: str | None = None,
+        api_key: str | None = None, value: str = "image", from_name: str | None = None,
+        to_name: str | None = None, scans: Any = None,
+    ) -> tuple[list[Any], list[dict[str, Any]]]:  # fmt: skip
+        """Predictions for ``tasks`` (one per task, in order; ``[]`` — Label Studio's "no
+        prediction" — for a task whose image is refused or unreadable) and those skipped tasks
+        with their reasons (index, task id, reason, error type).
+
+        Images are read and predicted :data:`TASK_CHUNK` at a time, so a request holds at most
+        that many decoded images; ``scans`` (a :class:`~ml_backend.scan_predict.ScanPredictions`)
+        then decodes the served tasks by scan. One bad task does not stop the others.
+        """
+        from ml_backend.media import ImageRefError
+
+        served: list[int] = []
+        per_slice: list[dict[str, Any]] = []
+        skipped: list[dict[str, Any]] = []
+        for start in range(0, len(tasks), TASK_CHUNK):
+            images, chunk_served = [], []
+            for k in range(start, min(start + TASK_CHUNK, len(tasks))):
+                try:
+                    images.append(self.load_task_image(
+                        tasks[k], media_root=media_root, manifest=manifest,
+                        label_studio_url=label_studio_url, api_key=api_key, value=value,
+                    ))  # fmt: skip
+                    chunk_served.append(k)
+                except (ImageRefError, MissingImageError) as exc:
+                    task = tasks[k]
+                    tid = task.get("id") if isinstance(task, dict) else None
+                    skipped.append({"index": k, "task": tid, "reason": str(exc),
+                                    "error": type(exc).__name__})  # fmt: skip
+            per_slice += self.predict_images(images, from_name=from_name, to_name=to_name)
+            served += chunk_served
+        if scans is not None and served:
+            per_slice = scans.decode(self, [tasks[k] for k in served], per_slice)
+        out: list[Any] = [[] for _ in tasks]
+        for k, pred in zip(served, per_slice, strict=True):
+            out[k] = pred
+        return out, skipped
+
     @staticmethod
     def load_task_image(
         task: dict[str, Any], *, media_root: Path | None, manifest: dict[str, str] | None = None,
@@ -96,6 +142,8 @@ class Predictor:
             return load_grayscale(source)
         except FileNotFoundError as exc:
             raise MissingImageError(str(exc)) from None
+        except ImageRefusedError as exc:
+            raise MissingImageError(f"task {task.get('id')}: its image is refused: {exc}") from None
         except (OSError, Image.DecompressionBombError) as exc:
             raise MissingImageError(
                 f"task {task.get('id')}: its image cannot be decoded ({type(exc).__name__})"

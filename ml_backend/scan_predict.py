@@ -157,20 +157,24 @@ class ScanPredictions:
             return self._stacks
 
     def _scan_probs(self, predictor: Any) -> Callable[[str], dict[str, tuple[float, np.ndarray]]]:
-        from ml_backend.transforms import load_grayscale
+        from ml_backend.transforms import ImageRefusedError, load_grayscale
 
         root = self.media_root.resolve() if self.media_root is not None else None
 
         def probs(scan: str) -> dict[str, tuple[float, np.ndarray]]:
-            members = []
+            members, images = [], []
             for index, image_id, rel in self._scans.get(scan, []):
                 path = (root / rel).resolve() if root is not None else None
                 # Manifest paths are ours, but stay inside the media root all the same.
                 if path is not None and path.is_relative_to(root) and path.is_file():
+                    try:
+                        images.append(load_grayscale(path))
+                    except (OSError, ImageRefusedError):
+                        continue  # a bad slice is left out of its scan's decoding
                     members.append((index, image_id, path))
             if not members:
                 return {}
-            preds = predictor.predict_images([load_grayscale(p) for _, _, p in members])
+            preds = predictor.predict_images(images)
             return {
                 image_id: (float(index), np.array([pred["probabilities"][c] for c in CLASSES]))
                 for (index, image_id, _), pred in zip(members, preds, strict=True)

@@ -26,6 +26,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ml_backend.settings import BackendSettings, check_auth
+from slicerank_base.bodylimit import BodyLimit
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +175,9 @@ class SliceClassifier:
         self, tasks: list[dict[str, Any]], context: Any = None, label_config: str | None = None
     ) -> dict[str, Any]:
         """Predictions for ``tasks`` (one per task, same order), or a clear 'no model yet'."""
+        from ml_backend.data import MissingImageError
+        from ml_backend.media import ImageRefError
+
         from_name, to_name, value = "slice_class", IMAGE_OBJECT, "image"
         if label_config:
             from_name, to_name, value = check_label_config(label_config)
@@ -185,20 +189,25 @@ class SliceClassifier:
                 "message": "no trained model yet: start training from Label Studio's model "
                 "settings or run `slicerank train`",
             }
-        images = [
-            predictor.load_task_image(
-                t,
-                media_root=self.settings.media_root,
-                manifest=self._get_manifest(),
-                label_studio_url=self.settings.label_studio_url,
-                api_key=self.settings.label_studio_api_key,
-                value=value,
-            )  # fmt: skip
-            for t in tasks
-        ]
-        results = predictor.predict_images(images, from_name=from_name, to_name=to_name)
-        results = self.scans.decode(predictor, tasks, results)
-        return {"results": results, "model_version": predictor.version}
+        results, skipped = predictor.predict_tasks(
+            tasks, media_root=self.settings.media_root, manifest=self._get_manifest(),
+            label_studio_url=self.settings.label_studio_url,
+            api_key=self.settings.label_studio_api_key, value=value, from_name=from_name,
+            to_name=to_name, scans=self.scans,
+        )  # fmt: skip
+        if tasks and len(skipped) == len(tasks):
+            # Nothing to serve: the request fails with the first task's reason, as a whole.
+            first = skipped[0]
+            raise (ImageRefError if first["error"] == "ImageRefError" else MissingImageError)(
+                first["reason"]
+            )
+        out: dict[str, Any] = {"results": results, "model_version": predictor.version}
+        if skipped:
+            # The others are served; each skipped task gets no prediction ([]) and a reason.
+            for item in skipped[:20]:
+                log.warning("/predict skipped task %s: %s", item["task"], item["reason"])
+            out["skipped"] = [{k: x[k] for k in ("task", "reason")} for x in skipped]
+        return out
 
     def fit(self, event: str, data: dict[str, Any]) -> dict[str, Any]:
         """Start training on ``START_TRAINING`` (enqueue only); other events are ignored."""
@@ -222,7 +231,6 @@ class SliceClassifier:
             model_dir=str(self.settings.model_dir),
             # The backend's own device is for inference; the worker picks the training one.
             device="auto",
-            label_studio_url=self.settings.label_studio_url,
         )
         result = enqueue_training(
             self.redis,
@@ -272,6 +280,8 @@ def create_app(
     # The interactive docs and the schema are served behind the same auth as the API.
     app = FastAPI(title="slicerank ML backend", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.model = model
+    # Every endpoint's body is capped, from Content-Length and while it streams in.
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     # Everything but the health check needs the basic-auth credentials when they are set; the
     # health check reveals nothing and container health probes cannot send credentials.
     api = APIRouter(dependencies=[Depends(authenticate)])
@@ -314,6 +324,12 @@ def create_app(
         tasks = data.get("tasks")
         if not isinstance(tasks, list):
             raise HTTPException(400, "'tasks' must be a list of Label Studio tasks")
+        if len(tasks) > settings.predict_max_tasks:
+            raise HTTPException(
+                413,
+                f"{len(tasks)} tasks in one /predict request; at most {settings.predict_max_tasks} "
+                "(SLICERANK_PREDICT_MAX_TASKS): select fewer tasks in Label Studio's Data Manager",
+            )
         params = data.get("params") or {}
         if not isinstance(params, dict):
             raise HTTPException(400, "'params' must be a JSON object")

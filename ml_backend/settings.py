@@ -8,6 +8,7 @@ keep their usual names.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,22 @@ class BackendSettings:
     #: Seconds ``slicerank train --wait`` lets a job sit in the queue before it says that no
     #: worker has taken it, and how to start one (SLICERANK_WORKER_PICKUP_S).
     pickup_warn_s: float = 60.0
+    #: Folders (besides MODEL_DIR, the media root and the consensus file's folder) under which
+    #: a queued job's files may lie (env SLICERANK_WORKER_ROOTS, separated by ``os.pathsep``).
+    worker_roots: tuple[Path, ...] = ()
+    #: Most tasks one ``/predict`` request may carry (env SLICERANK_PREDICT_MAX_TASKS).
+    predict_max_tasks: int = 1000
+    #: Largest request body the backend reads, in bytes (env SLICERANK_BACKEND_MAX_BODY_MB).
+    max_body_bytes: int = 16 * 1024 * 1024
+
+    def job_roots(self) -> list[Path]:
+        """The folders a worker lets a queued job name files under (see :mod:`ml_backend.jobs`)."""
+        roots = [self.model_dir, *self.worker_roots]
+        if self.media_root is not None:
+            roots.append(self.media_root)
+        if self.consensus_path is not None:
+            roots.append(self.consensus_path.parent)
+        return roots
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> BackendSettings:
@@ -81,6 +98,11 @@ class BackendSettings:
             raise ValueError(
                 f"SLICERANK_WORKER_PICKUP_S={pickup_text!r} is not a number of seconds"
             ) from None
+        roots = tuple(
+            Path(p)
+            for p in environ.get("SLICERANK_WORKER_ROOTS", "").split(os.pathsep)
+            if p.strip()
+        )
         return cls(
             label_studio_url=environ.get("LABEL_STUDIO_URL", cls.label_studio_url).rstrip("/"),
             label_studio_api_key=environ.get("LABEL_STUDIO_API_KEY", ""),
@@ -98,7 +120,25 @@ class BackendSettings:
             consensus_path=opt_path("SLICERANK_CONSENSUS"),
             job_timeout=job_timeout,
             pickup_warn_s=pickup_warn_s,
+            worker_roots=roots,
+            predict_max_tasks=_positive_int(environ, "SLICERANK_PREDICT_MAX_TASKS", 1000),
+            max_body_bytes=_positive_int(environ, "SLICERANK_BACKEND_MAX_BODY_MB", 16)
+            * 1024
+            * 1024,
         )
+
+
+def _positive_int(environ: Mapping[str, str], name: str, default: int) -> int:
+    text = environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{name}={text!r} is not a whole number of at least 1")
+    return value
 
 
 def _flag(environ: Mapping[str, str], name: str) -> bool:

@@ -35,6 +35,41 @@ def read_manifest_stacks(media_root: Path) -> dict[str, tuple[str, int]]:
     return out
 
 
+#: Share of a cohort's scans held out for validation when both arms of a comparison share
+#: one split (:func:`validation_scans`); every other labelled slice trains.
+VALIDATION_SHARE = 0.1
+
+
+def validation_scans(scan_ids, seed: int, share: float = VALIDATION_SHARE) -> tuple[str, ...]:
+    """The scans held out for validation, drawn once per cohort before any label exists.
+
+    Chosen from the scan ids alone (no label, no class), so every arm of a comparison can use
+    the same split: ``max(1, round(share * scans))`` scans, a seeded draw, sorted.
+    """
+    names = sorted({str(s) for s in scan_ids})
+    if len(names) < 2:
+        raise ValueError(f"{len(names)} scan(s): need at least 2 to hold one out for validation")
+    if not 0 < share < 1:
+        raise ValueError(f"validation share must lie strictly between 0 and 1, got {share}")
+    k = min(len(names) - 1, max(1, round(share * len(names))))
+    pick = np.random.default_rng([seed, 41]).permutation(len(names))[:k]
+    return tuple(sorted(names[i] for i in pick))
+
+
+def split_by_validation_scans(groups, val_scans) -> tuple[list[int], list[int], list[int]]:
+    """Train/validation/test indices when ``val_scans`` are the validation set: every other
+    image trains, none is held out as a test set. Raises ``ValueError`` when either is empty."""
+    held = set(val_scans)
+    val = [k for k, g in enumerate(groups) if g in held]
+    train = [k for k, g in enumerate(groups) if g not in held]
+    if not val or not train:
+        raise ValueError(
+            f"validation scans {sorted(held)[:3]}...: leave {len(train)} training and "
+            f"{len(val)} validation images; both must be non-empty"
+        )
+    return train, val, []
+
+
 def grouped_stratified_split(
     labels: Sequence[str],
     groups: Sequence[str],

@@ -26,6 +26,7 @@ crop offset, flips and rotation in one affine map), so a GPU never waits for a C
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -39,6 +40,43 @@ from ml_backend.config import TrainConfig
 #: so a checkpoint carries no hidden dependence on its training set's statistics.
 NORM_MEAN = 0.5
 NORM_STD = 0.25
+
+#: Most pixels an image may have to be decoded (4096²: a 16-bit 2048² export is a quarter of
+#: it). Decoding one this size took 0.08 s of CPU and +48 MB (a 32 MB RGBA file 0.12 s, +56
+#: MB); anything larger is refused from its header, before its pixels are read
+#: (docs/bench/security.md).
+MAX_IMAGE_PIXELS = 4096 * 4096
+#: Most an image's long side may exceed its short side. Slices are near square; a 4:1 image
+#: already loses three quarters of itself to the square crop.
+MAX_ASPECT_RATIO = 4.0
+#: How far :func:`prepare_image` may enlarge an image: its long side after scaling is at most
+#: this many times the square it is cut to.
+MAX_SCALED_SIDE_FACTOR = 8
+#: Image formats decoded: those Label Studio shows and ingestion writes (no TIFF, no PSD...).
+IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP")
+
+
+class ImageRefusedError(ValueError):
+    """An image refused before it was decoded or scaled: too many pixels, too elongated, or a
+    decompression bomb. The message gives the size and the limit."""
+
+
+def check_image_size(width: int, height: int) -> None:
+    """Refuse (:class:`ImageRefusedError`) an image whose size breaks :data:`MAX_IMAGE_PIXELS`
+    or :data:`MAX_ASPECT_RATIO`; called on the header's size, before any pixel is decoded."""
+    if width < 1 or height < 1:
+        raise ImageRefusedError(f"image of {width}×{height} pixels is empty")
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ImageRefusedError(
+            f"image of {width}×{height} pixels is larger than {MAX_IMAGE_PIXELS} pixels "
+            "(4096×4096): export the slice at its native resolution"
+        )
+    ratio = max(width, height) / min(width, height)
+    if ratio > MAX_ASPECT_RATIO:
+        raise ImageRefusedError(
+            f"image of {width}×{height} pixels is {ratio:.1f} times longer than it is wide "
+            f"(at most {MAX_ASPECT_RATIO:g}): not a slice"
+        )
 
 
 def prepare_image(image: np.ndarray, config: TrainConfig) -> np.ndarray:
@@ -55,6 +93,13 @@ def prepare_image(image: np.ndarray, config: TrainConfig) -> np.ndarray:
     short = min(th, tw)
     if config.resize == "always" or short < config.square:
         scale = config.square / short
+        # Bound the work before doing it: a 2×60,000 image would become 256×7.7 M pixels.
+        longest = round(max(th, tw) * scale)
+        if longest > MAX_SCALED_SIDE_FACTOR * config.square:
+            raise ImageRefusedError(
+                f"image of shape {image.shape} would be scaled to a long side of {longest} "
+                f"pixels (at most {MAX_SCALED_SIDE_FACTOR * config.square}): too elongated"
+            )
         size = (max(config.square, round(tw * scale)), max(config.square, round(th * scale)))
         trimmed = np.asarray(Image.fromarray(trimmed).resize(size, Image.BILINEAR))
         th, tw = trimmed.shape
@@ -64,10 +109,22 @@ def prepare_image(image: np.ndarray, config: TrainConfig) -> np.ndarray:
 
 
 def load_grayscale(path) -> np.ndarray:
-    """Read an image file as a 2-D uint8 array (colour images are converted to luminance)."""
-    with Image.open(path) as img:
-        if img.mode not in ("L",):
-            img = img.convert("L")
+    """Read an image file (a path or a binary file object) as a 2-D uint8 array, colour
+    converted to luminance. Its size is checked from the header first
+    (:func:`check_image_size`), and Pillow's decompression-bomb warning is an error:
+    :class:`ImageRefusedError` either way, before the pixels are decoded. Other formats than
+    :data:`IMAGE_FORMATS` and broken files raise OSError."""
+    # Process-wide and idempotent (not a catch_warnings block, which threads would race on):
+    # the warning Pillow gives for 89 M+ pixels, with the pixels still decoded, becomes an error.
+    warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+    try:
+        img = Image.open(path, formats=IMAGE_FORMATS)
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise ImageRefusedError(f"decompression bomb refused ({exc})") from None
+    with img:
+        check_image_size(*img.size)
+        if img.mode != "L":
+            return np.asarray(img.convert("L"), dtype=np.uint8)
         return np.asarray(img, dtype=np.uint8)
 
 

@@ -17,6 +17,7 @@ starts over. Ctrl-C (or SIGTERM) stops every child process.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -43,14 +44,15 @@ from slicerank.demo_raters import (
     LeadTimes,
     labelling_budget,
     make_panel,
-    simulate_classify,
     simulate_ranking,
+    simulate_single,
 )
 from slicerank.demo_report import (
     predict_testset,
     print_headline,
     stage_analysis,
     stage_label_report,
+    test_scans,
     write_prediction_csvs,
 )
 from slicerank.demo_services import (
@@ -79,6 +81,10 @@ def run_demo(
     import httpx
     import redis
 
+    from ml_backend.splits import validation_scans
+    from ranking_scheduler.simulator.raters import premise_name
+    from ranking_scheduler.simulator.simulate import read_cohort
+    from ranking_scheduler.simulator.stack_labels import labeller_document, single_labeller
     from slicerank_base.procs import ProcessSet
 
     layout = prepare_out_dir(cfg)
@@ -144,7 +150,14 @@ def run_demo(
             return result
 
         rest = LabelStudioREST(http, server.url, creds["api_key"])
-        panel = make_panel(layout.media / "manifest.csv", cfg.raters, cfg.seed)
+        manifest = layout.media / "manifest.csv"
+        # The raters perceive what each rendered slice shows, under the named premise.
+        panel = make_panel(manifest, cfg.raters, cfg.seed, premise=cfg.premise, scans=cfg.scans)
+        result["premise"] = {"abs_difficulty": cfg.premise, "name": premise_name(cfg.premise)}
+        # One split for both arms, by scan, drawn before either arm has a label.
+        stacks = read_cohort(manifest).stacks or {}
+        val_scans = validation_scans({scan for scan, _ in stacks.values()}, cfg.seed)
+        result["split"] = {"validation_scans": list(val_scans), "shared_by_both_arms": True}
         user_ids = {
             r.name: rest.ensure_user(f"{r.name}@{LS_USER_DOMAIN}", r.name) for r in panel.raters
         }
@@ -156,11 +169,16 @@ def run_demo(
 
         t = time.monotonic()
         bar = progress_bar(budget["single_labels"], "one-at-a-time labels", unit="label")
-        result["classify"] = simulate_classify(
-            rest, projects["Classify"], panel, user_ids, budget["single_labels"], bar.update,
-            lead_times=lead_times,
+        labeller = single_labeller(sorted(stacks), stacks, seed=cfg.seed)
+        result["classify"] = simulate_single(
+            rest, projects["Classify"], panel, user_ids, budget["single_labels"], labeller,
+            bar.update, lead_times=lead_times,
         )  # fmt: skip
         bar.close()
+        single_doc = labeller_document(labeller)
+        single_path = layout.scheduler / "single-consensus.json"
+        single_path.write_text(json.dumps(single_doc, indent=2))
+        result["single_consensus"] = {"path": str(single_path), "images": len(single_doc["images"])}
         mark("one-at-a-time labelling", t)
 
         t = time.monotonic()
@@ -180,15 +198,16 @@ def run_demo(
         t = time.monotonic()
         conn = redis.Redis.from_url(redis_url)
         models = {}
-        # The ranking model always learns from the consensus file: besides the classes it
-        # carries each image's continuous position, which the ordinal head regresses onto.
-        consensus_file = result["consensus"]["path"]
-        for name, source in (("one-at-a-time", "classify"), ("ranking", "ranking")):
+        # Both models learn through the same path: a consensus file giving every slice of
+        # the labelled cohort a class decoded along its scan (the scheduler's for ranking,
+        # the one-at-a-time labeller's for one-at-a-time), on the same training scans.
+        files = {"one-at-a-time": str(single_path), "ranking": result["consensus"]["path"]}
+        for name, consensus_file in files.items():
             models[name] = stage_train(
-                conn, queue_name, label_source=source, project_id=projects["Classify"],
-                consensus_path=consensus_file if source == "ranking" else None,
+                conn, queue_name, label_source="ranking", project_id=projects["Classify"],
+                consensus_path=consensus_file, val_scans=val_scans,
                 layout=layout, preset=cfg.train_preset, device=env["SLICERANK_DEVICE"],
-                epochs=cfg.epochs, label_studio_url=server.url, check_alive=procs.check_alive,
+                epochs=cfg.epochs, check_alive=procs.check_alive,
                 timeout_s=cfg.timeout_s,
             )  # fmt: skip
         result["models"] = models
@@ -203,18 +222,20 @@ def run_demo(
         mark("held-out predictions", t)
 
         t = time.monotonic()
-        result["report"] = stage_analysis(truth, predictions, layout.report, cfg.seed)
         result["label_report"] = stage_label_report(
-            client, projects["Classify"], Path(result["consensus"]["path"]),
-            layout.media / "manifest.csv",
+            single_path, Path(result["consensus"]["path"]), manifest,
             layout.report / "labels", cfg.seed,
+        )  # fmt: skip
+        result["report"] = stage_analysis(
+            truth, predictions, layout.report, cfg.seed, premise=cfg.premise,
+            clusters=test_scans(layout.testset), label_headline=result["label_report"],
         )  # fmt: skip
         mark("analysis", t)
         result["wall_s"] = round(time.monotonic() - t0, 1)
         stages.close()
 
         on_ready(result)
-        print_headline(out, result["report"]["headline"])
+        print_headline(out, result["report"]["headline"], premise=cfg.premise)
         print_access(out, urls, creds, layout, simulated=True)
         if cfg.keep_running:
             wait_until_interrupted(procs)
@@ -278,6 +299,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--scans", type=int, default=DEFAULT_SCANS, help="scans to label")
     p.add_argument("--test-scans", type=int, default=DEFAULT_TEST_SCANS, help="held-out scans")
     p.add_argument("--seed", type=int, default=0, help="seed of the cohort and the raters")
+    p.add_argument(
+        "--premise", type=float, default=1.0,
+        help="how many times noisier the simulated raters' absolute labels are than their "
+        "comparisons (default 1.0: equal noise; 1.5: the study's premise); every headline "
+        "names it",
+    )  # fmt: skip
     p.add_argument("--raters", type=int, default=3, help="simulated clinicians (1-3)")
     p.add_argument(
         "--hours",
@@ -318,6 +345,7 @@ def _demo(args: argparse.Namespace) -> int:
             scans=args.scans,
             test_scans=args.test_scans,
             seed=args.seed,
+            premise=args.premise,
             raters=args.raters,
             hours=args.hours,
             strategy=args.strategy,

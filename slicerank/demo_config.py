@@ -28,6 +28,8 @@ class DemoConfig:
     scans: int = DEFAULT_SCANS
     test_scans: int = DEFAULT_TEST_SCANS
     seed: int = 0
+    #: The simulated raters' abs_difficulty: 1.0 equal noise (default), 1.5 the study's.
+    premise: float = 1.0
     raters: int = 3
     #: Labelling time per strategy in hours; None = one single label per image's worth.
     hours: float | None = None
@@ -53,6 +55,8 @@ class DemoConfig:
             problems.append(f"--test-scans {self.test_scans}: need at least 1 scan")
         if not 1 <= self.raters <= len(RATER_NAMES):
             problems.append(f"--raters {self.raters}: choose 1 to {len(RATER_NAMES)}")
+        if not self.premise > 0:
+            problems.append(f"--premise {self.premise}: must be positive (1.0 or 1.5)")
         if self.hours is not None and self.hours <= 0:
             problems.append(f"--hours {self.hours}: must be positive")
         if self.epochs is not None and self.epochs < 1:

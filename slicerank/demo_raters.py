@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -195,46 +196,85 @@ def labelling_budget(n_images: int, hours: float | None) -> dict[str, float]:
     }
 
 
-def simulate_classify(
+def simulate_single(
     rest: LabelStudioREST,
     project_id: int,
     panel,
     user_ids: dict[str, int],
     n_labels: int,
+    labeller,
     progress: Callable[[int], None] = lambda n: None,
     lead_times: LeadTimes | None = None,
 ) -> dict[str, Any]:
-    """One-at-a-time: the raters label Classify tasks in turn until ``n_labels`` exist.
+    """One-at-a-time with the scheduler's intelligence: ``labeller``
+    (:func:`ranking_scheduler.simulator.stack_labels.single_labeller`) picks the slice each
+    rater labels next, where a scan's classes are least certain given its geometry and the
+    labels so far; every answer is a Label Studio annotation on the Classify task.
 
-    Labels already in Label Studio (a re-run) count toward the budget. Tasks are visited in
-    import order (shuffled by provisioning); a second pass gives an image a second rater.
-    Each label carries a ``lead_time`` from ``lead_times`` (default: seeded with 0).
+    Labels already in Label Studio (a re-run) are replayed into ``labeller`` and count toward
+    the budget. The raters work in parallel threads; each answer informs the next choice as
+    soon as it is in (as the ranking arm's scheduler works); each label carries a
+    ``lead_time`` from ``lead_times``.
     """
+    from ml_backend.labels import CLASS_CONTROL
+
     lead_times = lead_times or LeadTimes([r.name for r in panel.raters])
     tasks = rest.tasks(project_id)
     if not tasks:
         raise RuntimeError(f"Classify project {project_id} has no tasks: provisioning failed")
-    existing = sum(int(t.get("total_annotations") or 0) for t in tasks)
+    task_of = {t["data"]["image_id"]: t["id"] for t in tasks}
+    name_of = {uid: name for name, uid in user_ids.items()}
+    existing = 0
+    for task in tasks:
+        for ann in task.get("annotations") or []:
+            who = ann.get("completed_by")
+            who = who.get("id") if isinstance(who, dict) else who
+            choice = next(
+                (r["value"]["choices"][0] for r in ann.get("result") or []
+                 if r.get("from_name") == CLASS_CONTROL and r.get("value", {}).get("choices")),
+                None,
+            )  # fmt: skip
+            if choice is not None and who in name_of:
+                labeller.submit(task["data"]["image_id"], name_of[who], choice)
+                existing += 1
     progress(min(existing, n_labels))
-    by_count = sorted(tasks, key=lambda t: (int(t.get("total_annotations") or 0), t["id"]))
-    raters = panel.raters
-    # Who labels what is fixed up front; each rater then works through its own share on its
-    # own thread, as clinicians would in parallel (each rater's draws stay deterministic).
-    plan: dict[str, list[dict]] = {r.name: [] for r in raters}
-    for k in range(max(0, n_labels - existing)):
-        plan[raters[(existing + k) % len(raters)].name].append(by_count[k % len(by_count)])
+    # Each rater labels on a thread of its own, as clinicians work in parallel; the labeller
+    # is shared under a lock and hands out a slice nobody else is answering right now.
+    lock = threading.Lock()
+    pending: set[str] = set()
+    state = {"claimed": existing, "done": existing}
 
-    def work(rater) -> int:
-        for task in plan[rater.name]:
-            label = rater.classify(task["data"]["image_id"])
+    def work(rater) -> None:
+        while True:
+            with lock:
+                if state["claimed"] >= n_labels:
+                    return
+                image_id = labeller.next_query(rater.name, exclude=pending)
+                if image_id is None:
+                    return  # this rater has labelled every slice not out with another
+                state["claimed"] += 1
+                pending.add(image_id)
+            label = rater.classify(image_id)
             seconds = lead_times.draw(rater.name, "label")
-            rest.annotate(task["id"], choice_result(label), user_ids[rater.name], seconds)
+            try:
+                rest.annotate(
+                    task_of[image_id], choice_result(label), user_ids[rater.name], seconds
+                )
+            except BaseException:
+                with lock:
+                    pending.discard(image_id)
+                raise
+            with lock:  # out of pending only once its answer counts
+                labeller.submit(image_id, rater.name, label)
+                pending.discard(image_id)
+                state["done"] += 1
             progress(1)
-        return len(plan[rater.name])
 
-    with ThreadPoolExecutor(max_workers=len(raters)) as pool:
-        done = existing + sum(pool.map(work, raters))
-    return {"labels": done, "labels_before": existing, "tasks": len(tasks)}
+    with ThreadPoolExecutor(max_workers=len(panel.raters)) as pool:
+        list(pool.map(work, panel.raters))
+    done = state["done"]
+    return {"labels": done, "labels_before": existing, "tasks": len(tasks),
+            "strategy": "single (stack-aware active one-at-a-time)"}  # fmt: skip
 
 
 def simulate_ranking(
@@ -327,15 +367,44 @@ def simulate_ranking(
     }
 
 
-def make_panel(manifest: Path, n_raters: int, seed: int):
-    """Simulated clinicians for a cohort, their class cuts fitted to its ground truth."""
+def make_panel(
+    manifest: Path, n_raters: int, seed: int, *, premise: float = 1.0, scans: int | None = None
+):
+    """Simulated clinicians for a cohort, their class cuts fitted to its ground truth.
+
+    ``premise`` is ``abs_difficulty`` (1.0: equal noise, the demo's default; 1.5: the
+    study's). With ``scans`` (the phantom cohort ``generate_cohort(scans, seed=seed)``) the
+    raters perceive what each rendered slice shows (:func:`cmr_ingest.synth.slice_perception`)
+    with the noise levels calibrated for that (``PHANTOM_PARAMS``); without, true positions.
+    """  # fmt: skip
     from dataclasses import replace
 
     from cmr_ingest.manifest import read_manifest
-    from ranking_scheduler.simulator.raters import DEFAULT_PARAMS, RaterPanel, cuts_from_classes
+    from ranking_scheduler.simulator.raters import (
+        DEFAULT_PARAMS,
+        PHANTOM_PARAMS,
+        RaterPanel,
+        cuts_from_classes,
+    )
 
     rows = read_manifest(manifest)
     positions = {str(r["image_id"]): float(r["position"]) for r in rows}
     classes = {str(r["image_id"]): str(r["true_class"]) for r in rows}
-    params = replace(DEFAULT_PARAMS, cuts=cuts_from_classes(positions, classes))
-    return RaterPanel.from_positions(positions, n_raters=n_raters, seed=seed, params=params)
+    cuts = cuts_from_classes(positions, classes)
+    if scans is None:
+        params = replace(DEFAULT_PARAMS, cuts=cuts, abs_difficulty=premise)
+        return RaterPanel.from_positions(positions, n_raters=n_raters, seed=seed, params=params)
+    from cmr_ingest.synth import slice_perception
+
+    seen = slice_perception(scans, seed)
+    missing = set(positions) - set(seen)
+    if missing:
+        raise ValueError(
+            f"{manifest}: {len(missing)} image(s) are not slices of the {scans}-scan phantom "
+            f"cohort with seed {seed} (e.g. {sorted(missing)[:2]}); was it generated otherwise?"
+        )
+    params = replace(PHANTOM_PARAMS, cuts=cuts, abs_difficulty=premise)
+    return RaterPanel.from_positions(
+        {i: seen[i][0] for i in positions}, n_raters=n_raters, seed=seed, params=params,
+        difficulty={i: seen[i][1] for i in positions},
+    )  # fmt: skip

@@ -112,6 +112,9 @@ def service_env(
             "SLICERANK_QUEUE": f"slicerank-demo-{creds['api_key'][:8]}",
             "MODEL_DIR": str(layout.models),
             "SLICERANK_MEDIA_ROOT": str(layout.media),
+            # The ranking model's job names the scheduler's consensus file: the worker reads
+            # files only under its own roots.
+            "SLICERANK_WORKER_ROOTS": str(layout.scheduler),
             "BASIC_AUTH_USER": creds["backend_user"],
             "BASIC_AUTH_PASS": creds["backend_pass"],
             "SLICERANK_DEVICE": "cuda" if cfg.gpu else "cpu",

@@ -17,18 +17,19 @@ def stage_train(
     label_source: str,
     project_id: int,
     consensus_path: str | None = None,
+    val_scans: tuple[str, ...] | None = None,
     layout: Layout,
     preset: str,
     device: str,
     epochs: int | None,
-    label_studio_url: str,
     check_alive: Callable[[], None],
     timeout_s: float,
 ) -> dict[str, Any]:
     """Enqueue one training job on the RQ queue the worker serves and wait for its model.
 
     ``label_source`` ``classify`` trains on the one-at-a-time labels of the Classify project,
-    ``ranking`` on the scheduler's consensus classes published there. The job writes the new
+    ``ranking`` on consensus classes (published there, or ``consensus_path``). ``val_scans``:
+    the scans of the validation set (every other labelled scan trains), shared by both arms. The job writes the new
     model's predictions back onto the Classify tasks.
     """
     from rq.exceptions import NoSuchJobError
@@ -39,13 +40,13 @@ def stage_train(
         label_source=label_source,
         project_id=project_id,
         consensus_path=consensus_path,
+        val_scans=tuple(val_scans) if val_scans is not None else None,
         preset=preset,
         media_root=str(layout.media),
         model_dir=str(layout.models),
         device=device,
         epochs=epochs,
         write_predictions=True,
-        label_studio_url=label_studio_url,
     )
     queued = enqueue_training(conn, request, queue_name=queue_name)
     if not queued.created:

@@ -219,13 +219,22 @@ class RankingEngine:
         }
 
     # ----------------------------------------------------------------- batches
-    def next_batch(self, rater: str) -> list[str]:
-        """The next batch for ``rater`` (shuffled), recorded as open; ``[]`` once done."""
+    def next_batch(self, rater: str, avoid: Iterable[str] = ()) -> list[str]:
+        """The next batch for ``rater`` (shuffled), recorded as open; ``[]`` once done.
+
+        ``avoid``: images left out while enough others are free (the service passes the
+        slices ranked in the last minutes, as it cannot choose which rater gets a task)."""
         _check_rater(rater)
         if self._policy.done():
             return []
         k = self.batch_size
         available = self._in_open == 0
+        avoided = [self._index[i] for i in avoid if i in self._index]
+        if avoided:
+            rested = available.copy()
+            rested[avoided] = False
+            if rested.sum() >= k:
+                available = rested
         jitter = self._rng.random(self._n)
         chosen = self._policy.select(rater, available, jitter)
         if len(chosen) < k:

@@ -19,10 +19,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from ranking_scheduler.service.typed_order import read_typed_order, typed_text
 from slicerank_base import CLASSES
 
 ANNOTATION_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
@@ -260,13 +262,19 @@ def short(text: str, limit: int = MAX_REASON_CHARS) -> str:
 
 
 def parse_ranking(result: Any, expected: tuple[str, ...] | list[str]) -> list[str]:
-    """The ordered image ids (top = most basal) of a Ranker result; ``ValueError`` says what is
-    wrong (no ranking, too long, items missing, extra or repeated).
+    """The ordered image ids (top = most basal) of a Rank annotation; ``ValueError`` says what
+    is wrong (no ranking, too long, items missing, extra or repeated).
 
-    Linear in the size of the result, and a ranking longer than its batch is refused before
-    anything else is looked at: a hostile result of 40,000 ids costs one ``len``."""
+    ``expected`` is the task's images in the order the task shows them. A typed order (the
+    slices' marks as text, see ``typed_order``) counts over the Ranker's list, which Label
+    Studio saves even when untouched; without one, the Ranker's list is the order. Linear in
+    the size of the result, and a Ranker list longer than its batch is refused before anything
+    else is looked at: a hostile result of 40,000 ids costs one ``len``."""
     if not isinstance(result, list):
         raise ValueError(f"annotation result is {type(result).__name__}, not a list")
+    text = typed_text(result)
+    if text is not None:
+        return read_typed_order(text, list(expected))
     rankers = [r for r in result if isinstance(r, dict) and r.get("type") == "ranker"]
     if len(rankers) != 1:
         raise ValueError(f"expected one ranker result, found {len(rankers)}")
@@ -304,14 +312,21 @@ def parse_ranking(result: Any, expected: tuple[str, ...] | list[str]) -> list[st
     return order
 
 
+VIEW_CONTROLS = ("window", "zoom")
+"""Choices of the label configs that set only how slices are shown (not an answer)."""
+
+
 def parse_boundary(result: Any) -> str:
     """The class chosen in a boundary (Choices) result; ``ValueError`` if none, unknown or not
-    shaped as Label Studio writes it."""
+    shaped as Label Studio writes it. The view buttons' choices (:data:`VIEW_CONTROLS`) are not
+    answers and are passed over."""
     if not isinstance(result, list):
         raise ValueError(f"annotation result is {type(result).__name__}, not a list")
     chosen: list[Any] = []
     for r in result:
         if not isinstance(r, dict) or r.get("type") != "choices":
+            continue
+        if r.get("from_name") in VIEW_CONTROLS:
             continue
         value = r.get("value")
         choices = value.get("choices") if isinstance(value, dict) else None
@@ -327,13 +342,15 @@ def parse_boundary(result: Any) -> str:
     return chosen[0]
 
 
-def unchanged(sub, event: AnnotationEvent) -> bool:
-    """Whether the logged submission ``sub`` already holds exactly this event's content."""
+def unchanged(sub, event: AnnotationEvent, task_order: Sequence[str] | None = None) -> bool:
+    """Whether the logged submission ``sub`` already holds exactly this event's content
+    (``task_order``: the task's images as shown, which a typed order's marks refer to)."""
     if sub is None or event.cancelled:
         return False
     try:
         if sub.kind == "rank":
-            return parse_ranking(event.result, sub.ordered) == list(sub.ordered)
+            expected = list(task_order) if task_order is not None else list(sub.ordered)
+            return parse_ranking(event.result, expected) == list(sub.ordered)
         return parse_boundary(event.result) == sub.label
     except ValueError:
         return False

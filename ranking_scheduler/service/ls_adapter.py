@@ -18,15 +18,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from ls_config.provision import BOUNDARY, CLASSIFY, RANK, find_projects
+from ranking_scheduler.service.typed_order import MARKS
 
 MODEL_VERSION = "ranking-consensus"
 """Model version of the consensus classes written as predictions on Classify tasks."""
 
 CALL_SAMPLES = 2000
 """Recent latencies kept per kind of Label Studio call (for ``call_stats``)."""
-
-IMAGE_STYLE = "width:200px;height:200px;object-fit:contain;background:#000"
-"""Inline size of each slice in the Rank list (big enough to judge anatomy)."""
 
 
 @dataclass(frozen=True)
@@ -134,17 +132,26 @@ class LabelStudioAdapter:
 
     @staticmethod
     def rank_task(batch_id: str, images: list[PoolImage]) -> dict:
-        """The task (data + meta) showing ``images`` in the given (shuffled) order."""
-        items = [
-            {
-                "id": img.image_id,
-                "html": f'<img src="{html.escape(img.url)}" alt="slice {i + 1}" '
-                f'style="{IMAGE_STYLE}"/>',
-            }
-            for i, img in enumerate(images)
-        ]
+        """The task (data + meta) showing ``images`` in the given (shuffled) order.
+
+        ``grid`` is the HTML of the large 4 x 2 grid, ``images`` the Ranker's list; both mark
+        the i-th slice with ``MARKS[i]``, the letters a typed order is made of (rank.xml)."""
+        if len(images) > len(MARKS):
+            raise ValueError(f"a Rank task holds at most {len(MARKS)} slices, got {len(images)}")
+        cells, items = [], []
+        for mark, img in zip(MARKS, images, strict=False):
+            src = html.escape(img.url)
+            tag = f'<span class="sr-mark">{mark}</span>'
+            cells.append(f'<div class="sr-cell"><img src="{src}" alt="slice {mark}"/>{tag}</div>')
+            items.append(
+                {"id": img.image_id, "html": f'{tag}<img src="{src}" alt="slice {mark}"/>'}
+            )
         return {
-            "data": {"images": items, "batch_id": batch_id},
+            "data": {
+                "images": items,
+                "grid": f'<div class="sr-grid">{"".join(cells)}</div>',
+                "batch_id": batch_id,
+            },
             "meta": {"created_by": "slicerank-scheduler", "batch_id": batch_id},
         }
 

@@ -129,6 +129,7 @@ class TaskPool:
         self.stopping = False
         self.last_seen: dict[str, float] = {}
         self._rank_times: deque[float] = deque()  # clock() of recent Rank submissions
+        self._recent: deque[tuple[float, tuple[str, ...]]] = deque()  # (clock(), ranked ids)
         self._rate_lock = threading.Lock()  # /api/stats reads the rate from another thread
 
     @property
@@ -162,12 +163,24 @@ class TaskPool:
                 time.sleep(0.02)  # the worker records their results meanwhile
 
     # ------------------------------------------------------------------ demand
-    def saw_submission(self, rater: str, kind: str) -> None:
-        """A new submission by ``rater`` arrived (``kind`` rank or boundary)."""
+    def saw_submission(self, rater: str, kind: str, image_ids: tuple[str, ...] = ()) -> None:
+        """A new submission by ``rater`` arrived (``kind`` rank or boundary; ``image_ids`` the
+        slices it ranked)."""
         self.last_seen[rater] = self.clock()
         if kind == "rank":
             with self._rate_lock:
                 self._rank_times.append(self.clock())
+            self._recent.append((self.clock(), tuple(image_ids)))
+
+    def recent_images(self) -> set[str]:
+        """Slices ranked within ``recent_view_s``: new Rank tasks leave them out while enough
+        others are free. Label Studio, not the scheduler, decides which rater opens a task
+        (Community cannot assign), so keeping a just-ranked slice out of every new task is how
+        its rater is not shown it again straight away."""
+        since = self.clock() - self.settings.recent_view_s
+        while self._recent and self._recent[0][0] < since:
+            self._recent.popleft()
+        return {i for _, ids in self._recent for i in ids}
 
     def active_raters(self) -> int:
         """Raters who submitted within the active window."""
@@ -241,9 +254,10 @@ class TaskPool:
         if self.creator is not None and self.create_jobs >= self.settings.create_concurrency:
             return  # every creator is busy; the first to finish tops up again
         batches = []
+        avoid = self.recent_images()
         with self.lock:
             for _ in range(need):
-                batch = self.engine.next_batch(POOL_RATER)
+                batch = self.engine.next_batch(POOL_RATER, avoid=avoid)
                 if not batch:
                     break
                 batches.append((uuid.uuid4().hex[:12], batch))

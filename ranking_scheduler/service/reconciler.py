@@ -144,7 +144,8 @@ class Reconciler:
         applied = 0
         # Preloaded so that a pass over thousands of unchanged annotations costs no queries.
         known = {s.annotation_id: s for s in self.store.effective_submissions()}
-        known_tasks = {t.task_id for t in self.store.tasks()}
+        # The images of each known task as shown: what a typed order's marks refer to.
+        known_tasks = {t.task_id: t.image_ids for t in self.store.tasks()}
         for kind, tasks in read["tasks"]:
             project_id = self.ls.projects[kind]
             for task in tasks:
@@ -154,7 +155,8 @@ class Reconciler:
                     self.pool.adopt(kind, task)
                 for event in intake.from_listing(project_id, task, seen_at=read.get("seen_at")):
                     seen_annotations.add(event.annotation_id)
-                    if intake.unchanged(known.get(event.annotation_id), event):
+                    sub = known.get(event.annotation_id)
+                    if intake.unchanged(sub, event, known_tasks.get(task_id)):
                         if task_id in self.pool.open:
                             self.pool.close(
                                 self.pool.open[task_id], "answered", retire=False, release=False

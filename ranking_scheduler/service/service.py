@@ -593,7 +593,7 @@ class SchedulerService:
                 else:
                     self.engine.submit_boundary(record.image_ids[0], label)
                 self._generation += 1
-            self.tasks.saw_submission(rater, store_kind)
+            self.tasks.saw_submission(rater, store_kind, tuple(record.image_ids))
         elif res.needs_rebuild:
             self.rebuild()
         if record.status == "open" or record.task_id in self.tasks.open:

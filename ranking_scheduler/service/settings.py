@@ -62,6 +62,9 @@ class SchedulerSettings:
     (SCHEDULER_MAX_OPEN_TASKS) bounds, ``active_window_s`` (SCHEDULER_ACTIVE_WINDOW_S): a rater
     who submitted within it counts as active; ``stale_after_s`` (SCHEDULER_STALE_AFTER_S): an
     unanswered Rank task older than this is retired and replaced from current state;
+    ``recent_view_s`` (SCHEDULER_RECENT_VIEW_S, 0 = off): a slice ranked within this many
+    seconds goes into no new Rank task while enough others are free (Label Studio, not the
+    scheduler, picks which rater gets a task, so nobody is shown a slice they just ranked);
     ``boundary_open`` (SCHEDULER_BOUNDARY_OPEN) open boundary questions at most,
     ``boundary_budget`` (SCHEDULER_BOUNDARY_BUDGET) boundary labels in all (-1: the engine's);
     ``reconcile_interval_s`` (SCHEDULER_RECONCILE_INTERVAL_S, 0 = off): how often the open
@@ -103,6 +106,7 @@ class SchedulerSettings:
     max_open_tasks: int = 64
     active_window_s: float = 900.0
     stale_after_s: float = 7200.0
+    recent_view_s: float = 300.0
     boundary_open: int = 2
     boundary_budget: int = -1
     reconcile_interval_s: float = 60.0
@@ -159,6 +163,7 @@ class SchedulerSettings:
             max_open_tasks=_int(environ, "SCHEDULER_MAX_OPEN_TASKS", d.max_open_tasks, 1),
             active_window_s=_float(environ, "SCHEDULER_ACTIVE_WINDOW_S", d.active_window_s),
             stale_after_s=_float(environ, "SCHEDULER_STALE_AFTER_S", d.stale_after_s),
+            recent_view_s=_float(environ, "SCHEDULER_RECENT_VIEW_S", d.recent_view_s),
             boundary_open=_int(environ, "SCHEDULER_BOUNDARY_OPEN", d.boundary_open),
             boundary_budget=_int(environ, "SCHEDULER_BOUNDARY_BUDGET", -1, -1),
             reconcile_interval_s=_float(

@@ -24,6 +24,19 @@ Calibration (``DEFAULT_PARAMS``): on a cohort like the study's (positions unifor
 The per-view part sets the intra kappa; the persistent part and the boundary offsets set the
 gap to the inter kappa (``scripts``-free: ``kappa_study`` below reproduces the numbers).
 
+Grounded in the image (issue 19): on phantom cohorts the panel is built from what each
+rendered slice *shows* rather than from its true position: ``positions`` are the slices'
+apparent positions (``cmr_ingest.phantom.apparent_u``: partial volume across the slab, the
+visibility of the thin apical cap against noise) and ``difficulty`` scales every rater's
+noise on a slice by how hard its scan is to read (noise over contrast, blur, wall thickness;
+``cmr_ingest.phantom.reading_difficulty``). Both are properties of the image, the same for
+every rater and for the CNN, so a slice that looks ambiguous is ambiguous for all of them.
+``PHANTOM_PARAMS`` holds the noise levels calibrated to the study's kappa on such cohorts
+(``slicerank bench raters``; docs/bench/raters.md).
+
+Premises (``PREMISES``): ``1.0`` (equal noise: an absolute judgement is as noisy as a
+comparison, the neutral default of the demo) and ``1.5`` (the study's premise).
+
 Time parity (the study): 5 hours bought 3,323 single-image labels or about 1,575 ranked batches
 of eight (44,097 pairwise comparisons = 1,575 x 28).
 """
@@ -79,7 +92,25 @@ class RaterParams:
 
 
 DEFAULT_PARAMS = RaterParams()
-"""The calibrated defaults."""
+"""The calibrated defaults (uniform study-like positions, no images)."""
+
+PHANTOM_PARAMS = RaterParams(persistent_sd=0.0237, view_sd=0.0095, offset_sd=0.014)
+"""Noise levels calibrated on phantom cohorts with image-grounded perception (apparent
+positions and reading difficulty): intra kappa 0.90, inter 0.77 on the 300-scan calibration
+cohort, 0.90 / 0.75 on a check cohort (``slicerank bench raters``, docs/bench/raters.md).
+``abs_difficulty`` (the premise) and ``cuts`` are set per run."""
+
+PREMISES = {
+    1.0: "equal noise: an absolute label is as noisy as a comparison",
+    1.5: "the study's premise: an absolute label is 1.5x noisier than a comparison",
+}
+"""The named premises (``abs_difficulty`` values) every headline states."""
+
+
+def premise_name(abs_difficulty: float) -> str:
+    """How headlines name a premise: ``premise 1.0 (equal noise ...)``."""
+    text = PREMISES.get(float(abs_difficulty))
+    return f"premise {abs_difficulty:g}" + (f" ({text})" if text else "")
 
 
 def true_class(position: float, cuts: tuple[float, float] = STUDY_CUTS) -> str:
@@ -113,8 +144,10 @@ class SimulatedRater:
         level: float,
         offsets: tuple[float, float],
         seed: Sequence[int],
+        difficulty: Mapping[str, float] | None = None,
     ) -> None:
         self.name = name
+        self._difficulty = difficulty or {}
         self.level = level
         self.offsets = offsets
         self._positions = positions
@@ -135,7 +168,8 @@ class SimulatedRater:
         p = self._params
         z = np.array([self._z(i) for i in ids])
         e = self._rng.standard_normal(len(ids))
-        return self.level * (p.persistent_sd * z + p.view_sd * e)
+        hard = np.array([self._difficulty.get(i, 1.0) for i in ids])
+        return self.level * hard * (p.persistent_sd * z + p.view_sd * e)
 
     def _check(self, ids: Sequence[str]) -> None:
         unknown = [i for i in ids if i not in self._positions]
@@ -176,8 +210,11 @@ class RaterPanel:
         n_raters: int = 3,
         seed: int = 0,
         params: RaterParams | None = None,
+        difficulty: Mapping[str, float] | None = None,
     ) -> RaterPanel:
-        """A panel of ``n_raters`` (named ``r1``, ``r2``, ...) over ``positions`` (0..1)."""
+        """A panel of ``n_raters`` (named ``r1``, ``r2``, ...) over ``positions`` (0..1):
+        true positions, or on a phantom the apparent ones; ``difficulty`` (image id → noise
+        multiplier, default 1) is the image's own, shared by every rater."""
         if not positions:
             raise ValueError("positions: empty")
         bad = [k for k, v in positions.items() if not 0.0 <= float(v) <= 1.0]
@@ -187,6 +224,10 @@ class RaterPanel:
             raise ValueError(f"n_raters: must be an int >= 1, got {n_raters!r}")
         params = params or DEFAULT_PARAMS
         pos = {k: float(v) for k, v in positions.items()}
+        if difficulty is not None:
+            bad = [k for k, v in difficulty.items() if not float(v) > 0]
+            if bad:
+                raise ValueError(f"difficulty: must be > 0, not for {bad[:5]!r}")
         rng = np.random.default_rng([seed, 0])
         offsets = rng.normal(0.0, params.offset_sd, size=(n_raters, 2))
         q = (np.arange(n_raters) + 0.5) / n_raters
@@ -199,6 +240,7 @@ class RaterPanel:
                 float(levels[k]),
                 (float(offsets[k, 0]), float(offsets[k, 1])),
                 (seed, k + 1),
+                difficulty,
             )
             for k in range(n_raters)
         ]
@@ -230,7 +272,10 @@ def study_positions(n: int = 3323, seed: int = 0) -> dict[str, float]:
 
 
 def kappa_study(
-    positions: Mapping[str, float], seeds: Sequence[int] = (0,), params: RaterParams | None = None
+    positions: Mapping[str, float],
+    seeds: Sequence[int] = (0,),
+    params: RaterParams | None = None,
+    difficulty: Mapping[str, float] | None = None,
 ) -> tuple[float, float]:
     """Mean (intra, inter) Cohen's kappa of one-at-a-time labels, as the study measured them.
 
@@ -240,7 +285,7 @@ def kappa_study(
     ids = list(positions)
     intra, inter = [], []
     for seed in seeds:
-        panel = RaterPanel.from_positions(positions, 3, seed, params)
+        panel = RaterPanel.from_positions(positions, 3, seed, params, difficulty)
         passes = [[r.classify(i) for i in ids] for r in panel.raters]
         again = [[r.classify(i) for i in ids] for r in panel.raters]
         intra += [cohens_kappa(p, q) for p, q in zip(passes, again, strict=True)]

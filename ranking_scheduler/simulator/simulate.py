@@ -34,7 +34,7 @@ from ranking_scheduler.simulator.raters import (
     study_positions,
     true_class,
 )
-from ranking_scheduler.simulator.stack_labels import StackLabeller
+from ranking_scheduler.simulator.stack_labels import single_labeller
 from slicerank_base import CLASSES
 
 SIM_STRATEGIES = ("one_at_a_time", "paper", "random", "bayes")
@@ -273,7 +273,7 @@ def _stack_labels(
     progress: Any,
 ) -> list[dict[str, Any]]:
     """One label at a time, each where a scan's classes are least certain (``stack_labels``)."""
-    labeller = StackLabeller(cohort.ids, cohort.stacks or {}, seed=seed)
+    labeller = single_labeller(cohort.ids, cohort.stacks or {}, seed=seed)
     every = max(1, round(checkpoint_hours * 3600 / SECONDS_PER_LABEL))
     limit = int((hours_cap if hours_cap is not None else 5.0) * 3600 / SECONDS_PER_LABEL)
     curve = [_point(0, 0, 0, 0, score(cohort, labeller.classes(), None))]

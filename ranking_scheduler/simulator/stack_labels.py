@@ -16,7 +16,7 @@ counted in slices of one stack instead of ranks of the list), and likewise for `
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 from scipy.special import ndtr
@@ -65,6 +65,11 @@ class StackLabeller:
         self._asked: dict[str, set[int]] = {}
         self.labels = 0
 
+    @property
+    def image_ids(self) -> list[str]:
+        """The cohort's image ids, in the order of ``probs``' rows."""
+        return list(self._ids)
+
     def _refresh(self, s: int) -> None:
         g = self._layout.groups[s]
         m = g.size
@@ -80,10 +85,14 @@ class StackLabeller:
         apical = np.array([p2[: j + 1].sum() for j in k])
         self.probs[g] = np.column_stack([basal, np.clip(1 - basal - apical, 0, 1), apical])
 
-    def next_query(self, rater: str) -> str | None:
-        """The slice whose class is least certain that ``rater`` has not labelled, or None."""
+    def next_query(self, rater: str, exclude: Collection[str] = ()) -> str | None:
+        """The slice whose class is least certain that ``rater`` has not labelled, or None.
+
+        ``exclude``: slices out for an answer with another rater right now (raters working
+        in parallel should not all be handed the same slice)."""
         uncertain = 1.0 - self.probs.max(axis=1) + self._rng.random(len(self._ids)) * 1e-9
-        asked = self._asked.get(rater, set())
+        asked = set(self._asked.get(rater, set()))
+        asked.update(self._index[i] for i in exclude if i in self._index)
         if asked:
             uncertain[list(asked)] = -1.0
         best = int(np.argmax(uncertain))
@@ -112,3 +121,37 @@ class StackLabeller:
         """Every slice's class, decoded monotonically along its scan."""
         cls = monotone_classes(np.log(np.clip(self.probs, 1e-12, 1.0)), self._padded)
         return {i: CLASSES[int(c)] for i, c in zip(self._ids, cls, strict=True)}
+
+
+def single_labeller(
+    image_ids: Sequence[str], stacks: Mapping[str, tuple[str, float]], seed: int = 0
+) -> StackLabeller:
+    """The one-at-a-time arm of every fair comparison (the demo, ``bench model``, the study):
+    it chooses which slice each rater labels next (``next_query``), takes the answers
+    (``submit``) and decodes every slice's class (``classes``, ``probs``).
+
+    Today the stack-aware :class:`StackLabeller`; when the engine's ``single`` strategy lands
+    (issue 18) this is the one place that switches to it, so both arms get the same geometry
+    and the same scheduler intelligence.
+    """
+    return StackLabeller(image_ids, stacks, seed=seed)
+
+
+def labeller_document(labeller: StackLabeller) -> dict:
+    """The one-at-a-time arm's decoded classes as a ``consensus.json``-style document, so both
+    arms train through the same label path (every slice of the cohort gets a class, decoded
+    monotonically along its scan; ``p_*`` are the labeller's marginals)."""
+    classes = labeller.classes()
+    return {
+        "strategy": "single",
+        "labels": labeller.labels,
+        "thresholds": {},
+        "images": [
+            {
+                "image_id": i,
+                "class": classes[i],
+                **{f"p_{c}": float(labeller.probs[k, j]) for j, c in enumerate(CLASSES)},
+            }
+            for k, i in enumerate(labeller.image_ids)
+        ],  # fmt: skip
+    }

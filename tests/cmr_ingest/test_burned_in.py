@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 from pydicom.data import get_testdata_file
 
 from cmr_ingest.burned_in import header_risk, text_near_borders
-from cmr_ingest.ingest import ingest
+from cmr_ingest.ingest import ingest, locate_files
 from cmr_ingest.manifest import read_manifest
 from slicerank.cli import main
 
@@ -109,11 +109,12 @@ def cohort_with_text(dicom_cohort, tmp_path):
 
 def test_pixel_check_finds_text_drawn_into_a_slice(cohort_with_text, tmp_path):
     src, marked = cohort_with_text
-    # The header says nothing: without the pixel check the text would go through.
-    plain = ingest(src, tmp_path / "plain", salt=SALT)
-    checked = ingest(src, tmp_path / "checked", salt=SALT, check_pixels_for_text=True)
+    # The header says nothing: without the pixel check (opted out) the text would go through.
+    plain = ingest(src, tmp_path / "plain", salt=SALT, check_pixels_for_text=False)
+    checked = ingest(src, tmp_path / "checked", salt=SALT)  # the check is on by default
     flagged = [b for b in checked.bad_files if b["reason"] == "burned_in_text"]
-    assert sorted(b["file"].rsplit("/", 1)[-1] for b in flagged) == sorted(marked)
+    where = locate_files(src, SALT, {b["file"] for b in flagged})
+    assert sorted(p.name for p in where.values()) == sorted(marked)
     assert all("margin" in b["detail"] for b in flagged)
     # No false alarm on the other slices of the cohort.
     assert checked.slices_written == plain.slices_written - 2
@@ -135,9 +136,18 @@ def test_pixel_check_on_pngs_written_without_text(ingested):
 def test_cli_flags(cohort_with_text, tmp_path, monkeypatch, capsys):
     src, _ = cohort_with_text
     monkeypatch.setenv("SLICERANK_ID_SALT", SALT)
-    assert main(["ingest", str(src), "--out", str(tmp_path / "a"), "--check-pixels-for-text"]) == 0
-    out = capsys.readouterr().out
-    assert "burned_in_text: 2" in out and "excluded 2 files/slices" in out
+    for flags in ([], ["--check-pixels-for-text"]):  # on by default
+        assert main(["ingest", str(src), "--out", str(tmp_path / "a"), *flags]) == 0
+        out = capsys.readouterr().out
+        assert "burned_in_text: 2" in out and "excluded 2 files/slices" in out
+    # The opt-out, by flag or environment.
+    assert (
+        main(["ingest", str(src), "--out", str(tmp_path / "n"), "--no-check-pixels-for-text"]) == 0
+    )
+    assert "burned_in_text" not in capsys.readouterr().out
+    monkeypatch.setenv("SLICERANK_CHECK_PIXELS_FOR_TEXT", "0")
+    assert main(["ingest", str(src), "--out", str(tmp_path / "m")]) == 0
+    assert "burned_in_text" not in capsys.readouterr().out
     monkeypatch.setenv("SLICERANK_CHECK_PIXELS_FOR_TEXT", "1")
     assert main(["ingest", str(src), "--out", str(tmp_path / "b"), "--include-burned-in"]) == 0
     assert "WARNING: kept 2" in capsys.readouterr().out

@@ -32,8 +32,17 @@ def test_label_configs_parse_and_name_the_contract_tags():
         "title": rank.find(".//List").attrib["title"],
     }
     assert rank.find(".//Ranker").attrib == {"name": "order", "toName": "slices"}
+    # The grid the scheduler fills (data.grid), the typed order it reads, the view buttons.
+    assert rank.find(".//HyperText").attrib["value"] == "$grid"
+    assert rank.find(".//TextArea").attrib["name"] == "typed"
+    hotkeys = [c.attrib["hotkey"] for c in rank.iter("Choice")]
+    assert sorted(hotkeys) == list("1234567")
+    assert {c.attrib["name"] for c in rank.iter("Choices")} == {"window", "zoom"}
     for kind in (CLASSIFY, "Boundary"):
         root = ElementTree.fromstring(label_config(kind))
+        image = root.find(".//Image").attrib
+        for control in ("zoomControl", "brightnessControl", "contrastControl"):
+            assert image[control] == "true", (kind, control)
         choices = root.find(".//Choices")
         assert choices.attrib["name"] == "slice_class"
         assert [c.attrib["value"] for c in choices] == ["too_basal", "lv", "too_apical"]

@@ -34,7 +34,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture
-def setup(tmp_path, redis_url, redis_conn):
+def setup(tmp_path, redis_url, redis_conn, monkeypatch):
+    # The worker (in-process or a subprocess inheriting this environment) reads jobs' files
+    # only under its roots.
+    monkeypatch.setenv("SLICERANK_WORKER_ROOTS", str(tmp_path))
     media = tmp_path / "media"
     rows = make_media_root(media, n_per_class=12)
     export = tmp_path / "export.json"

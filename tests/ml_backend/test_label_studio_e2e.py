@@ -88,7 +88,8 @@ def test_start_training_in_label_studio_ends_in_predictions_on_classify_tasks(
     job_id = json.loads(held)["job_id"]
 
     env = {**os.environ, "REDIS_URL": settings.redis_url, "SLICERANK_QUEUE": settings.queue_name,
-           "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.api_key}  # fmt: skip
+           "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.api_key,
+           "MODEL_DIR": str(settings.model_dir), "SLICERANK_MEDIA_ROOT": str(settings.media_root)}  # fmt: skip
     log = tmp_path / "worker.log"
     with log.open("w") as fh:
         worker = subprocess.Popen([sys.executable, "-m", "slicerank", "worker", "--burst"], env=env,

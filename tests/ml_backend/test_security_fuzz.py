@@ -139,7 +139,8 @@ def fuzz_env(tmp_path, http_server):  # noqa: F811 - the fixture imported above
     register_model(tmp_path / "models")
     foreign = http_server(files={"/x.png": png_bytes()})
     ls = http_server()
-    return {"root": root, "canary": canary, "foreign": foreign, "ls": ls, "tmp": tmp_path}
+    yield {"root": root, "canary": canary, "foreign": foreign, "ls": ls, "tmp": tmp_path}
+    canary.stop()
 
 
 def climbs(request_path: str) -> bool:
@@ -166,18 +167,24 @@ def test_fuzz_predict(fuzz_env, capsys):
     client = TestClient(create_app(settings))
     fuzz = Fuzzer(15, env["foreign"].url, env["ls"].url)
     counts: Counter = Counter()
+    served = 0
     for _ in range(N_PAYLOADS):
         payload = fuzz.predict_payload()
         r = post_raw(client, "/predict", payload, fuzz.rng)
         check_run(counts, r, payload)
         if r.status_code == 200:
-            # Served: only images under the media root (or none: no model would say so).
-            assert "secret" not in r.text
+            # Served: only tasks whose image lies under the media root or on Label Studio; a
+            # reference to the canary or to the symlink that leads to it gets no prediction.
+            for task, result in zip(payload["tasks"], r.json()["results"], strict=True):
+                ref = str(task["data"].get("image"))
+                if result:
+                    served += 1
+                    assert "secret" not in ref and "link.png" not in ref, (ref, result)
+    assert served > 0
     assert env["foreign"].requests == []
     # Label Studio itself may be asked (it checks its own paths), never with a traversal.
     assert not any(climbs(path) for path, _ in env["ls"].requests), env["ls"].requests
-    if env["canary"].read_detectable():
-        assert env["canary"].untouched()
+    assert env["canary"].untouched()
     assert sum(counts.values()) == N_PAYLOADS and counts[200] > 0 and counts[400] > 100
     with capsys.disabled():
         print(

@@ -214,3 +214,15 @@ def test_bayes_ranking_tracks_the_truth():
     seen = [i for i in ranked if engine.view_counts()[i] > 0]
     true_rank = np.argsort(np.argsort([pos[i] for i in seen]))
     assert np.corrcoef(true_rank, np.arange(len(seen)))[0, 1] > 0.8
+
+
+def test_next_batch_leaves_out_the_images_to_avoid_while_enough_others_are_free():
+    ids = [f"i{k}" for k in range(24)]
+    for strategy in STRATEGIES:
+        engine = RankingEngine(ids, strategy=strategy, seed=0)
+        avoid = set(ids[:12])
+        batch = engine.next_batch("r1", avoid=avoid)
+        assert not set(batch) & avoid, strategy
+        # 4 free images besides the avoided ones: fewer than a batch, so avoid gives way.
+        engine.next_batch("r1", avoid=avoid)
+        assert len(set(engine.next_batch("r1", avoid=avoid))) == 8, strategy

@@ -553,3 +553,24 @@ def test_a_rejection_that_depends_on_the_log_not_the_answer_is_looked_at_again(s
     svc.reconcile()
     assert 901 in {s.annotation_id for s in store.effective_submissions("rank")}
     assert len(store.rejections()) == 1  # the refusal stays on record, once
+
+
+def test_a_slice_ranked_recently_goes_into_no_new_task(tmp_path):
+    # Label Studio picks which rater opens a task: a slice just ranked must not be in the
+    # tasks created after it, or its rater may be shown it again straight away.
+    svc, fake, store = _start(tmp_path, strategy="bayes", recent_view_s=600)
+    try:
+        ranked: set[str] = set()
+        for k in range(3):
+            before = set(fake.unanswered())
+            task_id = sorted(before)[0]
+            ranked |= set(fake.tasks[task_id]["images"])
+            _answer(svc, fake, task_id, 900 + k)
+            assert svc.wait_idle(10)
+            new = set(fake.unanswered()) - before
+            assert new, "the answered task was not replaced"
+            for t in new:
+                assert not set(fake.tasks[t]["images"]) & ranked, (t, fake.tasks[t]["images"])
+    finally:
+        svc.stop()
+        store.close()

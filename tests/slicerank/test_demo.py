@@ -52,6 +52,32 @@ def test_budget_is_equal_time_at_the_study_exchange_rate():
     assert demo_raters.labelling_budget(10, 1.0)["ranked_batches"] == 315
 
 
+def test_premise_reaches_the_raters_and_equal_noise_is_the_default(tmp_path):
+    import argparse
+
+    from cmr_ingest.synth import generate_cohort, slice_perception
+
+    assert demo_config.DemoConfig(out=tmp_path).premise == 1.0
+    with pytest.raises(ValueError, match="--premise"):
+        demo_config.DemoConfig(out=tmp_path, premise=0)
+    parser = argparse.ArgumentParser()
+    demo.register(parser.add_subparsers())
+    assert parser.parse_args(["demo"]).premise == 1.0
+    assert parser.parse_args(["demo", "--premise", "1.5"]).premise == 1.5
+
+    generate_cohort(2, tmp_path / "c", seed=9)
+    manifest = tmp_path / "c" / "manifest.csv"
+    panel = demo_raters.make_panel(manifest, 3, 9, premise=1.5, scans=2)
+    assert panel.params.abs_difficulty == 1.5
+    # The raters perceive what the images show: apparent positions, not the true ones.
+    seen = slice_perception(2, 9)
+    rater = panel.raters[0]
+    assert rater._positions == {i: a for i, (a, _) in seen.items()}
+    assert demo_raters.make_panel(manifest, 3, 9).params.abs_difficulty == 1.0
+    with pytest.raises(ValueError, match="phantom cohort"):
+        demo_raters.make_panel(manifest, 3, 10, scans=2)
+
+
 def test_credentials_are_private_and_stable(tmp_path):
     path = tmp_path / "credentials.json"
     first = demo_config.load_credentials(path)
@@ -335,15 +361,31 @@ def test_demo_end_to_end(tmp_path):
                     order = ann["result"][0]["value"]["ranker"]["order"]
                     assert sorted(order) == sorted(i["id"] for i in task["data"]["images"])
 
-            # Both models are registered, each with its label source.
+            # Both models are registered, each trained on its own arm's decoded classes
+            # (a consensus file: every labelled slice gets a class), on ONE split shared by
+            # both arms, drawn by scan before any label: every labelled slice not in the
+            # validation scans trains, and no internal test split eats labels.
             from ml_backend.registry import ModelRegistry
 
             versions = {v.name: v for v in ModelRegistry(out / "models").versions()}
-            for name, source in (("one-at-a-time", "classify"), ("ranking", "ranking")):
+            files = {"one-at-a-time": "single-consensus.json", "ranking": "demo-consensus.json"}
+            splits = {}
+            for name, file in files.items():
                 model = result["models"][name]
                 assert model["model_version"] in versions
                 label_source = versions[model["model_version"]].read_json("label_source")
-                assert label_source["source"] == source
+                assert Path(label_source["consensus_path"]).name == file
+                assert label_source["n_labels"] == n_images
+                splits[name] = versions[model["model_version"]].read_json("splits")
+            assert splits["one-at-a-time"]["scans"] == splits["ranking"]["scans"]
+            assert splits["ranking"]["scans"]["val"] == result["split"]["validation_scans"]
+            assert splits["ranking"]["test"] == [] and splits["ranking"]["shared_validation_scans"]
+            assert len(splits["ranking"]["train"]) + len(splits["ranking"]["val"]) == n_images
+            # The one-at-a-time arm chose where to ask: the stack-aware labeller.
+            assert result["classify"]["strategy"].startswith("single")
+            # The premise is named: equal noise by default.
+            assert result["premise"]["abs_difficulty"] == 1.0
+            assert "premise 1" in printed
 
             # The new model's predictions are pre-annotations on every Classify task.
             classify_version = result["models"]["one-at-a-time"]["model_version"]
@@ -379,6 +421,13 @@ def test_demo_end_to_end(tmp_path):
         report = result["report"]
         text = Path(report["markdown"]).read_text()
         assert "McNemar" in text
+        # It opens with the lead's lines (premise, labels, models with the scan-clustered
+        # CI and P, what it cannot show) before Table 2.
+        assert (
+            text.index("## In brief") < text.index("Premise: premise 1") < text.index("## Table 2")
+        )
+        assert "bootstrap over scans" in text and "cannot show" in text
+        assert "resampling scans" in text
         assert Path(report["html"]).stat().st_size > 1000
         assert all(Path(f).stat().st_size > 1000 for f in report["figures"])
         head = report["headline"]

@@ -3,11 +3,14 @@
 One ``slicerank demo --no-simulate`` (phantom cohort, private Redis) serves every test here, as
 a new user would start it. What the REST API, the simulated raters and the model cannot show:
 every image of Rank, Classify and Boundary loads (the demo once served each from one folder too
-high: 8 broken images per Rank task), all 8 slices of a Rank task fit on a 1920x1080 screen and
-on a 1366x768 one, a ranking made with the mouse and one made with the keyboard each reach the
-scheduler in exactly the order on screen, and the next task is there. Also: no secret on any
-process's command line, sign-up closed, and after training a Classify task opens with the
-model's choice preselected. Screenshots go to test-artifacts/.
+high: 8 broken images per Rank task); on a 1920x1080 screen and a 1366x768 one, all 8 slices of
+a Rank task are shown at least 240 / 150 px without hovering, with Submit, and a Classify or
+Boundary slice at least 512 px on the larger; a ranking typed from the keyboard alone (10 key
+presses, counted) and one dragged with the mouse each reach the scheduler in exactly the order
+on screen, and the next task is there; the view controls change what is shown and reset. Also:
+no secret on any process's command line, sign-up closed, and after training a Classify task
+opens with the model's choice preselected, which one key accepts. Screenshots and the measured
+sizes go to test-artifacts/.
 """
 
 from __future__ import annotations
@@ -31,6 +34,12 @@ from tests.slicerank.test_demo import _ctrl_c_reaches_it, _descendants, _interru
 
 ARTIFACTS = Path(os.environ.get("SLICERANK_TEST_ARTIFACTS", "test-artifacts"))
 SCREENS = {"1920x1080": (1920, 1080), "1366x768": (1366, 768)}
+MIN_RANK_SLICE = {"1920x1080": 240, "1366x768": 150}
+"""Each of the 8 slices of a Rank task, shorter side in px, without hovering (issue 20)."""
+MIN_SINGLE_SLICE = {"1920x1080": 512}
+"""The slice of a Classify or Boundary task, shorter side in px."""
+MAX_KEYS = 10
+"""Key presses a full ranking of 8 from the keyboard may take, Submit included."""
 ALL_IMAGES_LOADED = (
     "sel => { const imgs = [...document.querySelectorAll(sel)];"
     " return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0); }"
@@ -163,16 +172,45 @@ def _order(page) -> list[str]:
 
 
 def _wait_rank_task(page, not_ids: set[str] = frozenset()) -> list[str]:
-    """Wait for a Rank task (other than one showing ``not_ids``) with all 8 images loaded."""
+    """Wait for a Rank task (other than one showing ``not_ids``) with all its images loaded:
+    the 8 of the grid and the 8 small ones of the list."""
     page.wait_for_function(
         "bad => { const items = [...document.querySelectorAll('.htx-ranker-item')];"
-        " return items.length === 8 && !items.some(e => bad.includes(e.dataset.rankerId)); }",
+        " return items.length === 8 && !items.some(e => bad.includes(e.dataset.rankerId))"
+        " && document.querySelectorAll('.sr-cell img').length === 8; }",
         arg=sorted(not_ids),
         timeout=90_000,
     )
-    page.wait_for_function(ALL_IMAGES_LOADED, arg=".htx-ranker-item img", timeout=60_000)
+    page.wait_for_function(
+        ALL_IMAGES_LOADED, arg=".sr-cell img, .htx-ranker-item img", timeout=60_000
+    )
     _close_instructions(page)
     return _order(page)
+
+
+def _marks(page) -> dict[str, str]:
+    """Mark -> image id as the screen shows them: each grid cell's letter and picture, matched
+    to the list row (which carries the id) showing the same picture."""
+    cells = page.eval_on_selector_all(
+        ".sr-cell",
+        "els => els.map(e => [e.querySelector('.sr-mark').textContent,"
+        " e.querySelector('img').getAttribute('src')])",
+    )
+    rows = page.eval_on_selector_all(
+        ".htx-ranker-item",
+        "els => els.map(e => [e.dataset.rankerId, e.querySelector('img').getAttribute('src')])",
+    )
+    by_src = dict((src, rid) for rid, src in rows)
+    assert len(cells) == 8 and len(by_src) == 8
+    return {mark: by_src[src] for mark, src in cells}
+
+
+def _grid_styles(page) -> list[list[str]]:
+    """What each of the 8 grid slices is drawn with: (CSS filter, CSS transform)."""
+    return page.eval_on_selector_all(
+        ".sr-cell img",
+        "els => els.map(e => [getComputedStyle(e).filter, getComputedStyle(e).transform])",
+    )
 
 
 def _boxes(page, selector: str) -> list[dict]:
@@ -201,20 +239,8 @@ def _mouse_drag(page, source: str, target: str) -> None:
     page.wait_for_timeout(800)
 
 
-def _keyboard_move(page, item_id: str, down: int) -> None:
-    page.locator(f".htx-ranker-item[data-ranker-id='{item_id}']").focus()
-    page.keyboard.press("Space")
-    page.wait_for_timeout(300)
-    for _ in range(down):
-        page.keyboard.press("ArrowDown")
-        page.wait_for_timeout(300)
-    page.keyboard.press("Space")
-    page.wait_for_timeout(800)
-
-
-def _submit_and_wait_counted(page, demo: DemoRun, before: dict) -> tuple[int, tuple[str, ...]]:
-    """Press Submit; wait for the scheduler to log one new ranked batch; return it."""
-    page.click("[data-testid=bottombar-submit-button]")
+def _wait_counted(demo: DemoRun, before: dict) -> tuple[int, tuple[str, ...]]:
+    """Wait for the scheduler to log one new ranked batch (after a Submit); return it."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         new = {k: v for k, v in demo.rank_submissions().items() if k not in before}
@@ -258,47 +284,73 @@ def test_clinician_ranks_8_slices_on_one_screen_with_mouse_and_keyboard(demo_run
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page = _login(browser, demo_run, SCREENS[screen])
     page.goto(f"{demo_run.url}/projects/{demo_run.projects['Rank']}/data?labeling=1")
-    before = _wait_rank_task(page)
-    assert len(set(before)) == 8
+    first = _wait_rank_task(page)
+    assert len(set(first)) == 8
+    page.mouse.move(SCREENS[screen][0] - 2, SCREENS[screen][1] // 2)  # no hover on a slice
 
-    # All 8 slices load and lie inside the window, above the bar with the Submit button.
-    submit_top = page.locator("[data-testid=bottombar-submit-button]").bounding_box()["y"]
+    # All 8 slices large without hovering, inside the window, above the bar with Submit.
     width, height = SCREENS[screen]
-    boxes = _boxes(page, ".htx-ranker-item img")
+    submit = page.locator("[data-testid=bottombar-submit-button]").bounding_box()
+    assert submit["y"] + submit["height"] <= height and submit["x"] + submit["width"] <= width
+    boxes = _boxes(page, ".sr-cell img")
     assert len(boxes) == 8 and min(b["natural"] for b in boxes) > 0
     for box in boxes:
         assert box["top"] >= 0 and box["left"] >= 0 and box["right"] <= width, box
-        assert box["bottom"] <= min(height, submit_top), (box, submit_top)
-    # Big enough to judge anatomy, and larger on hover.
-    thumb = boxes[0]["bottom"] - boxes[0]["top"]
-    assert thumb >= 56
+        assert box["bottom"] <= submit["y"], (box, submit)
+    sides = [min(b["right"] - b["left"], b["bottom"] - b["top"]) for b in boxes]
+    assert min(sides) >= MIN_RANK_SLICE[screen], sides
+    thumbs = _boxes(page, ".htx-ranker-item img")
+    assert len(thumbs) == 8 and min(b["natural"] for b in thumbs) > 0
+    assert max(b["bottom"] for b in thumbs) <= submit["y"]
+    (ARTIFACTS / f"demo-rank-{screen}.json").write_text(
+        json.dumps({"slice_px": min(sides), "submit_top": submit["y"]})
+    )
     page.screenshot(path=str(ARTIFACTS / f"demo-rank-{screen}.png"))
-    page.locator(".htx-ranker-item").nth(2).hover()
-    page.wait_for_timeout(400)
-    zoomed = _boxes(page, ".htx-ranker-item img")[2]
-    assert zoomed["bottom"] - zoomed["top"] >= 3.5 * thumb
-    page.screenshot(path=str(ARTIFACTS / f"demo-rank-{screen}-hover.png"))
 
-    # With the mouse: the first slice dragged down past two others.
+    # The view controls restyle all 8 at once, and the same key again resets them.
+    plain = _grid_styles(page)
+    assert all(f == "none" and t == "none" for f, t in plain), plain
+    page.keyboard.press("6")  # zoom 2x
+    page.keyboard.press("1")  # brighter
+    page.wait_for_timeout(300)
+    assert _grid_styles(page) == [["brightness(1.5)", "matrix(2, 0, 0, 2, 0, 0)"]] * 8
+    page.screenshot(path=str(ARTIFACTS / f"demo-rank-{screen}-view.png"))
+    page.keyboard.press("6")
+    page.keyboard.press("1")
+    page.wait_for_timeout(300)
+    assert _grid_styles(page) == plain
+
+    # From the keyboard alone: Tab to the field, the marks most basal first (the eighth may be
+    # left out), Enter, Ctrl+Enter. Every press counted.
+    marks = _marks(page)
+    logged = demo_run.rank_submissions()
+    typed = "HGFEDCB"  # the reverse of the grid, say
+    keys = ["Tab", *typed, "Enter", "Control+Enter"]
+    page.keyboard.press(keys[0])
+    assert page.evaluate("document.activeElement.name") == "typed"
+    for key in keys[1:-1]:
+        page.keyboard.press(key)
+    page.wait_for_timeout(300)
+    expected = [marks[m] for m in typed] + [marks["A"]]
+    page.keyboard.press(keys[-1])
+    annotation, order = _wait_counted(demo_run, logged)
+    assert list(order) == expected  # exactly the order typed from the screen's marks
+    assert len(keys) <= MAX_KEYS
+    (ARTIFACTS / f"demo-rank-{screen}-keys.json").write_text(json.dumps(keys))
+
+    # The next task is there; with the mouse: the first row dragged down past two others.
+    second = _wait_rank_task(page, not_ids=set(first))
     logged = demo_run.rank_submissions()
     _mouse_drag(
         page,
-        f".htx-ranker-item[data-ranker-id='{before[0]}']",
-        f".htx-ranker-item[data-ranker-id='{before[2]}']",
+        f".htx-ranker-item[data-ranker-id='{second[0]}']",
+        f".htx-ranker-item[data-ranker-id='{second[2]}']",
     )
     dragged = _order(page)
-    assert dragged == before[1:3] + [before[0]] + before[3:]
-    annotation, order = _submit_and_wait_counted(page, demo_run, logged)
+    assert dragged == second[1:3] + [second[0]] + second[3:]
+    page.click("[data-testid=bottombar-submit-button]")
+    _, order = _wait_counted(demo_run, logged)
     assert list(order) == dragged  # exactly the order on the screen
-
-    # The next task is there; with the keyboard: focus, Space, ArrowDown x3, Space.
-    second = _wait_rank_task(page, not_ids=set(before))
-    logged = demo_run.rank_submissions()
-    _keyboard_move(page, second[0], 3)
-    moved = _order(page)
-    assert moved == second[1:4] + [second[0]] + second[4:]
-    _, order = _submit_and_wait_counted(page, demo_run, logged)
-    assert list(order) == moved
     third = _wait_rank_task(page, not_ids=set(second))
     assert len(third) == 8
     page.close()
@@ -309,6 +361,16 @@ def test_clinician_ranks_8_slices_on_one_screen_with_mouse_and_keyboard(demo_run
     assert timed["n"] >= 2 and timed["median_s"] > 0
 
 
+def _image_view(page) -> tuple[str, float]:
+    """How Label Studio draws the slice: its CSS filter and its width on screen (zoom)."""
+    return tuple(
+        page.eval_on_selector(
+            ".lsf-image img",
+            "e => [getComputedStyle(e).filter, e.getBoundingClientRect().width]",
+        )
+    )
+
+
 def _classify_images_load(browser, demo: DemoRun, kind: str, screen: str) -> None:
     page = _login(browser, demo, SCREENS[screen])
     page.goto(f"{demo.url}/projects/{demo.projects[kind]}/data?labeling=1")
@@ -316,12 +378,47 @@ def _classify_images_load(browser, demo: DemoRun, kind: str, screen: str) -> Non
     _close_instructions(page)
     boxes = _boxes(page, ".lsf-image img")
     assert boxes and all(b["natural"] > 0 for b in boxes)
-    # The slice and the three buttons are on screen together, above the Submit bar.
+    # The slice (what Label Studio's image stage shows) and the three buttons are on screen
+    # together, above the Submit bar, the slice large.
     submit_top = page.locator("[data-testid=bottombar-submit-button]").bounding_box()["y"]
-    choices = page.locator(".lsf-choices").bounding_box()
-    assert choices["y"] + choices["height"] <= submit_top, (choices, submit_top)
-    assert boxes[0]["bottom"] <= submit_top and boxes[0]["right"] <= SCREENS[screen][0]
+    for choices in _boxes(page, ".lsf-choices"):  # the classes, the window keys
+        assert choices["bottom"] <= submit_top, (choices, submit_top)
+    (shown,) = _boxes(page, ".lsf-image")
+    assert shown["bottom"] <= submit_top and shown["right"] <= SCREENS[screen][0]
+    side = min(shown["right"] - shown["left"], shown["bottom"] - shown["top"])
+    assert side >= MIN_SINGLE_SLICE.get(screen, 0), shown
+    (ARTIFACTS / f"demo-{kind.lower()}-{screen}.json").write_text(json.dumps({"slice_px": side}))
     page.screenshot(path=str(ARTIFACTS / f"demo-{kind.lower()}-{screen}.png"))
+
+    # Label Studio's controls on the slice: zoom (Shift+1 fits the slice to its stage again),
+    # brightness (its slider).
+    filter0, width0 = _image_view(page)
+    assert filter0 == "brightness(1) contrast(1)"
+    page.locator(".lsf-tool", has_text="Zoom In").click()
+    page.wait_for_timeout(400)
+    assert _image_view(page)[1] > width0 * 1.05
+    page.keyboard.press("Shift+1")
+    page.wait_for_timeout(400)
+    assert abs(_image_view(page)[1] - (shown["right"] - shown["left"])) < 2
+    tools = page.locator(".lsf-tool")
+    tools.nth(tools.count() - 2).click()  # brightness (contrast is the last)
+    handle = page.locator(".lsf-range__range-handle").first.bounding_box()
+    page.mouse.move(handle["x"], handle["y"])
+    page.mouse.down()
+    page.mouse.move(handle["x"], handle["y"] - 40, steps=8)
+    page.mouse.up()
+    page.wait_for_timeout(400)
+    brighter = _image_view(page)[0]
+    assert brighter.startswith("brightness(") and brighter != filter0, brighter
+    page.screenshot(path=str(ARTIFACTS / f"demo-{kind.lower()}-{screen}-view.png"))
+    # Label Studio's slider has no reset; the window keys (as on Rank) do: a ticked one
+    # overrides the slider, the same key again gives it back.
+    page.keyboard.press("6")  # darker
+    page.wait_for_timeout(300)
+    assert _image_view(page)[0] == "brightness(0.65)"
+    page.keyboard.press("6")
+    page.wait_for_timeout(300)
+    assert _image_view(page)[0] == brighter
     page.close()
 
 
@@ -384,7 +481,7 @@ def test_trained_model_choice_is_preselected(demo_run, browser):
         redis.Redis.from_url(demo_run.result["redis"]["url"]),
         f"slicerank-demo-{demo_run.creds['api_key'][:8]}",
         label_source="classify", project_id=classify, layout=Layout(demo_run.out),
-        preset="cpu-small", device="cpu", epochs=1, label_studio_url=demo_run.url,
+        preset="cpu-small", device="cpu", epochs=1,
         check_alive=lambda: None, timeout_s=600,
     )  # fmt: skip
     version = model["model_version"]
@@ -405,4 +502,13 @@ def test_trained_model_choice_is_preselected(demo_run, browser):
     assert checked.count() == 1
     assert checked.first.inner_text().startswith(labels[chosen])
     page.screenshot(path=str(ARTIFACTS / "demo-classify-preselected.png"))
+    # One key accepts it: Ctrl+Enter submits the preselected class as the clinician's answer.
+    page.keyboard.press("Control+Enter")
+    deadline = time.monotonic() + 60
+    with demo_run.api() as api:
+        while not (anns := api.get(f"/api/tasks/{task['id']}/annotations/").json()):
+            assert time.monotonic() < deadline, "Ctrl+Enter did not submit the model's choice"
+            time.sleep(0.5)
+    (ann,) = anns
+    assert [r["value"]["choices"] for r in ann["result"]] == [[chosen]]
     page.close()
