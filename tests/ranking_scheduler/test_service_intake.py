@@ -104,3 +104,14 @@ def test_parse_boundary_refuses_a_value_that_is_not_an_object():
             intake.parse_boundary([{"type": "choices", "value": value}])
     with pytest.raises(ValueError, match="choices result must hold a list"):
         intake.parse_boundary([{"type": "choices", "value": {"choices": "lv"}}])
+
+
+def test_a_typed_order_is_bounded_too():
+    # A typed order of 4 MB of marks (quadratic before: str.count per letter) is refused on
+    # its length before anything else.
+    batch = [f"i{k}" for k in range(8)]
+    huge = [{"type": "textarea", "value": {"text": ["A" * 4_000_000]}}]
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="4000000 characters long"):
+        intake.parse_ranking(huge, batch)
+    assert time.perf_counter() - t0 < 1.0
