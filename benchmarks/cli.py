@@ -83,6 +83,19 @@ def _engine(bench_subparsers: argparse._SubParsersAction) -> None:
         "absolute label is than a comparison (default 1.0,1.5: equal noise, the study's)",
     )
     p.add_argument("--skip-study", action="store_true", help="speed numbers only")
+    p.add_argument(
+        "--strategies-only",
+        action="store_true",
+        help="only the strategy study (ranking, single, hybrid at time-equivalent budgets, "
+        "min_views 0 and 1) and the pilot cohorts, on the held-out seeds at every premise",
+    )
+    p.add_argument(
+        "--incomplete",
+        type=float,
+        default=0.14,
+        help="share of stacks missing the base or the apex in the strategy study's second "
+        "cohort (default 0.14, as in UK Biobank; 0: complete cohorts only)",
+    )
     p.add_argument("--out", default="runs/bench/engine", help="folder for tables and plots")
     p.add_argument("--json", help="write all numbers here")
     p.set_defaults(func=_handler("engine"))

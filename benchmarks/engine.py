@@ -134,11 +134,14 @@ def main(args: argparse.Namespace) -> int:
         for n in (3323, 100_000)
         for s, st in (("bayes", False), ("bayes", True), ("paper", False), ("random", True))
     ]
+    if args.strategies_only:
+        cases = []
     for n, s, st in tqdm(cases, desc="speed", unit="case"):
         result["speed"].append(speed(n, s, stacks=st))
     result["replay"] = [
         replay_speed(3323, 2000, s, stacks=st)
         for s, st in (("bayes", False), ("bayes", True), ("paper", False))
+        if not args.strategies_only
     ]
     for row in result["speed"]:
         print(
@@ -153,7 +156,7 @@ def main(args: argparse.Namespace) -> int:
             f"identical scores: {row['identical_scores']}"
         )
     write_json(out / "engine.json", result)
-    if not args.skip_study:
+    if not args.skip_study and not args.strategies_only:
         cohort = stack_cohort(args.images, 0)
         phases = []
         if args.seeds > 0:
@@ -182,8 +185,181 @@ def main(args: argparse.Namespace) -> int:
                 }
             )
             write_json(out / "engine.json", result)  # keep what is done if a later phase fails
+    if not args.skip_study and args.holdout_seeds > 0:
+        _strategy_phases(args, premises, out, result)
     write_json(out / "engine.json", result)
     if args.json:
         write_json(args.json, result)
     print(f"wrote {out / 'engine.json'}")
     return 0
+
+
+def _strategy_phases(
+    args: argparse.Namespace, premises: list[float], out: Path, result: dict[str, Any]
+) -> None:
+    """``ranking``, ``single`` and ``hybrid`` on the held-out seeds at each premise, on complete
+    and (``--incomplete``) partly covered cohorts, then the pilot cohorts; tables into ``out``."""
+    from slicerank_base.jsonout import write_json
+
+    held = list(range(1000, 1000 + args.holdout_seeds))
+    coverages = [0.0] + ([args.incomplete] if args.incomplete > 0 else [])
+    result["strategies"], result["pilots"] = [], []
+    for h in premises:
+        for incomplete in coverages:
+            print(f"strategy study: premise {h}, incomplete coverage {incomplete:.0%}", flush=True)
+            st = strategy_study(args.images, held, h, incomplete=incomplete)
+            table = strategy_table(st)
+            (out / f"strategies_{h}_incomplete{incomplete:g}.md").write_text(table)
+            print(table)
+            result["strategies"].append(st)
+            write_json(out / "engine.json", result)
+        result["pilots"].append({"premise": h, "rows": pilot_study(h)})
+        write_json(out / "engine.json", result)
+
+
+BUDGETS = (0.10, 0.15, 0.20, 0.25, 0.50, 1.00)
+"""Clinician-time budgets of the strategy study, as shares of the paper heuristic's batches."""
+PILOT_SCANS = (6, 25, 50)
+"""Pilot cohorts (scans) every strategy must stop on."""
+TASK_STRATEGIES = ("ranking", "single", "hybrid")
+
+
+def _at(curve: list[dict[str, Any]], hours: float) -> float:
+    """Accuracy at the last checkpoint within ``hours`` (never past the budget)."""
+    return max((p for p in curve if p["hours"] <= hours + 1e-9), key=lambda p: p["hours"])[
+        "accuracy"
+    ]
+
+
+def strategy_study(
+    n_images: int,
+    seeds: list[int],
+    premise: float,
+    *,
+    incomplete: float = 0.0,
+    min_views: tuple[int, ...] = (0, 1),
+) -> dict[str, Any]:
+    """``ranking``, ``single`` and ``hybrid`` with stacks against the paper heuristic, at
+    time-equivalent budgets (``BUDGETS`` of paper's batches, 11.4 s a batch, 5.4 s a label):
+    accuracy per seed and budget; ``hybrid`` also at ``min_views`` 1 (hours to stop, accuracy).
+    """
+    from ranking_scheduler.simulator.raters import SECONDS_PER_BATCH, RaterParams
+    from ranking_scheduler.simulator.simulate import simulate
+
+    rows = []
+    for seed in seeds:
+        cohort = stack_cohort(n_images, seed, incomplete=incomplete)
+        params = RaterParams(abs_difficulty=premise, cuts=cohort.cuts)
+        kw = {"seed": seed, "params": params, "stacks": True}
+        paper = simulate(cohort, "paper", **kw)
+        paper_h = paper["final"]["batches"] * SECONDS_PER_BATCH / 3600
+        step = paper_h * 0.05
+        row: dict[str, Any] = {
+            "seed": seed,
+            "paper_batches": paper["final"]["batches"],
+            "paper_hours": paper_h,
+            "paper_accuracy": paper["final"]["accuracy"],
+        }
+        for strategy in TASK_STRATEGIES:
+            run = simulate(cohort, strategy, hours_cap=paper_h, checkpoint_hours=step, **kw)
+            row[strategy] = [_at(run["curve"], b * paper_h) for b in BUDGETS]
+        for m in min_views:
+            run = simulate(
+                cohort,
+                "hybrid",
+                hours_cap=4 * paper_h,
+                checkpoint_hours=paper_h,
+                engine_options={"min_views": m},
+                **kw,
+            )
+            row[f"hybrid_m{m}"] = {
+                "hours": run["final"]["hours"],
+                "batches": run["final"]["batches"],
+                "labels": run["final"]["boundary_labels"],
+                "accuracy": run["final"]["accuracy"],
+                "stop_reason": run.get("stop_reason"),
+                "provenance": run.get("provenance"),
+            }
+        rows.append(row)
+    return {"images": n_images, "premise": premise, "incomplete": incomplete, "rows": rows}
+
+
+def pilot_study(premise: float, seed: int = 0) -> list[dict[str, Any]]:
+    """Each strategy run to its own stop on cohorts of ``PILOT_SCANS`` scans: hours,
+    accuracy, why it stopped (22: a pilot must not cost more than labelling one at a time)."""
+    from ranking_scheduler.simulator.raters import RaterParams
+    from ranking_scheduler.simulator.simulate import Cohort, simulate
+
+    out = []
+    for n_scans in PILOT_SCANS:
+        big = stack_cohort(14 * n_scans, seed)
+        keep = sorted({s for s, _ in big.stacks.values()})[:n_scans]
+        ids = [i for i in big.ids if big.stacks[i][0] in keep]
+        cohort = Cohort(
+            ids,
+            {i: big.positions[i] for i in ids},
+            {i: big.classes[i] for i in ids},
+            {i: big.stacks[i] for i in ids},
+        )
+        params = RaterParams(abs_difficulty=premise, cuts=cohort.cuts)
+        for strategy in ("paper", *TASK_STRATEGIES):
+            run = simulate(cohort, strategy, seed=seed, params=params, stacks=True)
+            out.append(
+                {
+                    "scans": n_scans,
+                    "slices": len(ids),
+                    "strategy": strategy,
+                    "hours": run["final"]["hours"],
+                    "batches": run["final"]["batches"],
+                    "labels": run["final"]["boundary_labels"],
+                    "accuracy": run["final"]["accuracy"],
+                    "stop_reason": run.get("stop_reason"),
+                    "advice": run.get("advice"),
+                }
+            )
+    return out
+
+
+def strategy_table(study: dict[str, Any]) -> str:
+    """Markdown: mean and worst seed per strategy and budget, and ``hybrid``'s margin."""
+    rows = study["rows"]
+    head = " | ".join(f"{int(b * 100)}%" for b in BUDGETS)
+    lines = [
+        f"Premise {study['premise']}, {study['images']} slices, incomplete coverage "
+        f"{study['incomplete']:.0%}, seeds {[r['seed'] for r in rows]}; paper heuristic "
+        f"{np.mean([r['paper_batches'] for r in rows]):.0f} batches, accuracy "
+        f"{np.mean([r['paper_accuracy'] for r in rows]):.3f} (worst "
+        f"{min(r['paper_accuracy'] for r in rows):.3f})",
+        "",
+        f"| strategy (mean / worst seed) | {head} |",
+        "|---|" + "---|" * len(BUDGETS),
+    ]
+    for s in TASK_STRATEGIES:
+        acc = np.array([r[s] for r in rows])
+        cells = " | ".join(
+            f"{m:.3f} / {w:.3f}" for m, w in zip(acc.mean(0), acc.min(0), strict=True)
+        )
+        lines.append(f"| `{s}` | {cells} |")
+    h = np.array([r["hybrid"] for r in rows])
+    best = np.maximum(np.array([r["ranking"] for r in rows]), np.array([r["single"] for r in rows]))
+    margin = h - best
+    lines.append(
+        "| hybrid - max(ranking, single): mean / worst | "
+        + " | ".join(
+            f"{m:+.3f} / {w:+.3f}" for m, w in zip(margin.mean(0), margin.min(0), strict=True)
+        )
+        + " |"
+    )
+    for m in (0, 1):
+        key = f"hybrid_m{m}"
+        if key in rows[0]:
+            lines.append(
+                f"\n`hybrid` min_views={m} run to its stop: "
+                f"{np.mean([r[key]['hours'] for r in rows]):.2f} h, "
+                f"{np.mean([r[key]['batches'] for r in rows]):.0f} batches + "
+                f"{np.mean([r[key]['labels'] for r in rows]):.0f} labels, accuracy "
+                f"{np.mean([r[key]['accuracy'] for r in rows]):.3f} (worst "
+                f"{min(r[key]['accuracy'] for r in rows):.3f}); seen/inferred/prior "
+                f"{[r[key]['provenance'] for r in rows]}"
+            )
+    return "\n".join(lines) + "\n"

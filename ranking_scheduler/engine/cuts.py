@@ -35,6 +35,14 @@ MAX_PENDING = 4
 """Boundary questions left unanswered beyond this many are forgotten (the oldest first)."""
 STACK_CUT_EVERY = 4
 """With stacks: batches between refreshes of the cuts that batch choice uses."""
+MAX_CUT_LABELS = 96
+"""Labels a cut's posterior is computed from at most: those nearest the cuts (by rank on the
+list, around where the cuts were last found). ``single`` and ``hybrid`` collect thousands of
+labels, most of them about slices far from either cut, whose answers the bisection already
+agrees with; computing with all of them cost O(labels) per refresh, per label."""
+LABEL_CUT_EVERY = 4
+"""Labels between refreshes of the cuts that task choice uses, with stacks or once there are more
+labels than ``MAX_CUT_LABELS`` (fresh reports always recompute)."""
 
 
 class CutFinder:
@@ -66,6 +74,7 @@ class CutFinder:
         self.forgotten: set[int] = set()
         """Questions dropped from ``pending`` unanswered (they still count against the budget)."""
         self._cache: dict[bool, tuple[tuple[int, int], Any]] = {}
+        self._label_cuts: tuple[tuple[int, int], Any] | None = None
 
     # ----------------------------------------------------------------- the cuts
     def cuts(self, *, fresh: bool) -> dict[str, Any]:
@@ -79,7 +88,10 @@ class CutFinder:
             # With stacks most of the pool is on the list at once: refreshing the selection's
             # cuts every few batches keeps a batch's cost down, and they barely move meanwhile.
             step = max(step, STACK_CUT_EVERY)
-        key = (post.batches // step, len(self.labels))
+        n_labels = len(self.labels)
+        if not fresh and (n_labels > MAX_CUT_LABELS or post.layout is not None):
+            n_labels //= LABEL_CUT_EVERY
+        key = (post.batches // step, n_labels)
         cached = self._cache.get(fresh)
         if cached is not None and cached[0] == key:
             return cached[1]
@@ -110,6 +122,9 @@ class CutFinder:
         rank_of = np.full(n, -1, dtype=np.int64)
         rank_of[seen_order] = np.arange(m)
         labelled = [(i, int(rank_of[i]), c) for i, c in self.labels if rank_of[i] >= 0]
+        all_ranks = [r for _, r, _ in labelled]
+        if len(labelled) > MAX_CUT_LABELS:
+            labelled = self._nearest_labels(labelled, m)
         ranks = [r for _, r, _ in labelled]
         sides = [bnd.answer_sides(c) for _, _, c in labelled]
         seen_mean = mean[seen_order]
@@ -136,13 +151,47 @@ class CutFinder:
         # so the count survives a rebuild from the log.
         near_apical = [
             abs(r - cuts["lv_apical"]["position"]) < abs(r - cuts["basal_lv"]["position"])
-            for r in ranks
+            for r in all_ranks
         ]
         cuts["lv_apical"]["answered"] = int(sum(near_apical))
-        cuts["basal_lv"]["answered"] = len(ranks) - int(sum(near_apical))
+        cuts["basal_lv"]["answered"] = len(all_ranks) - int(sum(near_apical))
         result = {**base, **cuts}
         self._cache[fresh] = (key, result)
         return result
+
+    def _nearest_labels(self, labelled: list, m: int) -> list:
+        """The ``MAX_CUT_LABELS`` labels nearest the cuts, in their original order. Where the
+        cuts lie is estimated from the labels alone (for each cut, the list position that the
+        fewest answers contradict), so the choice depends on the state, not on the calls
+        before it (a rebuilt engine chooses the same)."""
+        ranks = np.array([r for _, r, _ in labelled])
+        order = np.argsort(ranks, kind="stable")
+        at = []
+        for j in range(2):
+            basal = np.array([bnd.answer_sides(c)[j] for _, _, c in labelled])[order]
+            # Cut after k labels: the first k should be basal, the rest not.
+            wrong = np.concatenate([[0], np.cumsum(~basal)]) + np.concatenate(
+                [np.cumsum(basal[::-1])[::-1], [0]]
+            )
+            k = int(np.argmin(wrong))
+            at.append(float(ranks[order[k - 1]] if k > 0 else 0) / max(m, 1))
+        dist = [min(abs(r / m - a) for a in at) for r in ranks]
+        keep = set(np.argsort(dist, kind="stable")[:MAX_CUT_LABELS].tolist())
+        return [x for k, x in enumerate(labelled) if k in keep]
+
+    def label_cuts(self) -> dict[str, Any]:
+        """The cuts a single label is weighed against: fresh, refreshed every
+        ``LABEL_CUT_EVERY`` labels (with stacks or many labels) or ``STACK_CUT_EVERY`` batches
+        with stacks. Asked for only when a label arrives, so a log replayed into a new engine
+        weighs every label against the same cuts as the live engine did."""
+        post = self._post
+        many = post.layout is not None or len(self.labels) > MAX_CUT_LABELS
+        every = LABEL_CUT_EVERY if many else 1
+        step = STACK_CUT_EVERY if post.layout is not None else 1
+        key = (post.batches // step, len(self.labels) // every)
+        if self._label_cuts is None or self._label_cuts[0] != key:
+            self._label_cuts = (key, self.cuts(fresh=True))
+        return self._label_cuts[1]
 
     def asked(self, cuts: Mapping[str, Any], name: str) -> int:
         """Answers nearest to cut ``name`` plus the questions still pending for it."""

@@ -1,12 +1,18 @@
 """The posterior: evidence in, slice positions out.
 
-``Posterior`` holds everything the rankings have taught: the rating model (the study's
+``Posterior`` holds everything the answers have taught: the rating model (the study's
 Glicko-2 ratings, ``glicko.py``, for ``paper``; the ranked-probit posterior, ``bayes.py``, for
 ``bayes`` and ``random``, with one Gaussian-process prior per scan, ``stacks.py``, when the
 stacks are known), how often each image and each scan has been shown, and to whom. Out come
 each image's score (mean and sd on one axis, higher = more basal), the list order, and, for
 two cut scores, each image's class probabilities, its probability of being misclassified and
 the classes themselves (never stepping back along a stack).
+
+Single labels (boundary questions and single-slice tasks) are evidence about the same positions
+(``add_label``: an ordered probit against the current cuts, with the rater's own cut offsets
+and persistent offsets, ``bayes.py``); the study's Glicko ratings (``paper``) take rankings
+only. Every image's provenance (who ranked it, who labelled it, or inferred from its scan)
+comes from the counts kept here.
 
 It knows nothing of batches, of how the cuts are found, or of strategies: the cut finder
 (``cuts.py``), the task chooser (``chooser.py``) and the strategies read it.
@@ -23,6 +29,13 @@ from scipy.special import ndtr
 from ranking_scheduler.engine.bayes import BayesModel
 from ranking_scheduler.engine.glicko import PaperModel
 from ranking_scheduler.engine.stacks import StackLayout, StackModel, monotone_classes
+
+MISREAD_PLACES = 2.5
+"""A rater who placed a slice this many places (of a batch) from where the posterior puts it,
+on average over their views of it, probably misread it."""
+MISREAD_P = 0.05
+"""A single label whose class the posterior gives less than this probability is a probable
+misread."""
 
 
 def misclassification(m: np.ndarray, s: np.ndarray, c1: float, c2: float) -> np.ndarray:
@@ -60,6 +73,13 @@ class Posterior:
         """Submitted rankings."""
         self.rater_seen: dict[str, np.ndarray] = {}
         """Per rater, the images they have ranked."""
+        self.label_views = np.zeros(n, dtype=np.int64)
+        """Single labels of each image (boundary answers and single-slice answers)."""
+        self.rater_labelled: dict[str, np.ndarray] = {}
+        """Per rater, the images they have labelled."""
+        self.history: list[tuple[str, str, tuple[int, ...]]] = []
+        """Every answer: ``("rank", rater, images most basal first)`` or ``("label", rater,
+        (image, class))``, for the misread review."""
         self._discord: dict[str, list[int]] = {}
         if layout is not None:
             self.padded = layout.padded()
@@ -72,7 +92,8 @@ class Posterior:
                 view_slack=int(options.get("view_slack", 1)),
             )
         else:
-            kw = {k: float(options[k]) for k in ("default_beta", "dynamics") if k in options}
+            keys = ("default_beta", "dynamics", "persistent_share", "label_noise")
+            kw = {k: float(options[k]) for k in keys if k in options}
             self.model = StackModel(layout, **kw) if layout is not None else BayesModel(n, **kw)
 
     # ----------------------------------------------------------------- evidence in
@@ -88,6 +109,21 @@ class Posterior:
             np.add.at(self.scan_views, self.layout.scan_of[idx], 1)
         self.rater_seen.setdefault(rater, np.zeros(self.n, dtype=bool))[idx] = True
         self.batches += 1
+        self.history.append(("rank", rater, tuple(int(i) for i in idx)))
+
+    def add_label(
+        self, rater: str, i: int, cls: int, cuts: tuple[float, float], cut_sd: Sequence[float]
+    ) -> None:
+        """Absorb ``rater``'s single label ``cls`` (class index) of image ``i`` against the cut
+        scores ``cuts`` with sds ``cut_sd``; validated. Glicko ratings take no labels."""
+        if not self.glicko:
+            cut_var = float(np.mean(np.square(cut_sd)))
+            self.model.add_label(i, rater, cls, cuts, cut_var)
+        self.label_views[i] += 1
+        if self.layout is not None and not self.glicko:
+            self.scan_views[self.layout.scan_of[i]] += 1
+        self.rater_labelled.setdefault(rater, np.zeros(self.n, dtype=bool))[i] = True
+        self.history.append(("label", rater, (int(i), int(cls))))
 
     def _record_discord(self, rater: str, idx: list[int]) -> None:
         rating = self.model.rating
@@ -115,10 +151,16 @@ class Posterior:
         mean, _ = self.score_arrays()
         return np.lexsort((np.arange(self.n), -mean))
 
+    def seen(self) -> np.ndarray:
+        """Images a person has looked at: ranked, or (probit models) labelled."""
+        if self.glicko:
+            return self.views > 0
+        return (self.views > 0) | (self.label_views > 0)
+
     def placed(self) -> np.ndarray:
-        """Images the ranking has placed: seen, or (with stacks) in a scan with a seen slice,
+        """Images the answers have placed: seen, or (with stacks) in a scan with a seen slice,
         whose position the stack prior carries over from its neighbours."""
-        seen = self.views > 0
+        seen = self.seen()
         if self.layout is None:
             return seen
         return seen | (self.scan_views[self.layout.scan_of] > 0)
@@ -159,6 +201,50 @@ class Posterior:
             probs = np.column_stack(self.class_probs(c1, c2, cut_sd))
             cls = monotone_classes(np.log(np.clip(probs, 1e-12, 1.0)), self.padded)
         return cls
+
+    def raters_of(self) -> tuple[np.ndarray, np.ndarray]:
+        """How many raters ranked each image, and how many labelled it."""
+        ranked = np.zeros(self.n, dtype=np.int64)
+        for seen in self.rater_seen.values():
+            ranked += seen
+        labelled = np.zeros(self.n, dtype=np.int64)
+        for seen in self.rater_labelled.values():
+            labelled += seen
+        return ranked, labelled
+
+    def misreads(
+        self, c1: float, c2: float, cut_sd: Sequence[float]
+    ) -> list[tuple[str, int, str, float]]:
+        """Probable misreads, ``(rater, image, kind, how far)`` worst first: a rater whose
+        placements of a slice in their batches sit on average ``MISREAD_PLACES`` or more from
+        where the posterior now puts it among the same images (``kind`` ``"rank"``, how far in
+        places, + = placed more basal), or whose single label the posterior now gives less than
+        ``MISREAD_P`` (``"label"``, how far = that probability). A misread persists (the same
+        rater sees the slice the same way), so it shows as a consistent displacement."""
+        mean, _ = self.score_arrays()
+        shift: dict[tuple[str, int], list[float]] = {}
+        bad_labels = []
+        probs = None
+        for kind, rater, what in self.history:
+            if kind == "rank":
+                idx = np.asarray(what)
+                expected = np.argsort(np.argsort(-mean[idx], kind="stable"), kind="stable")
+                for place, (i, e) in enumerate(zip(idx, expected, strict=True)):
+                    shift.setdefault((rater, int(i)), []).append(float(e - place))
+            else:
+                if probs is None:
+                    probs = np.column_stack(self.class_probs(c1, c2, cut_sd))
+                i, cls = what
+                if probs[i, cls] < MISREAD_P:
+                    bad_labels.append((rater, i, "label", float(probs[i, cls])))
+        out = [
+            (rater, i, "rank", float(np.mean(d)))
+            for (rater, i), d in shift.items()
+            if abs(np.mean(d)) >= MISREAD_PLACES
+        ]
+        out.sort(key=lambda r: (-abs(r[3]), r[0], r[1]))
+        bad_labels.sort(key=lambda r: (r[3], r[0], r[1]))
+        return out + bad_labels
 
     def rater_noise(self) -> dict[str, float]:
         """Per-rater noise. Probit: perception sd on the latent axis (fitted); Glicko (which has

@@ -8,8 +8,16 @@ own module (the map and the import arrows are in the package docstring, ``__init
 * the posterior (``posterior.py``): evidence in, slice positions out;
 * the cut finder (``cuts.py``): the two class cuts and the boundary questions;
 * the task chooser (``chooser.py``): what a view is worth, and the batch worth most;
-* the strategies (``strategies.py``): ``paper``, ``bayes``, ``random`` as small policies over
-  those parts (which model, which batches, when to stop).
+* the strategies (``strategies.py``): ``paper``, ``ranking`` (alias ``bayes``), ``single``,
+  ``hybrid``, ``random`` as small policies over those parts (which model, which tasks, when to
+  stop).
+
+Two ways to ask for work: ``next_batch(rater)`` (a ranked batch, the API since wave 1) and
+``next_task(rater)``, which returns a ``Task``: a batch to rank or a single slice to label,
+whichever the strategy serves (``single`` never serves a batch, ``hybrid`` whichever teaches
+more per second of that rater's time). Every answer (``submit`` for a batch,
+``submit_boundary`` for a single label, from a task or a boundary question) is evidence about
+its slices and their scans in one posterior.
 
 Scores are on one axis where **higher means more basal** (the paper's rating direction);
 ``ranking()`` lists the most basal image first.
@@ -18,6 +26,7 @@ Scores are on one axis where **higher means more basal** (the paper's rating dir
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,7 +44,20 @@ from ranking_scheduler.engine.strategies import (
 )
 from slicerank_base import CLASSES
 
-__all__ = ["STRATEGIES", "RankingEngine"]
+__all__ = ["STRATEGIES", "RankingEngine", "Task"]
+
+TASK_KINDS = ("rank", "label")
+"""Kinds of task: a batch to rank, a single slice to label."""
+
+
+@dataclass(frozen=True)
+class Task:
+    """One unit of work for a rater: ``kind`` ``"rank"`` (``image_ids`` a batch, submit with
+    ``submit``) or ``"label"`` (one image, submit with ``submit_boundary``)."""
+
+    kind: str
+    image_ids: tuple[str, ...]
+
 
 _COMMON_OPTIONS = {"class_mix", "boundary_budget", "boundary_error_rate", "boundary_pace"}
 
@@ -48,7 +70,8 @@ class RankingEngine:
     image_ids
         The pool: unique, non-empty strings.
     strategy
-        ``"bayes"`` (default), ``"paper"`` or ``"random"``.
+        ``"bayes"`` (default; also called ``"ranking"``), ``"single"``, ``"hybrid"``,
+        ``"paper"`` or ``"random"`` (see ``strategies.py``).
     batch_size
         Images per batch (the study: 8).
     target_views
@@ -66,9 +89,13 @@ class RankingEngine:
         ``class_mix`` (3 fractions, prior for where the cuts lie; default the study's mix),
         ``boundary_budget`` (absolute labels, default 40), ``boundary_error_rate`` (lapse, 0.03),
         ``boundary_pace`` (see ``next_boundary_query``; default 1);
-        ``paper``: ``tau``, ``view_slack``; ``bayes``: ``target_misclassified`` (0.01),
-        ``n_anchors`` (2), ``coverage_bonus`` (0.1), ``default_beta``, ``dynamics``;
-        ``random``: ``default_beta``, ``dynamics``.
+        ``paper``: ``tau``, ``view_slack``; ``bayes``/``ranking``/``single``/``hybrid``:
+        ``target_misclassified`` (0.01; 0.003 with stacks), ``n_anchors`` (2),
+        ``coverage_bonus`` (0.1), ``min_views`` (0: every image needs this many human views,
+        ranked or labelled, before the engine stops; 1 = every slice seen once),
+        ``persistent_share`` (0.85: share of a rater's error that persists per slice, 0 = every
+        view fresh), ``label_noise`` (1.25), ``default_beta``, ``dynamics``;
+        ``random``: ``default_beta``, ``dynamics``, ``persistent_share``, ``label_noise``.
     """
 
     def __init__(
@@ -123,6 +150,9 @@ class RankingEngine:
         n_anchors = options.get("n_anchors", N_ANCHORS)
         if not isinstance(n_anchors, int) or not 0 <= n_anchors < batch_size:
             raise ValueError(f"n_anchors: must be an int in 0..{batch_size - 1}")
+        min_views = options.get("min_views", 0)
+        if not isinstance(min_views, int) or min_views < 0:
+            raise ValueError(f"min_views: must be an int >= 0, got {min_views!r}")
 
         self.strategy = strategy
         self.batch_size = batch_size
@@ -136,12 +166,17 @@ class RankingEngine:
         self._open: dict[int, tuple[str, list[int]]] = {}
         self._next_batch_id = 0
         self._in_open = np.zeros(n, dtype=np.int32)
+        self._label_open: dict[int, str] = {}
         policy = POLICIES[strategy]
         layout = stack_layout(ids, stacks) if stacks is not None else None
         self._posterior = Posterior(n, glicko=policy.GLICKO, layout=layout, options=options)
         self._finder = CutFinder(self._posterior, mix=mix, budget=budget, error_rate=err, pace=pace)
         self._chooser = TaskChooser(
-            self._posterior, batch_size=batch_size, n_anchors=n_anchors, coverage_bonus=bonus
+            self._posterior,
+            batch_size=batch_size,
+            n_anchors=n_anchors,
+            coverage_bonus=bonus,
+            min_views=min_views,
         )
         self._policy = policy(
             self._posterior,
@@ -201,22 +236,77 @@ class RankingEngine:
         return self._policy.done()
 
     def progress(self) -> dict[str, Any]:
-        """Counts for dashboards: batches, views, open batches, boundary labels, estimates."""
-        done = self._policy.done()
-        views = self._posterior.views
+        """Counts for dashboards: batches, views, open batches, boundary labels, estimates,
+        why the engine stopped (``stop_reason``, None while it goes on) and any advice."""
+        reason = self._policy.stop_reason()
+        done = reason is not None
+        post = self._posterior
+        views = post.views
         left = 0 if done else self._policy.batches_left()
         return {
             "strategy": self.strategy,
             "images": self._n,
-            "batches": self._posterior.batches,
+            "batches": post.batches,
             "views": int(views.sum()),
             "min_views": int(views.min()),
+            "single_labels": int(post.label_views.sum()),
+            "seen_images": int(post.seen().sum()),
             "open_batches": len(self._open),
+            "open_questions": len(self._label_open),
             "boundary_labels": len(self._finder.labels),
             "expected_misclassified": self.expected_misclassified(),
             "estimated_batches_left": int(left),
             "done": done,
+            "stop_reason": reason,
+            "advice": self._policy.advice(),
         }
+
+    def provenance(self) -> dict[str, dict[str, Any]]:
+        """Where each image's class comes from: ``source`` ``"seen"`` (a person ranked or
+        labelled it), ``"inferred"`` (nobody did; its scan's seen slices and the stack geometry
+        place it) or ``"prior"`` (nothing about it or its scan has been seen), and
+        ``ranked_by`` / ``labelled_by`` (distinct raters), ``rankings`` / ``labels`` (answers)."""
+        post = self._posterior
+        ranked, labelled = post.raters_of()
+        seen = post.seen()
+        placed = post.placed()
+        out = {}
+        for k, image_id in enumerate(self._ids):
+            source = "seen" if seen[k] else ("inferred" if placed[k] else "prior")
+            out[image_id] = {
+                "source": source,
+                "ranked_by": int(ranked[k]),
+                "labelled_by": int(labelled[k]),
+                "rankings": int(post.views[k]),
+                "labels": int(post.label_views[k]),
+            }
+        return out
+
+    def misreads(self, limit: int = 50) -> list[dict[str, Any]]:
+        """Probable misreads for review, worst first: ``image_id``, ``rater``, ``kind``
+        (``rank``: ``how_far`` is the mean number of places, of a batch, the rater put the slice
+        from where the answers as a whole put it, + = more basal; ``label``: ``how_far`` is
+        the probability the answers as a whole give the class the rater chose)."""
+        cuts = self._finder.cuts(fresh=True)
+        found = self._posterior.misreads(*cut_scores(cuts), cut_sds(cuts))
+        return [
+            {"image_id": self._ids[i], "rater": r, "kind": k, "how_far": round(x, 3)}
+            for r, i, k, x in found[:limit]
+        ]
+
+    def record_time(self, rater: str, kind: str, seconds: float) -> None:
+        """A measured answer time (Label Studio's ``lead_time``): ``kind`` ``"rank"`` or
+        ``"label"``. The task chooser values tasks per second of each rater's own median."""
+        _check_rater(rater)
+        if kind not in TASK_KINDS:
+            raise ValueError(f"kind: {kind!r} is not one of {', '.join(TASK_KINDS)}")
+        if not isinstance(seconds, int | float) or not 0 < float(seconds) < 86400:
+            raise ValueError(f"seconds: must be a number in (0, 86400), got {seconds!r}")
+        self._chooser.timer.record(rater, kind, float(seconds))
+
+    def task_seconds(self) -> dict[str, dict[str, float]]:
+        """Seconds per task kind in use for each timed rater (``*``: anyone else)."""
+        return self._chooser.timer.summary()
 
     # ----------------------------------------------------------------- batches
     def next_batch(self, rater: str, avoid: Iterable[str] = ()) -> list[str]:
@@ -225,8 +315,52 @@ class RankingEngine:
         ``avoid``: images left out while enough others are free (the service passes the
         slices ranked in the last minutes, as it cannot choose which rater gets a task)."""
         _check_rater(rater)
-        if self._policy.done():
+        if self._policy.done() or "rank" not in self._policy.KINDS:
             return []
+        return self._open_batch(rater, self._policy.select(rater, *self._draw(avoid)))
+
+    def next_task(self, rater: str, avoid: Iterable[str] = ()) -> Task | None:
+        """The next task for ``rater``, or ``None`` once done: a batch to rank (recorded as
+        open, as ``next_batch``) or a single slice to label (recorded as an open question until
+        ``submit_boundary`` or ``release_question``), as the strategy decides. ``avoid`` as
+        in ``next_batch`` (for batches)."""
+        _check_rater(rater)
+        if self._policy.done():
+            return None
+        available, jitter = self._draw(avoid)
+        label_free = np.ones(self._n, dtype=bool)
+        label_free[list(self._label_open)] = False
+        label_free[list(self._finder.pending)] = False
+        kind, what = self._policy.next_kind(rater, available, label_free, jitter)
+        if kind == "label":
+            if what is None:
+                return None
+            self._label_open[int(what)] = rater
+            return Task("label", (self._ids[int(what)],))
+        return Task("rank", tuple(self._open_batch(rater, what)))
+
+    def open_questions(self) -> list[str]:
+        """Single questions handed out by ``next_task`` and not answered or released."""
+        return [self._ids[i] for i in self._label_open]
+
+    def restore_question(self, image_id: str) -> None:
+        """Count a single question handed out before this engine was rebuilt (a restart) and
+        still open as open, so it is not asked again meanwhile."""
+        if not isinstance(image_id, str) or image_id not in self._index:
+            raise ValueError(f"image_id: unknown image id {image_id!r}")
+        i = self._index[image_id]
+        if self._posterior.label_views[i] == 0 or i not in self._label_open:
+            self._label_open[i] = POOL_QUESTION
+
+    def release_question(self, image_id: str) -> None:
+        """Withdraw an open single question (its task was deleted or retired unanswered)."""
+        if not isinstance(image_id, str) or self._index.get(image_id) not in self._label_open:
+            raise ValueError(f"image_id: {image_id!r} is not an open single question")
+        del self._label_open[self._index[image_id]]
+
+    def _draw(self, avoid: Iterable[str] = ()) -> tuple[np.ndarray, np.ndarray]:
+        """The images free for a batch (not in an open one; ``avoid`` left out while enough
+        others are free) and the tie-breaking jitter."""
         k = self.batch_size
         available = self._in_open == 0
         avoided = [self._index[i] for i in avoid if i in self._index]
@@ -235,10 +369,15 @@ class RankingEngine:
             rested[avoided] = False
             if rested.sum() >= k:
                 available = rested
-        jitter = self._rng.random(self._n)
-        chosen = self._policy.select(rater, available, jitter)
+        return available, self._rng.random(self._n)
+
+    def _open_batch(self, rater: str, chosen: list[int]) -> list[str]:
+        k = self.batch_size
+        chosen = list(chosen)
         if len(chosen) < k:
-            # Pool exhausted by open batches: reuse images that are open least often.
+            # Pool exhausted by open batches (or fewer scans than a batch holds): reuse images
+            # that are open least often.
+            jitter = self._rng.random(self._n)
             rest = np.ones(self._n, dtype=bool)
             rest[chosen] = False
             cand = np.flatnonzero(rest)
@@ -330,13 +469,23 @@ class RankingEngine:
             raise ValueError(f"image_id: unknown image id {image_id!r}")
         self._finder.restore_pending(self._index[image_id])
 
-    def submit_boundary(self, image_id: str, cls: str) -> None:
-        """Record an absolute label (``too_basal``, ``lv`` or ``too_apical``) of one image."""
+    def submit_boundary(self, image_id: str, cls: str, rater: str | None = None) -> None:
+        """Record an absolute label (``too_basal``, ``lv`` or ``too_apical``) of one image: the
+        answer to a boundary question or to a single-slice task, by ``rater`` (None: an
+        unnamed rater). It places the cuts and is evidence about the slice and its scan."""
         if not isinstance(image_id, str) or image_id not in self._index:
             raise ValueError(f"image_id: unknown image id {image_id!r}")
         if cls not in CLASSES:
             raise ValueError(f"cls: {cls!r} is not one of {', '.join(CLASSES)}")
-        self._finder.add_label(self._index[image_id], cls)
+        if rater is not None:
+            _check_rater(rater)
+        i = self._index[image_id]
+        cuts = self._finder.label_cuts()
+        self._posterior.add_label(
+            rater or UNNAMED_RATER, i, CLASSES.index(cls), cut_scores(cuts), cut_sds(cuts)
+        )
+        self._label_open.pop(i, None)
+        self._finder.add_label(i, cls)
 
     def boundary_status(self) -> dict[str, dict[str, Any]]:
         """Per cut: ``state`` (waiting/searching/settled/budget_spent), ``queries`` (answers
@@ -367,6 +516,12 @@ class RankingEngine:
             i: (float(p_b[k] / total[k]), float(p_l[k] / total[k]), float(p_a[k] / total[k]))
             for k, i in enumerate(self._ids)
         }
+
+
+POOL_QUESTION = "(open question)"
+"""Whom a restored open single question counts as asked of."""
+UNNAMED_RATER = "(unnamed)"
+"""Whose label a ``submit_boundary`` without a rater is counted as."""
 
 
 def _check_rater(rater: str) -> None:

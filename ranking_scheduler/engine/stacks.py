@@ -167,9 +167,10 @@ class StackModel(BayesModel):
         *,
         default_beta: float = DEFAULT_BETA,
         dynamics: float = DYNAMICS,
+        **kw: float,
     ) -> None:
         n = int(layout.scan_of.size)
-        super().__init__(n, default_beta=default_beta, dynamics=dynamics)
+        super().__init__(n, default_beta=default_beta, dynamics=dynamics, **kw)
         self.layout = layout
         self.site_pi = np.zeros(n)
         self.site_tau = np.zeros(n)

@@ -13,6 +13,18 @@ open batches, cuts, questions, classes) is shared and lives in the parts:
 * ``random``: the ``bayes`` model fed with uniformly random batches (one slice per scan with
   stacks); stops once the total views reach ``target_views * n`` (so it spends what ``paper``
   spends at the least).
+* ``ranking``: ``bayes`` by its product name (the study's method, done well).
+* ``single``: one slice at a time, the scheduler choosing each next slice where a label teaches
+  most (with stacks: about the whole stack), into the same posterior; no batches.
+* ``hybrid``: whichever teaches more per second of the asking rater's own time, a batch or a
+  single question (``TaskChooser.best_label`` against the batch ``select`` would build).
+
+Every probit strategy also stops once it has spent twice the clinician time the paper
+heuristic would, four times over (``MAX_SECONDS_PER_IMAGE`` at the prior task times): a small pilot cohort, or
+raters whose errors persist, may never bring the expected misclassifications under the target,
+and a scheduler that never stops is worse than one that says why it stopped
+(``stop_reason``). ``min_views`` (every image seen at least that often) holds before any stop
+but the cap.
 
 A new strategy is a new small class here and an entry in ``POLICIES``.
 """
@@ -20,11 +32,12 @@ A new strategy is a new small class here and an entry in ``POLICIES``.
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from collections import deque
+from typing import Any, ClassVar
 
 import numpy as np
 
-from ranking_scheduler.engine.chooser import TaskChooser
+from ranking_scheduler.engine.chooser import PRIOR_SECONDS, TaskChooser
 from ranking_scheduler.engine.cuts import CutFinder, cut_scores
 from ranking_scheduler.engine.posterior import Posterior
 
@@ -34,6 +47,20 @@ STACK_TARGET_MISCLASSIFIED = 0.003
 """With stacks, ``bayes``'s default stop: the stack posterior shares each view among a scan's
 slices as if every rater's error were fresh, so it is overconfident, and at 1% it stopped near
 1,200 batches (4 h) while its accuracy was still climbing (seed 1, equal noise)."""
+MAX_SECONDS_PER_IMAGE = 4 * 3 * PRIOR_SECONDS["rank"] / 8
+"""The probit strategies stop at this much clinician time per image (at the prior task times):
+four times what the paper heuristic spends (3 views of every image in batches of 8)."""
+MIN_GAIN_PER_HOUR = 6.0
+"""The probit strategies stop once the best task they could serve next is expected to put right
+fewer than this many misclassified slices per clinician hour (its value per second at the prior
+task times, x 3600): with persistent errors the expected misclassifications level off above a
+small cohort's target, and another hour then buys almost nothing."""
+GAIN_EVERY = 4
+"""Answers between evaluations of the diminishing-returns rule (it costs two task valuations)."""
+ADVICE_WINDOW = 32
+"""``ranking`` compares its batch with the best single question every ``ADVICE_EVERY`` batches
+and advises ``hybrid`` when questions won most of the last this many comparisons."""
+ADVICE_EVERY = 4
 
 
 class Strategy:
@@ -65,13 +92,30 @@ class Strategy:
         self.target_views = target_views
         self.target_misclassified = target_misclassified
 
+    KINDS: ClassVar[tuple[str, ...]] = ("rank",)
+    """Task kinds the strategy serves: ``rank`` (batches), ``label`` (single questions)."""
+
     def select(self, rater: str, available: np.ndarray, jitter: np.ndarray) -> list[int]:
         """Up to ``batch_size`` image indices among ``available`` for ``rater``."""
         raise NotImplementedError
 
+    def next_kind(
+        self, rater: str, available: np.ndarray, label_free: np.ndarray, jitter: np.ndarray
+    ) -> tuple[str, Any]:
+        """The task to serve ``rater``: ``("rank", image indices)`` or ``("label", index)``."""
+        return "rank", self.select(rater, available, jitter)
+
     def done(self) -> bool:
         """The stopping rule holds."""
+        return self.stop_reason() is not None
+
+    def stop_reason(self) -> str | None:
+        """Why the strategy stopped, or None while it goes on."""
         raise NotImplementedError
+
+    def advice(self) -> str | None:
+        """A recommendation to the project lead, or None."""
+        return None
 
     def batches_left(self) -> int:
         """Batches still needed before ``done`` (called only while not done)."""
@@ -89,8 +133,10 @@ class PaperStrategy(Strategy):
         post = self.posterior
         return list(post.model.select(self.chooser.batch_size, post.views, available, jitter))
 
-    def done(self) -> bool:
-        return bool(self.posterior.views.min() >= self.target_views)
+    def stop_reason(self) -> str | None:
+        if self.posterior.views.min() >= self.target_views:
+            return f"every image has {self.target_views} views"
+        return None
 
     def batches_left(self) -> int:
         need = np.maximum(self.target_views - self.posterior.views, 0).sum()
@@ -98,11 +144,50 @@ class PaperStrategy(Strategy):
 
 
 class BayesStrategy(Strategy):
-    """``bayes``: the task chooser's batches, stopped by the expected misclassifications."""
+    """``bayes``/``ranking``: the task chooser's batches, stopped by the expected
+    misclassifications (or the time cap)."""
 
     OPTIONS = frozenset(
-        {"target_misclassified", "n_anchors", "default_beta", "dynamics", "coverage_bonus"}
+        {
+            "target_misclassified",
+            "n_anchors",
+            "default_beta",
+            "dynamics",
+            "coverage_bonus",
+            "persistent_share",
+            "label_noise",
+            "min_views",
+        }
     )
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._wins: deque[bool] = deque(maxlen=ADVICE_WINDOW)
+        self._gain: tuple[int, float] | None = None
+
+    def gain_per_hour(self) -> float:
+        """Misclassified slices the best next task is expected to put right per clinician hour
+        (prior task times; the kinds this strategy serves); no random tie-breaks. Brought up to
+        date once per ``GAIN_EVERY`` answers, when first asked for: replaying a log costs
+        nothing, and a rebuilt engine evaluates it at the current state (so it may stop up to
+        ``GAIN_EVERY - 1`` answers apart from the live one, never differently otherwise)."""
+        post = self.posterior
+        key = (post.batches + int(post.label_views.sum())) // GAIN_EVERY
+        if self._gain is not None and self._gain[0] == key:
+            return self._gain[1]
+        cuts = self.finder.cuts(fresh=False)
+        zero = np.zeros(post.n)
+        every = np.ones(post.n, dtype=bool)
+        rates = [0.0]
+        if "label" in self.KINDS:
+            _, value = self.chooser.best_label("", every, zero, cuts)
+            rates.append(value / PRIOR_SECONDS["label"])
+        if "rank" in self.KINDS:
+            value = self.chooser.best_batch_value(cuts)
+            rates.append(value / PRIOR_SECONDS["rank"])
+        rate = max(rates) * 3600
+        self._gain = (key, rate)
+        return rate
 
     def select(self, rater: str, available: np.ndarray, jitter: np.ndarray) -> list[int]:
         cuts = self.finder.cuts(fresh=False)
@@ -110,27 +195,123 @@ class BayesStrategy(Strategy):
             return self.chooser.stack_batch(rater, available, jitter, cuts)
         return self.chooser.bayes_batch(rater, available, jitter, cuts)
 
-    def done(self) -> bool:
+    def next_kind(
+        self, rater: str, available: np.ndarray, label_free: np.ndarray, jitter: np.ndarray
+    ) -> tuple[str, Any]:
+        batch = self.select(rater, available, jitter)
+        if self.posterior.batches % ADVICE_EVERY == 0 and self.posterior.views.any():
+            # Would a single question have taught more per second? (advice only)
+            _, label_value = self.chooser.best_label(
+                rater, label_free, jitter, self.finder.cuts(fresh=False)
+            )
+            timer = self.chooser.timer
+            self._wins.append(
+                label_value / timer.seconds(rater, "label")
+                > self.chooser.last_value / timer.seconds(rater, "rank")
+            )
+        return "rank", batch
+
+    def advice(self) -> str | None:
+        wins = sum(self._wins)
+        if len(self._wins) >= ADVICE_WINDOW // 2 and wins > len(self._wins) / 2:
+            return (
+                f"single questions would have taught more per second than the batch in {wins} "
+                f"of the last {len(self._wins)} comparisons: on this pool consider the "
+                "`hybrid` strategy (or `single`)"
+            )
+        return None
+
+    def spent_seconds(self) -> float:
+        """Clinician time spent so far at the prior task times."""
+        post = self.posterior
+        return (
+            post.batches * PRIOR_SECONDS["rank"]
+            + int(post.label_views.sum()) * PRIOR_SECONDS["label"]
+        )
+
+    def stop_reason(self) -> str | None:
         # The cuts before the check: asking for them fills the finder's cache of the cuts that
         # batch choice uses (refreshed every few batches), so when they are asked for matters.
         cuts = self.finder.cuts(fresh=False)
         post = self.posterior
-        if not post.views.any():
-            return False
+        if self.spent_seconds() >= MAX_SECONDS_PER_IMAGE * post.n:
+            return "time cap: four times the paper heuristic's clinician time spent"
+        if not post.seen().any():
+            return None
+        if self.chooser.short_of_views().any():
+            return None
         mis = post.misclassified(*cut_scores(cuts))
-        return bool(mis.sum() < self.target_misclassified * post.n)
+        if mis.sum() < self.target_misclassified * post.n:
+            return (
+                f"expected misclassified images {mis.sum():.1f} below the target "
+                f"{self.target_misclassified:.2%} of {post.n}"
+            )
+        if post.batches + post.label_views.sum() >= 2 * self.chooser.batch_size:
+            gain = self.gain_per_hour()
+            if gain < MIN_GAIN_PER_HOUR:
+                return (
+                    f"diminishing returns: the best next task would put right {gain:.1f} "
+                    f"misclassified images per clinician hour (< {MIN_GAIN_PER_HOUR:g}); "
+                    f"expected misclassified now {mis.sum():.1f} of {post.n}"
+                )
+        return None
 
     def batches_left(self) -> int:
         # Rough: every image still likelier than 5% to be misclassified needs one more view.
         mis = self.posterior.misclassified(*cut_scores(self.finder.cuts(fresh=False)))
         per_batch = max(1, self.chooser.batch_size - self.chooser.n_anchors)
-        return math.ceil(int((mis > 0.05).sum()) / per_batch)
+        need = int(((mis > 0.05) | self.chooser.short_of_views()).sum())
+        return math.ceil(need / per_batch)
+
+
+class SingleStrategy(BayesStrategy):
+    """``single``: one slice at a time where a label teaches most; never a batch."""
+
+    KINDS = ("label",)
+
+    def select(self, rater: str, available: np.ndarray, jitter: np.ndarray) -> list[int]:
+        return []
+
+    def next_kind(
+        self, rater: str, available: np.ndarray, label_free: np.ndarray, jitter: np.ndarray
+    ) -> tuple[str, Any]:
+        image, _ = self.chooser.best_label(rater, label_free, jitter, self.finder.cuts(fresh=False))
+        return "label", image
+
+    def advice(self) -> str | None:
+        return None
+
+    def batches_left(self) -> int:
+        return 0
+
+
+class HybridStrategy(BayesStrategy):
+    """``hybrid``: a batch or a single question, whichever is worth more per second."""
+
+    KINDS = ("rank", "label")
+
+    def next_kind(
+        self, rater: str, available: np.ndarray, label_free: np.ndarray, jitter: np.ndarray
+    ) -> tuple[str, Any]:
+        cuts = self.finder.cuts(fresh=False)
+        image, label_value = self.chooser.best_label(rater, label_free, jitter, cuts)
+        batch = self.select(rater, available, jitter)
+        timer = self.chooser.timer
+        batch_rate = self.chooser.last_value / timer.seconds(rater, "rank")
+        if image is not None and (
+            len(batch) < 2 or label_value / timer.seconds(rater, "label") > batch_rate
+        ):
+            return "label", image
+        return "rank", batch
+
+    def advice(self) -> str | None:
+        return None
 
 
 class RandomStrategy(Strategy):
     """``random``: uniformly random batches into the ``bayes`` model, stopped by total views."""
 
-    OPTIONS = frozenset({"default_beta", "dynamics"})
+    OPTIONS = frozenset({"default_beta", "dynamics", "persistent_share", "label_noise"})
 
     def select(self, rater: str, available: np.ndarray, jitter: np.ndarray) -> list[int]:
         k = self.chooser.batch_size
@@ -142,16 +323,21 @@ class RandomStrategy(Strategy):
         take = min(k, cand.size)
         return list(self.rng.choice(cand, size=take, replace=False)) if take else []
 
-    def done(self) -> bool:
+    def stop_reason(self) -> str | None:
         post = self.posterior
-        return bool(post.views.sum() >= self.target_views * post.n)
+        if post.views.sum() >= self.target_views * post.n:
+            return f"{self.target_views} views per image spent"
+        return None
 
 
 POLICIES: dict[str, type[Strategy]] = {
     "paper": PaperStrategy,
     "bayes": BayesStrategy,
     "random": RandomStrategy,
+    "ranking": BayesStrategy,
+    "single": SingleStrategy,
+    "hybrid": HybridStrategy,
 }
-"""Strategy name -> policy."""
+"""Strategy name -> policy (``bayes`` and ``ranking`` are one policy under two names)."""
 STRATEGIES = tuple(POLICIES)
-"""Engine strategies (the simulator adds ``one_at_a_time``, which needs no engine)."""
+"""Engine strategies (the simulator adds ``one_at_a_time``, the study's random order)."""

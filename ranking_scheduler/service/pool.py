@@ -14,6 +14,13 @@ through ``post`` (the shell's queue); the worker records them with :meth:`TaskPo
 Boundary questions are asked here too, while the engine wants them. The pool reacts to the
 engine's state; it never changes the log's submissions.
 
+With the strategies ``single`` and ``hybrid`` the open slots are filled from the engine's
+``next_task``: a batch becomes a Rank task, a single question a task in the Boundary project
+(its config shows one slice and the three classes; ``meta.single`` marks it). Label Studio
+Community cannot hand a task to a person, so the scheduler delivers its choice by what it keeps
+open in each project: ``single`` keeps no Rank task open at all, ``hybrid`` keeps open the mix
+the engine values most per second of the raters' measured time (docs/guide/ranking.md).
+
 A task is never deleted in Label Studio: a task that is no longer wanted (skipped, stale, the
 engine done, its answer deleted) is *retired*, taken out of the labelling stream with its
 annotations and drafts kept (``LabelStudioAdapter.retire_task``), so a clinician who still has
@@ -51,6 +58,11 @@ RATE_WINDOW_S = 60.0
 
 LAG_SAMPLES = 200
 """The worst of this many recent replacement lags sizes the spare tasks."""
+
+SINGLE_QUESTION = "Single question: the scheduler chose this slice, where one label teaches most"
+"""The ``$boundary`` text of a single question (the strategies ``single`` and ``hybrid``)."""
+TASK_STRATEGIES = ("single", "hybrid")
+"""Strategies whose open slots are filled from ``next_task`` (batches and single questions)."""
 
 
 def spare_tasks(rate_per_s: float, lag_s: float, safety: float) -> int:
@@ -216,12 +228,19 @@ class TaskPool:
         return [t.task_id for t in list(self.open.values()) if t.kind == store_kind]
 
     def open_counts(self) -> dict[str, int]:
-        """Open tasks per kind (for the stats)."""
+        """Open tasks per kind (for the stats): ``boundary`` counts the single questions too,
+        ``single`` them alone."""
         records = list(self.open.values())
         return {
             "rank": sum(1 for t in records if t.kind == "rank"),
             "boundary": sum(1 for t in records if t.kind == "boundary"),
+            "single": sum(1 for t in records if _is_single(t)),
         }
+
+    @property
+    def serves_tasks(self) -> bool:
+        """The strategy fills open slots from ``next_task`` (batches and single questions)."""
+        return self.settings.strategy in TASK_STRATEGIES
 
     # ------------------------------------------------------------------ top-up
     def top_up(self) -> bool:
@@ -230,11 +249,12 @@ class TaskPool:
         with self.lock:
             done = self.engine.done
         open_rank = [t for t in self.open.values() if t.kind == "rank"]
+        open_single = [t for t in self.open.values() if _is_single(t)]
         if done:
-            for record in open_rank:
+            for record in open_rank + open_single:
                 self.close(record, "retired", retire=True)
         else:
-            self._top_up_rank(len(open_rank))
+            self._top_up_rank(len(open_rank) + len(open_single))
         self._ask_boundary()
         return done
 
@@ -254,13 +274,25 @@ class TaskPool:
         if self.creator is not None and self.create_jobs >= self.settings.create_concurrency:
             return  # every creator is busy; the first to finish tops up again
         batches = []
+        questions: list[str] = []
         avoid = self.recent_images()
         with self.lock:
             for _ in range(need):
-                batch = self.engine.next_batch(POOL_RATER, avoid=avoid)
-                if not batch:
-                    break
+                if self.serves_tasks:
+                    task = self.engine.next_task(POOL_RATER, avoid=avoid)
+                    if task is None:
+                        break
+                    if task.kind == "label":
+                        questions.append(task.image_ids[0])
+                        continue
+                    batch = list(task.image_ids)
+                else:
+                    batch = self.engine.next_batch(POOL_RATER, avoid=avoid)
+                    if not batch:
+                        break
                 batches.append((uuid.uuid4().hex[:12], batch))
+        for image_id in questions:
+            self._create_single(image_id)
         if not batches:
             return
         since, self.pending_since = self.pending_since, None
@@ -275,6 +307,25 @@ class TaskPool:
         self.creating += len(batches)
         self.create_jobs += 1
         self.creator.submit(self._create_job, batches, since)
+
+    def _create_single(self, image_id: str) -> None:
+        """A single question the engine chose, as a task in the Boundary project."""
+        try:
+            task_id = self.ls.create_boundary_task(self.images[image_id], SINGLE_QUESTION)
+        except Exception as exc:  # noqa: BLE001 - the engine may ask again at the next top-up
+            self.counts["errors"] += 1
+            log.warning("creating a single question for %s failed: %r", image_id, exc)
+            with self.lock:
+                self.engine.release_question(image_id)
+            return
+        rec = self.store.add_task(
+            task_id,
+            "boundary",
+            [image_id],
+            meta={"created_by": CREATED_BY, "boundary": SINGLE_QUESTION, "single": True},
+        )
+        self.open[task_id] = rec
+        self.counts["tasks_created"] += 1
 
     def _create(self, batches: list[tuple[str, list[str]]]) -> list[int]:
         return self.ls.create_rank_tasks(
@@ -325,7 +376,7 @@ class TaskPool:
             self.worker.replaced(time.perf_counter() - since)
 
     def _ask_boundary(self) -> None:
-        open_b = sum(1 for t in self.open.values() if t.kind == "boundary")
+        open_b = sum(1 for t in self.open.values() if t.kind == "boundary" and not _is_single(t))
         while open_b < self.settings.boundary_open:
             with self.lock:
                 # Paced while batches still come; the rest of the budget once ranking is done.
@@ -362,7 +413,10 @@ class TaskPool:
         count against its label budget until answered (the log holds only answers)."""
         for record in list(self.open.values()):
             if record.kind == "boundary" and record.image_ids[0] in self.images:
-                engine.restore_pending(record.image_ids[0])
+                if _is_single(record):
+                    engine.restore_question(record.image_ids[0])
+                else:
+                    engine.restore_pending(record.image_ids[0])
 
     # ------------------------------------------------------------------ closing tasks
     def retire_stale(self) -> int:
@@ -385,6 +439,10 @@ class TaskPool:
                 ids = list(record.image_ids)
                 if any(set(b) == set(ids) for b in self.engine.open_batches()):
                     self.engine.release(ids)
+        if release and _is_single(record):
+            with self.lock:
+                if record.image_ids[0] in self.engine.open_questions():
+                    self.engine.release_question(record.image_ids[0])
         self.store.set_task_status(record.task_id, status)
         if status in ("retired", "skipped"):
             self.counts["tasks_retired"] += 1
@@ -406,6 +464,14 @@ class TaskPool:
             )
         else:
             rec = self.store.add_task(task["id"], "boundary", [data.get("image_id")], meta=meta)
+            if _is_single(rec) and not task.get("annotations"):
+                with self.lock:
+                    self.engine.restore_question(rec.image_ids[0])
         if not task.get("annotations"):
             self.open[rec.task_id] = rec
         log.info("adopted task %s created before a restart", task["id"])
+
+
+def _is_single(record: TaskRecord) -> bool:
+    """A single question of ``single``/``hybrid`` (not a boundary question of the cut finder)."""
+    return record.kind == "boundary" and bool((record.meta or {}).get("single"))

@@ -72,7 +72,9 @@ class Publisher:
         self._known = self.store.get_state(CLASSES_KEY) if finished else None
 
     def consensus(self) -> dict[str, Any]:
-        """The consensus export (INTERFACES.md): ranking, scores, views, classes, thresholds."""
+        """The consensus export (INTERFACES.md): ranking, scores, views, classes, thresholds,
+        and each image's provenance (``source`` seen/inferred/prior, ``ranked_by``,
+        ``labelled_by``: distinct raters, ``labels``: single labels)."""
         with self.lock:
             engine = self._engine()
             ranking = engine.ranking()
@@ -82,6 +84,7 @@ class Publisher:
             probs = engine.class_probabilities()
             thresholds = engine.thresholds()
             done = engine.done
+            provenance = engine.provenance()
         images = []
         for rank, image_id in enumerate(ranking, start=1):
             mean, sd = scores[image_id]
@@ -97,6 +100,12 @@ class Publisher:
                     "p_too_basal": float(p[0]),
                     "p_lv": float(p[1]),
                     "p_too_apical": float(p[2]),
+                    # Where the class comes from: seen by raters (how many ranked it, how many
+                    # labelled it), or inferred from its scan between seen neighbours.
+                    **{
+                        k: provenance[image_id][k]
+                        for k in ("source", "ranked_by", "labelled_by", "labels")
+                    },
                 }
             )
         return {

@@ -276,6 +276,8 @@ class SchedulerService:
         options = dict(self.engine_options)
         if s.boundary_budget >= 0:
             options.setdefault("boundary_budget", s.boundary_budget)
+        if s.min_views:
+            options.setdefault("min_views", s.min_views)
         if s.manifest and "stacks" not in options:
             from ranking_scheduler.service.geometry import load_stacks
 
@@ -591,7 +593,8 @@ class SchedulerService:
                 if kind == RANK:
                     self._submit_ranking(rater, ordered)
                 else:
-                    self.engine.submit_boundary(record.image_ids[0], label)
+                    self.engine.submit_boundary(record.image_ids[0], label, rater or None)
+                _record_time(self.engine, rater, kind == RANK, event.lead_time)
                 self._generation += 1
             self.tasks.saw_submission(rater, store_kind, tuple(record.image_ids))
         elif res.needs_rebuild:
@@ -818,3 +821,13 @@ class SchedulerService:
         )
         stats["service"] = self.service_stats()
         return stats
+
+
+def _record_time(engine: Any, rater: str | None, rank: bool, lead_time: Any) -> None:
+    """Tell the engine how long ``rater`` took (Label Studio's ``lead_time``), if it says."""
+    try:
+        seconds = float(lead_time)
+    except (TypeError, ValueError):
+        return
+    if rater and 0 < seconds < 86400:
+        engine.record_time(rater, "rank" if rank else "label", seconds)

@@ -53,7 +53,10 @@ class SchedulerSettings:
     credential of the dashboard and the JSON reads (see ``service.auth``); ``db_url`` (SCHEDULER_DB_URL, SQLite by default);
     ``out_dir`` (SCHEDULER_OUT_DIR: consensus.json/csv); ``project_prefix``
     (SCHEDULER_PROJECT_PREFIX, as given to ``slicerank provision --prefix``);
-    ``strategy`` (SCHEDULER_STRATEGY), ``target_views`` (SCHEDULER_TARGET_VIEWS),
+    ``strategy`` (SCHEDULER_STRATEGY: ``ranking``/``bayes``, ``single``, ``hybrid``, ``paper``,
+    ``random``), ``min_views`` (SCHEDULER_MIN_VIEWS: human views every slice gets before the
+    engine stops, 0 = let the stacks infer the slices nobody needs to see, 1 = every slice seen
+    once; not for ``paper``, which has ``target_views``), ``target_views`` (SCHEDULER_TARGET_VIEWS),
     ``batch_size`` (SCHEDULER_BATCH_SIZE), ``seed`` (SCHEDULER_SEED);
     ``manifest`` (SCHEDULER_MANIFEST): the media root's manifest.csv (or its folder); when set
     the engine gets each image's scan and slice order (``service.geometry``);
@@ -95,6 +98,7 @@ class SchedulerSettings:
     project_prefix: str = ""
     strategy: str = "bayes"
     target_views: int = 3
+    min_views: int = 0
     batch_size: int = 8
     seed: int = 0
     manifest: str = ""
@@ -121,6 +125,12 @@ class SchedulerSettings:
         if self.strategy not in STRATEGIES:
             raise ValueError(
                 f"SCHEDULER_STRATEGY={self.strategy!r} is not one of {', '.join(STRATEGIES)}"
+            )
+        if self.min_views and self.strategy == "paper":
+            raise ValueError(
+                f"SCHEDULER_MIN_VIEWS={self.min_views} does not apply to SCHEDULER_STRATEGY=paper "
+                "(it shows every image SCHEDULER_TARGET_VIEWS times): unset it or pick ranking, "
+                "single or hybrid"
             )
         if self.max_open_tasks < self.min_open_tasks:
             raise ValueError(
@@ -155,6 +165,7 @@ class SchedulerSettings:
             project_prefix=environ.get("SCHEDULER_PROJECT_PREFIX", ""),
             strategy=environ.get("SCHEDULER_STRATEGY", d.strategy),
             target_views=_int(environ, "SCHEDULER_TARGET_VIEWS", d.target_views, 1),
+            min_views=_int(environ, "SCHEDULER_MIN_VIEWS", d.min_views, 0),
             batch_size=_int(environ, "SCHEDULER_BATCH_SIZE", d.batch_size, 2),
             seed=_int(environ, "SCHEDULER_SEED", d.seed),
             manifest=environ.get("SCHEDULER_MANIFEST", ""),

@@ -79,6 +79,8 @@ ENGINE_READS = (
     "thresholds",
     "classes",
     "rater_noise",
+    "provenance",
+    "misreads",
 )
 """The engine methods the dashboard reads (each returns a fresh object, safe to keep)."""
 
@@ -112,9 +114,30 @@ class EngineFigures:
     thresholds: Any = None
     classes: Mapping[str, str] | None = None
     rater_noise: Mapping[str, float] | None = None
+    provenance: Mapping[str, Mapping[str, Any]] | None = None
+    misreads: list[Mapping[str, Any]] | None = None
     done: bool | None = None
     strategy: str | None = None
     unavailable: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _provenance_section(provenance: Mapping[str, Mapping[str, Any]] | None) -> Any:
+    """How many images a rater saw (``seen``, split into ranked only, labelled only, both) and
+    how many the engine inferred from their scan (``inferred``) or from the prior alone."""
+    keys = ("seen", "inferred", "prior", "ranked_only", "labelled_only", "both", "share_seen")
+    if not provenance:
+        return dict.fromkeys(keys)
+    rows = list(provenance.values())
+    seen = [p for p in rows if p["source"] == "seen"]
+    return {
+        "seen": len(seen),
+        "inferred": sum(1 for p in rows if p["source"] == "inferred"),
+        "prior": sum(1 for p in rows if p["source"] == "prior"),
+        "ranked_only": sum(1 for p in seen if p["ranked_by"] and not p["labelled_by"]),
+        "labelled_only": sum(1 for p in seen if p["labelled_by"] and not p["ranked_by"]),
+        "both": sum(1 for p in seen if p["ranked_by"] and p["labelled_by"]),
+        "share_seen": len(seen) / len(rows),
+    }
 
 
 def read_engine(engine: Any, lock: AbstractContextManager | None = None) -> EngineFigures:
@@ -432,6 +455,9 @@ def compute_stats(
     counts while ranking or the cut search goes on; ``counts``), ``boundary`` (engine
     ``status`` per cut, ``labels`` in the log), ``raters`` (one row per rater:
     ``batches``, ``boundary_labels``, ``median_s_per_batch``, ``last_active``, ``noise``),
+    ``provenance`` (images ``seen`` by a rater, split ``ranked_only``/``labelled_only``/
+    ``both``, ``inferred`` from their scan, from the ``prior`` alone, ``share_seen``),
+    ``misreads`` (the engine's probable misreads for review),
     ``rejections`` (``total``, ``latest``), ``tasks`` (``by_status``, ``open`` per kind,
     ``open_list``, ``oldest_open_age_s``), ``unavailable`` (engine methods that gave nothing).
     A figure that cannot be computed is None.
@@ -576,6 +602,8 @@ def compute_stats(
             "thresholds": thresholds,
         },
         "raters": raters,
+        "provenance": _provenance_section(figures.provenance),
+        "misreads": list(figures.misreads or []),
         "break_s": break_s,
         "rejections": {
             "total": store.rejection_count(),
@@ -596,6 +624,7 @@ def compute_stats(
                 s: by_status.get(s, 0) for s in ("open", "answered", "retired", "skipped")
             },
             "open": {k: open_by_kind.get(k, 0) for k in ("rank", "boundary")},
+            "open_single": sum(1 for t in open_tasks if (t.meta or {}).get("single")),
             "open_list": [
                 {
                     "task_id": t.task_id,

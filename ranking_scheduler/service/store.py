@@ -689,7 +689,7 @@ class SubmissionStore:
 
         Rankings go to ``engine.submit(rater, ordered, require_open=False)`` (the batch need
         not be open: it was served by an earlier process) and boundary labels to
-        ``engine.submit_boundary(image_id, label)``, in log order. A submission the engine
+        ``engine.submit_boundary(image_id, label, rater)``, in log order. A submission the engine
         refuses (``ValueError``, e.g. an image no longer in the pool) raises ``ValueError``
         naming the annotation, unless ``on_invalid(submission, error)`` is given, which is
         then called and the replay goes on.
@@ -700,7 +700,11 @@ class SubmissionStore:
                 if sub.kind == "rank":
                     engine.submit(sub.rater, list(sub.ordered), require_open=False)
                 else:
-                    engine.submit_boundary(sub.image_id, sub.label)
+                    engine.submit_boundary(sub.image_id, sub.label, sub.rater or None)
+                lead = sub.lead_time
+                if sub.rater and lead is not None and 0 < lead < 86400:
+                    # The measured times the task chooser values tasks by.
+                    engine.record_time(sub.rater, "rank" if sub.kind == "rank" else "label", lead)
             except ValueError as exc:
                 if on_invalid is None:
                     raise ValueError(

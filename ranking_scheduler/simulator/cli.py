@@ -9,7 +9,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-STRATEGY_CHOICES = ("one_at_a_time", "paper", "random", "bayes")
+STRATEGY_CHOICES = ("one_at_a_time", "paper", "random", "bayes", "ranking", "single", "hybrid")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -110,8 +110,20 @@ def _simulate(args: argparse.Namespace) -> int:
     print(
         f"{args.strategy} seed {args.seed}: accuracy {f['accuracy']:.3f}, macro F1 "
         f"{f['macro_f1']:.3f}, Kendall tau {f['kendall_tau']:.3f} after {f['hours']:.2f} h "
-        f"({f['batches']} batches, {f['boundary_labels']} boundary labels)"
+        f"({f['batches']} batches, {f['boundary_labels']} single labels)"
     )
+    if result.get("stop_reason"):
+        print(f"stopped: {result['stop_reason']}")
+    elif "stop_reason" in result:
+        print("not stopped: the hours or batch cap came first")
+    if result.get("advice"):
+        print(f"advice: {result['advice']}")
+    if result.get("provenance"):
+        p = result["provenance"]
+        print(
+            f"labels: {p['seen']} seen by a rater, {p['inferred']} inferred from their scan, "
+            f"{p['prior']} from the prior alone"
+        )
     if args.json:
         write_json(args.json, result)
     return 0

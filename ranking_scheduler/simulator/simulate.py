@@ -6,7 +6,10 @@ label, boundary labels included; ``raters.SECONDS_PER_BATCH`` per ranked batch).
 labelled yet count as ``lv``, the majority class, for every strategy alike).
 
 Strategies: ``one_at_a_time`` (each image once, by one rater in turn, in random order, as in
-the study), and the engine's ``paper``, ``random`` and ``bayes``. ``paper`` probes the cuts
+the study), and the engine's ``paper``, ``random``, ``bayes`` (= ``ranking``), ``single`` and
+``hybrid``. ``single`` and ``hybrid`` are served through ``next_task`` (a batch costs
+``SECONDS_PER_BATCH``, a single label ``SECONDS_PER_LABEL``); ``single`` is the product's
+one-at-a-time strategy that knows the stacks. ``paper`` probes the cuts
 after its ranking is complete, as the study did; ``bayes`` and ``random`` start asking boundary
 questions once a fifth of the images have been seen (one every ``boundary_every`` batches) and use
 what is left of the budget at the end.
@@ -37,7 +40,7 @@ from ranking_scheduler.simulator.raters import (
 from ranking_scheduler.simulator.stack_labels import single_labeller
 from slicerank_base import CLASSES
 
-SIM_STRATEGIES = ("one_at_a_time", "paper", "random", "bayes")
+SIM_STRATEGIES = ("one_at_a_time", "paper", "random", "bayes", "ranking", "single", "hybrid")
 """Strategies the simulator runs."""
 CURVE_KEYS = ("batches", "views", "hours", "boundary_labels", "accuracy", "macro_f1", "kendall_tau")
 """Keys of every curve point and of ``final``."""
@@ -73,7 +76,12 @@ HEART_MM = (105.0, 12.0)
 """Mean and sd of the mm one unit of true position spans in a scan (the heart's size)."""
 
 
-def stack_cohort(n: int = 3323, seed: int = 0) -> Cohort:
+INCOMPLETE_SHARE = 0.14
+"""Share of UK Biobank short-axis stacks that miss the base or the apex (Tarroni et al. 2020,
+"Learning-based quality control for cardiac MR images", IEEE TMI)."""
+
+
+def stack_cohort(n: int = 3323, seed: int = 0, incomplete: float = 0.0) -> Cohort:
     """A study-like cohort of whole short-axis stacks (about 300 scans for 3,323 slices).
 
     Each scan covers true positions ``a ~ U(0, 0.25)`` (from above the base) to
@@ -85,15 +93,27 @@ def stack_cohort(n: int = 3323, seed: int = 0) -> Cohort:
     ``c ~ U(-0.8, 0.8)``, ``log g ~ N(0.3, 0.25)``. With the study's cuts the class mix is
     about 19/75/6 (the study: 20/73/7). Image ids are shuffled so that nothing but ``stacks``
     tells which slices share a scan.
+
+    ``incomplete``: the share of scans whose coverage is incomplete (``INCOMPLETE_SHARE`` is
+    UK Biobank's): half of them start below the base (``a ~ U(0.3, 0.45)``: no too_basal slice,
+    or hardly one), half stop above the apex (``b ~ U(0.75, 0.9)``: no too_apical slice), so
+    the geometry prior's "every stack runs base to apex" is wrong for them.
     """
     if n < 1:
         raise ValueError(f"n: need at least 1 image, got {n}")
+    if not 0 <= incomplete <= 1:
+        raise ValueError(f"incomplete: must be a share in 0..1, got {incomplete}")
     rng = np.random.default_rng([seed, 13])
     rows: list[tuple[str, float, float]] = []
     scan = 0
     while len(rows) < n:
         a = rng.uniform(0.0, 0.25)
         b = rng.uniform(0.89, 1.0)
+        if incomplete and rng.random() < incomplete:
+            if rng.random() < 0.5:
+                a = rng.uniform(0.3, 0.45)  # misses the base
+            else:
+                b = rng.uniform(0.75, 0.9)  # misses the apex
         c = rng.uniform(-0.8, 0.8)
         g = rng.lognormal(0.3, 0.25)
         heart = max(60.0, rng.normal(*HEART_MM))
@@ -206,10 +226,25 @@ def simulate(
     if stacks and cohort.stacks is None:
         raise ValueError("stacks: this cohort has no stack geometry (use stack_cohort)")
     panel = RaterPanel.from_positions(cohort.positions, n_raters, seed, params)
+    info: dict[str, Any] = {}
     if strategy == "one_at_a_time" and stacks:
         curve = _stack_labels(cohort, panel, seed, hours_cap, checkpoint_hours, progress)
     elif strategy == "one_at_a_time":
         curve = _one_at_a_time(cohort, panel, seed, hours_cap, checkpoint_hours, progress)
+    elif strategy in ("single", "hybrid"):
+        curve = _task_run(
+            cohort,
+            panel,
+            strategy,
+            seed,
+            batch_cap,
+            hours_cap,
+            checkpoint_hours,
+            boundary_every,
+            {**(engine_options or {}), **({"stacks": cohort.stacks} if stacks else {})},
+            progress,
+            info,
+        )
     else:
         curve = _engine_run(
             cohort,
@@ -222,8 +257,9 @@ def simulate(
             boundary_every,
             {**(engine_options or {}), **({"stacks": cohort.stacks} if stacks else {})},
             progress,
+            info,
         )
-    return {"strategy": strategy, "seed": seed, "curve": curve, "final": curve[-1]}
+    return {"strategy": strategy, "seed": seed, "curve": curve, "final": curve[-1], **info}
 
 
 def _point(
@@ -290,6 +326,90 @@ def _stack_labels(
     return curve
 
 
+def _stopped(engine: RankingEngine, info: dict[str, Any], reason: str | None) -> None:
+    """What the engine said when the run stopped serving (``reason``), its advice and where
+    its labels come from."""
+    progress = engine.progress()
+    info["stop_reason"] = reason
+    info["advice"] = progress["advice"]
+    sources = [p["source"] for p in engine.provenance().values()]
+    info["provenance"] = {s: sources.count(s) for s in ("seen", "inferred", "prior")}
+
+
+def _task_run(
+    cohort: Cohort,
+    panel: RaterPanel,
+    strategy: str,
+    seed: int,
+    batch_cap: int | None,
+    hours_cap: float | None,
+    checkpoint_hours: float,
+    boundary_every: int,
+    options: dict[str, Any],
+    progress: Any,
+    info: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """``single`` / ``hybrid``: each rater in turn asks ``next_task`` and answers it (a batch
+    or a single label); boundary questions as ``_engine_run`` asks them, while batches come."""
+    engine = RankingEngine(cohort.ids, strategy=strategy, seed=seed, **options)
+    raters = panel.raters
+    warmup = math.ceil(0.2 * len(cohort.ids) / engine.batch_size)
+    batches = labels = views = tasks = 0
+    next_point = checkpoint_hours
+
+    def hours() -> float:
+        return (batches * SECONDS_PER_BATCH + labels * SECONDS_PER_LABEL) / 3600
+
+    def snapshot() -> dict[str, Any]:
+        return _point(batches, views, 0, labels, score(cohort, engine.classes(), engine.ranking()))
+
+    def ask(final: bool = False) -> bool:
+        nonlocal labels
+        q = engine.next_boundary_query(final=final)
+        if q is None:
+            return False
+        rater = raters[labels % len(raters)]
+        engine.submit_boundary(q, rater.classify(q), rater.name)
+        labels += 1
+        return True
+
+    curve = [snapshot()]
+    while True:
+        if batch_cap is not None and batches >= batch_cap:
+            break
+        if hours_cap is not None and hours() + SECONDS_PER_LABEL / 3600 > hours_cap:
+            break
+        rater = raters[tasks % len(raters)]
+        task = engine.next_task(rater.name)
+        if task is None:
+            break
+        tasks += 1
+        if task.kind == "rank":
+            if hours_cap is not None and hours() + SECONDS_PER_BATCH / 3600 > hours_cap:
+                engine.release(list(task.image_ids))
+                break
+            engine.submit(rater.name, rater.rank(list(task.image_ids)))
+            batches += 1
+            views += len(task.image_ids)
+            if batches >= warmup and batches % boundary_every == 0:
+                ask()
+        else:
+            image = task.image_ids[0]
+            engine.submit_boundary(image, rater.classify(image), rater.name)
+            labels += 1
+        if progress is not None:
+            progress.update(1)
+        if hours() >= next_point:
+            curve.append(snapshot())
+            next_point += checkpoint_hours
+    reason = engine.progress()["stop_reason"]
+    while (hours_cap is None or hours() + SECONDS_PER_LABEL / 3600 <= hours_cap) and ask(True):
+        pass
+    curve.append(snapshot())
+    _stopped(engine, info, reason)
+    return curve
+
+
 def _engine_run(
     cohort: Cohort,
     panel: RaterPanel,
@@ -301,6 +421,7 @@ def _engine_run(
     boundary_every: int,
     options: dict[str, Any],
     progress: Any,
+    info: dict[str, Any],
 ) -> list[dict[str, Any]]:
     engine = RankingEngine(cohort.ids, strategy=strategy, seed=seed, **options)
     raters = panel.raters
@@ -343,7 +464,9 @@ def _engine_run(
         if batches % every == 0:
             curve.append(snapshot())
     # The rest of the boundary budget (all of it for paper: the study probed at the end).
+    reason = engine.progress()["stop_reason"]
     while (hours_cap is None or hours() + SECONDS_PER_LABEL / 3600 <= hours_cap) and ask(True):
         pass
     curve.append(snapshot())
+    _stopped(engine, info, reason)
     return curve

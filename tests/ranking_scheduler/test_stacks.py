@@ -208,5 +208,13 @@ def test_simulate_cli_with_stacks_writes_the_agreed_json(tmp_path):
     args = ["simulate", "--stacks", "--strategy", "bayes", "--images", "200", "--seed", "2"]
     assert main([*args, "--hours-cap", "0.3", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert set(result) == {"strategy", "seed", "curve", "final"}
+    assert set(result) == {
+        "strategy",
+        "seed",
+        "curve",
+        "final",
+        "stop_reason",
+        "advice",
+        "provenance",
+    }
     assert result["final"]["batches"] > 0 and result["final"]["hours"] <= 0.3 + 1e-9

@@ -119,7 +119,7 @@ def test_figures_match_engine_and_log(store):
     assert unc["max_sd"] == pytest.approx(1.0) and unc["median_sd"] == pytest.approx(0.55)
     assert [p[0] for p in unc["by_rank"]] == list(range(10)) and unc["by_rank"][0][1] == -5.0
     assert s["classes"] == {"known": False, "provisional": False, "counts": None}
-    assert set(s["unavailable"]) == {"classes", "thresholds"}
+    assert set(s["unavailable"]) == {"classes", "thresholds", "provenance", "misreads"}
     assert s["boundary"]["status"]["basal"]["queries"] == 3 and s["boundary"]["labels"] == 1
     raters = {r["rater"]: r for r in s["raters"]}
     assert raters["r1"]["batches"] == 5 and raters["r1"]["median_s_per_batch"] == 90.0
@@ -156,7 +156,7 @@ def test_class_counts_once_thresholds_known(store):
     )
     assert settled["classes"]["known"] is True and settled["classes"]["provisional"] is False
     assert s["uncertainty"]["thresholds"] == {"basal": -1.0, "apical": 1.0}
-    assert s["unavailable"] == []
+    assert s["unavailable"] == ["misreads", "provenance"]  # the stand-in has neither
 
 
 def test_degrades_without_engine_methods(store):

@@ -29,8 +29,11 @@ class RecordingEngine:
             raise ValueError(f"unknown image ids {sorted(set(ordered) & self.refuse)}")
         self.calls.append(("rank", rater, tuple(ordered), require_open))
 
-    def submit_boundary(self, image_id, cls):
-        self.calls.append(("boundary", image_id, cls))
+    def submit_boundary(self, image_id, cls, rater=None):
+        self.calls.append(("boundary", image_id, cls, rater))
+
+    def record_time(self, rater, kind, seconds):
+        self.calls.append(("time", rater, kind, seconds))
 
 
 @pytest.fixture
@@ -367,7 +370,7 @@ def test_rebuild_replays_effective_submissions(store):
     engine = store.rebuild(RecordingEngine)
     assert engine.calls == [
         ("rank", "r1", tuple(reversed(BATCH_A)), False),
-        ("boundary", "a3", "lv"),
+        ("boundary", "a3", "lv", "r2"),
         ("rank", "r2", tuple(BATCH_B), False),
     ]
 
@@ -415,7 +418,7 @@ def _live_session(store, strategy: str, n_images: int = 120, n_batches: int = 45
                     if position[query] < 0.85
                     else "too_apical"
                 )
-                live.submit_boundary(query, cls)
+                live.submit_boundary(query, cls, rater)
                 ann += 1
                 store.append_boundary(ann, query, cls, rater=rater)
     return ids, live
@@ -458,7 +461,7 @@ def test_rebuild_after_edit_and_delete_equals_engine_fed_the_corrected_history(d
         if s.annotation_id == drop.annotation_id:
             continue
         if s.kind == "boundary":
-            expected.submit_boundary(s.image_id, s.label)
+            expected.submit_boundary(s.image_id, s.label, s.rater)
         else:
             ordered = edited if s.annotation_id == edit.annotation_id else list(s.ordered)
             expected.submit(s.rater, ordered, require_open=False)
