@@ -33,6 +33,19 @@ rankings, injects its fault, and after each run audits the log against Label Stu
     A clinician holds a Rank task while the scheduler retires it (tasks go stale after a few
     seconds in this case); their Submit must still count. A Submit that Label Studio refuses
     because the task was deleted counts as lost.
+``listing_delete``
+    Answers deleted in Label Studio while full listings run every 2 s: a listing read before a
+    delete and applied after it must not bring the answer back (**resurrected**).
+``parked_delete``
+    Answers deleted the moment they are saved, while the scheduler is importing new tasks: a
+    delete that races the create (parked until its task is recorded) must win.
+``tasks_deleted``
+    Answered Rank tasks deleted in Label Studio (which sends only ``TASKS_DELETED``): their
+    answers stop counting, and no reconciliation pass is refused.
+``forged``
+    500 forged webhooks with the right secret header (readable by any Label Studio user):
+    invented annotations on real tasks, real annotations with another rater and order, deletes
+    of real answers and tasks. Nothing forged may count, nothing real may go.
 
 A scheduler that refuses to start (e.g. a pinned project mismatch) is a correct answer to
 ``foreign_project`` and ``other_prefix``: the run records the refusal and its message, then
@@ -79,6 +92,10 @@ CASES = (
     "foreign_project",
     "other_prefix",
     "retired_held",
+    "listing_delete",
+    "parked_delete",
+    "tasks_deleted",
+    "forged",
 )
 """The fault cases, in the order they run."""
 
@@ -91,8 +108,22 @@ DEFAULT_RUNS = {
     "foreign_project": 3,
     "other_prefix": 3,
     "retired_held": 3,
+    "listing_delete": 20,
+    "parked_delete": 20,
+    "tasks_deleted": 20,
+    "forged": 1,
 }
 """Runs per case of the full tally (``slicerank bench faults``)."""
+
+CASE_SETTINGS = {
+    "retired_held": {"SCHEDULER_STALE_AFTER_S": "4"},
+    # Full listings back to back, so that deletes land while one is read.
+    "listing_delete": {"SCHEDULER_FULL_RECONCILE_INTERVAL_S": "2"},
+}
+"""Scheduler settings a case adds to BENCH_SETTINGS."""
+
+FORGED_PER_RUN = 500
+"""Forged webhooks per run of the ``forged`` case (the issue's target)."""
 
 SMALL_RUNS = {case: 1 for case in CASES} | {"kill9": 2}
 """The small preset (the test suite, ``--small``)."""
@@ -505,6 +536,9 @@ class CaseRun:
             rejected=rejected,
             engine_batches=(stats.get("headline") or {}).get("batches_done"),
         ).as_dict()
+        # Answers the bench deleted (or whose tasks it deleted) that the log counts again.
+        result["resurrected"] = len(self.deleted & set(log_answers))
+        result["reconcile_refused"] = bool((stats.get("service") or {}).get("reconcile_refused"))
         refused = list(self.raters.refused)
         self.raters.refused.clear()
         # Answers Label Studio refused to save (the task was deleted under the clinician) are
@@ -518,6 +552,7 @@ class CaseRun:
             or gone
             or result["wrongly_rejected"]
             or result["double_counted"]
+            or result["resurrected"]
         )
         self.runs.append(record)
         log.info("%s %s: %s", self.name, label, record)
@@ -849,6 +884,155 @@ def case_retired_held(case: CaseRun, runs: int, rng: random.Random) -> None:
         case.check(f"held {k + 1}", task_id=task["id"], task_status=status_when_submitted)
 
 
+def _wait_answers(case: CaseRun, n: int, timeout: float = 120.0) -> None:
+    """Let the raters work until ``n`` more answers are in (or ``timeout``)."""
+    target = case.raters.submitted + n
+    case.raters.resume()
+    deadline = time.monotonic() + timeout
+    while case.raters.submitted < target and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def case_listing_delete(case: CaseRun, runs: int, rng: random.Random) -> None:
+    """Answers deleted while full listings (every 2 s) are being read and applied."""
+    pid = case.projects["Rank"]
+    for k in range(runs):
+        _wait_answers(case, 4)
+        answers = sorted(_answers_in_label_studio(case.bench.client(), pid))
+        picks = rng.sample(answers, min(2, len(answers)))
+        with case.bench.http() as http:
+            for a in picks:  # spread over a listing interval, raters still at work
+                time.sleep(rng.uniform(0.0, 2.0))
+                http.delete(f"/api/annotations/{a}/").raise_for_status()
+                case.deleted.add(int(a))
+        # Several listings after the deletes: none may bring them back.
+        time.sleep(
+            3 * float(CASE_SETTINGS["listing_delete"]["SCHEDULER_FULL_RECONCILE_INTERVAL_S"])
+        )
+        case.check(f"listing {k + 1}", deleted=picks)
+
+
+def case_parked_delete(case: CaseRun, runs: int, rng: random.Random) -> None:
+    """An answer deleted right after it is saved, while task imports are in flight."""
+    from ls_config.webclient import ranker_result
+
+    pid = case.projects["Rank"]
+    user = case.raters.users[0]
+    for k in range(runs):
+        case.raters.resume()  # the others keep the scheduler importing replacements
+        task = None
+        deadline = time.monotonic() + 30
+        while task is None and time.monotonic() < deadline:
+            task = user.next_task(pid)
+            time.sleep(0 if task else 0.1)
+        if task is None:
+            raise RuntimeError("no Rank task for the racing answer in 30 s")
+        ids = [item["id"] for item in task["data"]["images"]]
+        order = sorted(ids, key=case.positions.__getitem__)
+        ann = user.submit(task["id"], pid, ranker_result(order), lead_time=3.0)
+        with case.bench.http() as http:
+            http.delete(f"/api/annotations/{ann['id']}/").raise_for_status()
+        case.expected.add(int(ann["id"]))
+        case.deleted.add(int(ann["id"]))
+        time.sleep(rng.uniform(0.5, 2.0))
+        stats = case.api("/api/stats")
+        parked = ((stats.get("service") or {}).get("counts") or {}).get("parked", 0)
+        case.check(f"parked {k + 1}", raced=ann["id"], parked_so_far=parked)
+
+
+def case_tasks_deleted(case: CaseRun, runs: int, rng: random.Random) -> None:
+    """Answered Rank tasks deleted in Label Studio (TASKS_DELETED only)."""
+    pid = case.projects["Rank"]
+    for k in range(runs):
+        _wait_answers(case, 3)
+        case.raters.pause()
+        case.settle()
+        by_task: dict[int, list[int]] = {}
+        for task in case.bench.client().tasks.list(project=pid, fields="all", page_size=500):
+            d = task if isinstance(task, dict) else task.dict()
+            anns = [a if isinstance(a, dict) else a.dict() for a in d.get("annotations") or []]
+            if anns:
+                by_task[int(d["id"])] = [int(a["id"]) for a in anns]
+        picks = rng.sample(sorted(by_task), min(2, len(by_task)))
+        with case.bench.http() as http:
+            for t in picks:
+                http.delete(f"/api/tasks/{t}/").raise_for_status()
+                case.deleted.update(by_task[t])
+        case.raters.resume()
+        time.sleep(float(BENCH_SETTINGS["SCHEDULER_FULL_RECONCILE_INTERVAL_S"]) + 2)
+        record = case.check(f"tasks {k + 1}", deleted_tasks=picks)
+        if record["reconcile_refused"]:
+            record["clean"] = False  # a lead would have to accept what Label Studio said
+
+
+def _forged_bodies(case: CaseRun, rng: random.Random, n: int) -> list[dict]:
+    """``n`` webhooks a Label Studio user could forge: invented annotations on real tasks,
+    real annotations with another rater and order, deletes of real answers and tasks."""
+    import json
+
+    from ls_config.webclient import ranker_result
+
+    pid = case.projects["Rank"]
+    tasks = [  # as plain JSON, the way a webhook body carries them
+        json.loads(json.dumps(t if isinstance(t, dict) else t.dict(), default=str))
+        for t in case.bench.client().tasks.list(project=pid, fields="all", page_size=500)
+    ]
+    real = [(t, a if isinstance(a, dict) else a.dict()) for t in tasks for a in t["annotations"]]
+    top = max((a["id"] for _, a in real), default=0)
+    bodies = []
+    for k in range(n):
+        task = rng.choice(tasks)
+        images = [i["id"] for i in task["data"]["images"]]
+        kind = k % 4 if real else 0
+        if kind == 0:
+            ann = {"id": top + 10_000 + k, "task": task["id"],
+                   "completed_by": rng.randrange(1, 10_000), "result": ranker_result(images)}  # fmt: skip
+            bodies.append({"action": "ANNOTATION_CREATED", "annotation": ann, "task": task,
+                           "project": {"id": pid}})  # fmt: skip
+        elif kind == 1:
+            t, a = rng.choice(real)
+            ann = {**a, "completed_by": rng.randrange(1, 10_000),
+                   "result": ranker_result(images[::-1])}  # fmt: skip
+            bodies.append({"action": "ANNOTATION_UPDATED", "annotation": ann, "task": t,
+                           "project": {"id": pid}})  # fmt: skip
+        elif kind == 2:
+            bodies.append({"action": "ANNOTATIONS_DELETED", "project": {"id": pid},
+                           "annotations": [{"id": rng.choice(real)[1]["id"]}]})  # fmt: skip
+        else:
+            bodies.append({"action": "TASKS_DELETED", "project": {"id": pid},
+                           "tasks": [{"id": rng.choice(real)[0]["id"]}]})  # fmt: skip
+    return bodies
+
+
+def case_forged(case: CaseRun, runs: int, rng: random.Random) -> None:
+    """FORGED_PER_RUN forged webhooks with the right secret, raters at work meanwhile."""
+    from ranking_scheduler.service.store import SubmissionStore
+
+    for k in range(runs):
+        _wait_answers(case, 3)
+        bodies = _forged_bodies(case, rng, FORGED_PER_RUN)
+        for body in bodies:
+            case.post_webhook(body)
+        case.raters.pause()
+        case.settle(300)
+        record = case.check(f"forged {k + 1}", forged=len(bodies))
+        # Every counted answer carries Label Studio's rater, not a forged one.
+        client = case.bench.client()
+        raters = {}
+        for task in client.tasks.list(project=case.projects["Rank"], fields="all", page_size=500):
+            for a in task.annotations or []:
+                a = a if isinstance(a, dict) else a.dict()
+                raters[int(a["id"])] = f"ls-user-{a['completed_by']}"
+        with SubmissionStore(case.db_url) as store:
+            wrong = [
+                s.annotation_id
+                for s in store.effective_submissions("rank")
+                if raters.get(s.annotation_id) != s.rater
+            ]
+        record["wrong_rater"] = len(wrong)
+        record["clean"] = record["clean"] and not wrong and not record["unknown_in_log"]
+
+
 # ---------------------------------------------------------------------- the bench
 @contextmanager
 def _label_studio(work: Path, ls_db: str) -> Iterator[Any]:
@@ -917,7 +1101,7 @@ def run_faults(
         bench = FaultBench(ls=ls, work=work, ls_db=ls_db, rng=rng, images=images)
         for name in cases:
             t0 = time.perf_counter()
-            settings = {"SCHEDULER_STALE_AFTER_S": "4"} if name == "retired_held" else {}
+            settings = dict(CASE_SETTINGS.get(name, {}))
             with fresh_postgres_database("slicerank_faults") as db:
                 case = CaseRun(bench, name, db["url"], settings=settings)
                 error = None
@@ -945,7 +1129,14 @@ def run_faults(
     result["wall_s"] = round(time.perf_counter() - t_all, 1)
     result["totals"] = {
         key: sum(c[key] for c in result["cases"].values())
-        for key in ("n_runs", "clean_runs", "lost", "double_counted", "wrongly_rejected")
+        for key in (
+            "n_runs",
+            "clean_runs",
+            "lost",
+            "double_counted",
+            "wrongly_rejected",
+            "resurrected",
+        )
     }
     probes = [c["webhook_answer"] for c in result["cases"].values() if c.get("webhook_answer")]
     result["webhook_answer"] = {
@@ -972,6 +1163,7 @@ def _tally(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "refused_submits": sum(r["refused"] for r in runs),
         "double_counted": max((r["double_counted"] for r in runs), default=0),
         "wrongly_rejected": max((r["wrongly_rejected"] for r in runs), default=0),
+        "resurrected": max((r.get("resurrected", 0) for r in runs), default=0),
         "gone_from_label_studio": max((r["gone_from_label_studio"] for r in runs), default=0),
         "lost_at_end": last.get("lost", 0),
         "answers_at_end": last.get("label_studio_answers", 0),

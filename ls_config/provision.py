@@ -30,8 +30,14 @@ CONFIG_FILES = {RANK: "rank.xml", CLASSIFY: "classify.xml", BOUNDARY: "boundary.
 SECRET_HEADER = "X-Slicerank-Secret"
 """Custom header Label Studio sends with every webhook; its value is the shared secret."""
 
-WEBHOOK_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED")
-"""Annotation events the scheduler listens to (skips arrive as ANNOTATION_CREATED, cancelled)."""
+WEBHOOK_ACTIONS = (
+    "ANNOTATION_CREATED",
+    "ANNOTATION_UPDATED",
+    "ANNOTATIONS_DELETED",
+    "TASKS_DELETED",
+)
+"""Events the scheduler listens to (skips arrive as ANNOTATION_CREATED, cancelled; deleting
+tasks deletes their annotations but sends only TASKS_DELETED)."""
 
 WEBHOOK_PATH = "/webhook"
 """Path of the scheduler's webhook endpoint."""

@@ -27,7 +27,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "project ids of its first start, and a start that finds others refuses; same as "
         "SCHEDULER_REBIND_PROJECTS=1)",
     )
+    p.add_argument(
+        "--accept-reconcile",
+        action="store_true",
+        help="list what the last refused reconciliation pass would drop from the log (nothing "
+        "changes); with --yes, accept it: the scheduler's next full pass drops exactly those",
+    )
+    p.add_argument("--yes", action="store_true", help="confirm --accept-reconcile")
     p.set_defaults(func=_scheduler)
+
+
+def _accept_reconcile(settings, yes: bool) -> int:
+    """``--accept-reconcile [--yes]``: show the refused drop; accept it with ``--yes``."""
+    from ranking_scheduler.service.accept import accept_drop, format_drop, refused_drop
+    from ranking_scheduler.service.store import SubmissionStore
+
+    with SubmissionStore(settings.db_url) as store:
+        drop = refused_drop(store)
+        if drop is None:
+            print("No reconciliation pass is refused: nothing to accept.")
+            return 0
+        print(format_drop(drop))
+        if not yes:
+            print(
+                "\nNothing changed. If Label Studio lost these on purpose (a lead deleted them), "
+                "run again with --accept-reconcile --yes."
+            )
+            return 0
+        n = accept_drop(store)
+    print(
+        f"\nAccepted: {n} annotation(s) are dropped at the scheduler's next full "
+        "reconciliation (SCHEDULER_FULL_RECONCILE_INTERVAL_S) or its next start."
+    )
+    return 0
 
 
 def _scheduler(args: argparse.Namespace) -> int:
@@ -36,9 +68,9 @@ def _scheduler(args: argparse.Namespace) -> int:
     import sys
     import threading
 
-    import uvicorn
     from label_studio_sdk import LabelStudio
 
+    from ranking_scheduler.service.limits import make_server
     from ranking_scheduler.service.ls_adapter import LabelStudioAdapter
     from ranking_scheduler.service.service import SchedulerService
     from ranking_scheduler.service.settings import SchedulerSettings
@@ -61,6 +93,8 @@ def _scheduler(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    if getattr(args, "accept_reconcile", False):
+        return _accept_reconcile(settings, args.yes)
     if settings.db_url.startswith("sqlite:///"):
         os.makedirs(os.path.dirname(os.path.abspath(settings.db_url[10:])), exist_ok=True)
 
@@ -72,10 +106,10 @@ def _scheduler(args: argparse.Namespace) -> int:
         return SchedulerService(settings, store, adapter).start()
 
     # Listen at once: while Label Studio or the database is awaited, /health says what is down.
+    # The server has the scheduler's limits (limits.py: slow clients cut off, connections
+    # capped; the app caps bodies).
     gate = StartGate()
-    server = uvicorn.Server(
-        uvicorn.Config(gate, host=args.host, port=args.port, log_level="warning")
-    )
+    server = make_server(gate, host=args.host, port=args.port)
     started: dict = {}
 
     def start() -> None:

@@ -1,9 +1,13 @@
 """Intake: a Label Studio payload in, a typed and validated event out. Pure: no I/O, no state.
 
-Both ways an annotation reaches the scheduler end here: a webhook (:func:`from_webhook`) and
-a reconciliation pass that lists Label Studio (:func:`from_listing`). Whatever cannot be read
-(no annotation id, no rater) is carried on the event as ``problem`` so the ledger records the
-refusal with its reason; nothing is half-applied.
+A webhook is only a notification (:func:`from_webhook` takes the ids out of it and nothing
+else): every Label Studio user can read the webhook's secret header, so the rater, the result
+and the version of an annotation come from Label Studio itself, read by id with the scheduler's
+own token (:func:`from_annotation`) or listed by a reconciliation pass (:func:`from_listing`).
+Each event carries ``seen_at``, when the read that showed it *began*: the ledger lets nothing
+read before a delete bring the annotation back. Whatever cannot be read (no annotation id, no
+rater) is carried on the event as ``problem`` so the ledger records the refusal with its
+reason; nothing is half-applied.
 
 Reading the *content* of an annotation needs the task it answers (a ranking must hold exactly
 the task's images): :func:`read_ranking` / :func:`read_boundary` do that once the ledger has
@@ -17,16 +21,33 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from ranking_scheduler.service.typed_order import read_typed_order, typed_text
 from slicerank_base import CLASSES
 
 ANNOTATION_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
-"""Webhook actions that carry one annotation to apply."""
+"""Webhook actions that name one annotation to read back from Label Studio."""
 
 DELETE_ACTION = "ANNOTATIONS_DELETED"
 """Webhook action that carries the ids of deleted annotations."""
+
+TASKS_DELETED_ACTION = "TASKS_DELETED"
+"""Webhook action that carries the ids of deleted tasks (their annotations went with them:
+Label Studio sends no ``ANNOTATIONS_DELETED`` for those)."""
+
+MAX_IDS_PER_WEBHOOK = 10_000
+"""At most this many ids are taken from one delete webhook, so that a forged one cannot keep
+the worker busy for minutes (each id costs a look at the log). Label Studio 1.23 sends a bulk
+delete in batches of 5,000 (``WEBHOOK_BATCH_SIZE``) where batching is on; ids beyond the cap
+are left to the full reconciliation (and its guard: see ``--accept-reconcile``)."""
+
+MAX_REASON_CHARS = 500
+"""A rejection reason is cut to this length (stored, logged and served)."""
+
+MAX_IDS_SHOWN = 10
+"""At most this many image ids are named in a rejection reason."""
 
 
 @dataclass(frozen=True)
@@ -37,7 +58,8 @@ class AnnotationEvent:
     then possibly None. ``result`` is Label Studio's raw result list, read against the task by
     :func:`read_ranking` / :func:`read_boundary`. ``lead_time`` is the seconds the rater
     spent on it (Label Studio's own measure), None if absent or not a number. ``task`` is the
-    task part of the payload (its ``meta`` lets a task the scheduler created be adopted).
+    task as Label Studio showed it, when the read had it (its ``meta`` lets a task the scheduler
+    created be adopted). ``seen_at``: when the read that showed it began (UTC).
     """
 
     project_id: int | None
@@ -52,6 +74,7 @@ class AnnotationEvent:
     problem: str | None = None
     source: str = "webhook"
     task: dict = field(default_factory=dict, compare=False)
+    seen_at: datetime | None = field(default=None, compare=False)
 
     @property
     def raw(self) -> dict:
@@ -69,11 +92,26 @@ class AnnotationEvent:
 
 
 @dataclass(frozen=True)
+class AnnotationNotice:
+    """A webhook said something happened to an annotation: read it back from Label Studio."""
+
+    annotation_id: int | None
+    action: str = "ANNOTATION_CREATED"
+
+
+@dataclass(frozen=True)
 class DeleteEvent:
-    """An annotation was deleted in Label Studio."""
+    """A webhook said an annotation was deleted in Label Studio (to be confirmed there)."""
 
     annotation_id: int | None
     task_id: int | None = None
+
+
+@dataclass(frozen=True)
+class TasksDeletedEvent:
+    """A webhook said tasks were deleted in Label Studio (to be confirmed there)."""
+
+    task_ids: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -83,7 +121,7 @@ class IgnoredEvent:
     action: str
 
 
-Event = AnnotationEvent | DeleteEvent | IgnoredEvent
+Event = AnnotationNotice | DeleteEvent | TasksDeletedEvent | IgnoredEvent
 
 
 def rater_name(completed_by: Any) -> str:
@@ -117,15 +155,22 @@ def _lead_time(value: Any) -> float | None:
 
 
 def annotation_event(
-    project_id: Any, task_id: Any, ann: dict, *, task: dict | None = None, source: str
+    project_id: Any,
+    task_id: Any,
+    ann: dict,
+    *,
+    task: dict | None = None,
+    source: str,
+    seen_at: datetime | None = None,
 ) -> AnnotationEvent:
-    """The typed event for one annotation dict of ``task_id`` in ``project_id``."""
+    """The typed event for one annotation dict of ``task_id`` in ``project_id``, as a read
+    that began at ``seen_at`` showed it."""
     ann_id = _int_or_none(ann.get("id"))
     tid = _int_or_none(task_id)
     problem = None
     rater = None
     if ann_id is None or tid is None:
-        problem = "webhook without annotation or task id"
+        problem = "annotation without annotation or task id"
     else:
         try:
             rater = rater_name(ann.get("completed_by"))
@@ -144,44 +189,87 @@ def annotation_event(
         problem=problem,
         source=source,
         task=dict(task or {}),
+        seen_at=seen_at,
     )
 
 
+def _id_pairs(items: Any, key: str = "task") -> list[tuple[int, int | None]]:
+    """``(id, item[key])`` of each ``{"id": ...}`` of a delete webhook that names an id (at most
+    MAX_IDS_PER_WEBHOOK)."""
+    if not isinstance(items, list):
+        return []
+    pairs = []
+    for item in items[:MAX_IDS_PER_WEBHOOK]:
+        if isinstance(item, dict) and _int_or_none(item.get("id")) is not None:
+            pairs.append((_int_or_none(item["id"]), _int_or_none(item.get(key))))
+    return pairs
+
+
 def from_webhook(action: str, payload: dict) -> list[Event]:
-    """The events of one webhook body (``ANNOTATIONS_DELETED`` may carry several)."""
+    """The notices of one webhook body: which annotation (or which deleted annotations or
+    tasks) to look at in Label Studio. Nothing else of the body is taken: not the rater, not
+    the result, not the project (anyone who can read the webhook's header could write them)."""
     if action in ANNOTATION_ACTIONS:
-        ann = payload.get("annotation") or {}
-        task = payload.get("task") or {}
-        project = payload.get("project") or {}
-        project_id = project.get("id") if isinstance(project, dict) else project
-        project_id = project_id or task.get("project")
-        task_id = task.get("id") or ann.get("task")
-        return [annotation_event(project_id, task_id, ann, task=task, source="webhook")]
+        ann = payload.get("annotation")
+        ann_id = _int_or_none(ann.get("id")) if isinstance(ann, dict) else None
+        return [AnnotationNotice(ann_id, action)]
     if action == DELETE_ACTION:
-        return [
-            DeleteEvent(_int_or_none(a.get("id")), _int_or_none(a.get("task")))
-            for a in payload.get("annotations") or []
-            if isinstance(a, dict)
-        ]
+        return [DeleteEvent(a, t) for a, t in _id_pairs(payload.get("annotations"))]
+    if action == TASKS_DELETED_ACTION:
+        ids = tuple(task_id for task_id, _ in _id_pairs(payload.get("tasks")))
+        return [TasksDeletedEvent(ids)] if ids else []
     return [IgnoredEvent(action)]
 
 
-def from_listing(project_id: int, task: dict) -> list[AnnotationEvent]:
-    """The events of one task as a reconciliation listing shows it (same path as a webhook)."""
+def from_annotation(
+    ann: dict, *, seen_at: datetime | None, task: dict | None = None
+) -> AnnotationEvent:
+    """The event of one annotation as Label Studio returned it by id (``GET
+    /api/annotations/{id}/``): its project, task and rater are Label Studio's."""
+    task_id = ann.get("task")
+    if isinstance(task_id, dict):
+        task_id = task_id.get("id")
+    return annotation_event(
+        ann.get("project"), task_id, ann, task=task, source="webhook", seen_at=seen_at
+    )
+
+
+def from_listing(
+    project_id: int, task: dict, *, seen_at: datetime | None = None
+) -> list[AnnotationEvent]:
+    """The events of one task as a reconciliation listing shows it (same path as a webhook);
+    ``seen_at`` is when the listing began."""
     out = []
     for ann in task.get("annotations") or []:
         ann = ann if isinstance(ann, dict) else ann.dict()
-        out.append(annotation_event(project_id, task["id"], ann, task=task, source="listing"))
+        out.append(
+            annotation_event(
+                project_id, task["id"], ann, task=task, source="listing", seen_at=seen_at
+            )
+        )
     return out
+
+
+def _few(ids: list[str]) -> str:
+    """At most MAX_IDS_SHOWN ids, and how many more (a reason must stay short)."""
+    shown = repr(ids[:MAX_IDS_SHOWN])
+    return shown if len(ids) <= MAX_IDS_SHOWN else f"{shown} and {len(ids) - MAX_IDS_SHOWN} more"
+
+
+def short(text: str, limit: int = MAX_REASON_CHARS) -> str:
+    """``text`` cut to ``limit`` characters (a reason or a value shown in one)."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def parse_ranking(result: Any, expected: tuple[str, ...] | list[str]) -> list[str]:
     """The ordered image ids (top = most basal) of a Rank annotation; ``ValueError`` says what
-    is wrong (no ranking, items missing, extra or repeated).
+    is wrong (no ranking, too long, items missing, extra or repeated).
 
     ``expected`` is the task's images in the order the task shows them. A typed order (the
     slices' marks as text, see ``typed_order``) counts over the Ranker's list, which Label
-    Studio saves even when untouched; without one, the Ranker's list is the order."""
+    Studio saves even when untouched; without one, the Ranker's list is the order. Linear in
+    the size of the result, and a Ranker list longer than its batch is refused before anything
+    else is looked at: a hostile result of 40,000 ids costs one ``len``."""
     if not isinstance(result, list):
         raise ValueError(f"annotation result is {type(result).__name__}, not a list")
     text = typed_text(result)
@@ -193,23 +281,33 @@ def parse_ranking(result: Any, expected: tuple[str, ...] | list[str]) -> list[st
     value = rankers[0].get("value") or {}
     ranker = value.get("ranker") if isinstance(value, dict) else None
     if not isinstance(ranker, dict) or len(ranker) != 1:
-        keys = sorted(ranker) if isinstance(ranker, dict) else ranker
-        raise ValueError(f"ranker value must hold exactly one ordered list, got {keys!r}")
+        keys = sorted(map(str, ranker))[:MAX_IDS_SHOWN] if isinstance(ranker, dict) else ranker
+        raise ValueError(
+            short(f"ranker value must hold exactly one ordered list, got {keys!r}", 200)
+        )
     order = next(iter(ranker.values()))
-    if not isinstance(order, list) or not all(isinstance(i, str) for i in order):
-        raise ValueError(f"ranker order must be a list of image ids, got {order!r}")
+    if not isinstance(order, list):
+        raise ValueError(f"ranker order must be a list of image ids, got {type(order).__name__}")
+    if len(order) > len(expected):
+        raise ValueError(
+            f"ranking holds {len(order)} items, more than the task's {len(expected)} images"
+        )
+    if not all(isinstance(i, str) for i in order):
+        raise ValueError(short(f"ranker order must be a list of image ids, got {order!r}", 200))
     want = set(expected)
-    missing = sorted(want - set(order))
-    extra = sorted(set(order) - want)
-    repeated = sorted({i for i in order if order.count(i) > 1})
+    have = set(order)
+    missing = sorted(want - have)
+    extra = sorted(have - want)
+    seen: set[str] = set()
+    repeated = sorted({i for i in order if i in seen or seen.add(i)})
     if missing or extra or repeated:
         parts = [
-            f"{name} {ids}"
+            f"{name} {_few(ids)}"
             for name, ids in (("missing", missing), ("extra", extra), ("repeated", repeated))
             if ids
         ]
         raise ValueError(
-            f"ranking does not match the task's {len(want)} images: {'; '.join(parts)}"
+            short(f"ranking does not match the task's {len(want)} images: {'; '.join(parts)}")
         )
     return order
 
@@ -219,22 +317,28 @@ VIEW_CONTROLS = ("window", "zoom")
 
 
 def parse_boundary(result: Any) -> str:
-    """The class chosen in a boundary (Choices) result; ``ValueError`` if none or unknown.
-    The view buttons' choices (:data:`VIEW_CONTROLS`) are not answers and are passed over."""
+    """The class chosen in a boundary (Choices) result; ``ValueError`` if none, unknown or not
+    shaped as Label Studio writes it. The view buttons' choices (:data:`VIEW_CONTROLS`) are not
+    answers and are passed over."""
     if not isinstance(result, list):
         raise ValueError(f"annotation result is {type(result).__name__}, not a list")
-    chosen = [
-        c
-        for r in result
-        if isinstance(r, dict)
-        and r.get("type") == "choices"
-        and r.get("from_name") not in VIEW_CONTROLS
-        for c in (r.get("value") or {}).get("choices") or []
-    ]
+    chosen: list[Any] = []
+    for r in result:
+        if not isinstance(r, dict) or r.get("type") != "choices":
+            continue
+        if r.get("from_name") in VIEW_CONTROLS:
+            continue
+        value = r.get("value")
+        choices = value.get("choices") if isinstance(value, dict) else None
+        if not isinstance(choices, list):
+            raise ValueError(
+                short(f"choices result must hold a list of choices, got {value!r}", 200)
+            )
+        chosen += choices[: MAX_IDS_SHOWN + 1]
     if len(chosen) != 1:
-        raise ValueError(f"expected exactly one class, got {chosen!r}")
+        raise ValueError(short(f"expected exactly one class, got {chosen!r}", 200))
     if chosen[0] not in CLASSES:
-        raise ValueError(f"class {chosen[0]!r} is not one of {', '.join(CLASSES)}")
+        raise ValueError(short(f"class {chosen[0]!r} is not one of {', '.join(CLASSES)}", 200))
     return chosen[0]
 
 

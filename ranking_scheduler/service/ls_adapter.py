@@ -214,6 +214,32 @@ class LabelStudioAdapter:
                 raise
         return True
 
+    def annotation(self, annotation_id: int) -> dict | None:
+        """One annotation as Label Studio holds it now (read with the scheduler's own token),
+        or None if Label Studio does not have it. A webhook only names the id: this is what
+        the scheduler believes."""
+        from label_studio_sdk.core.api_error import ApiError
+
+        with self._timed("read_annotation"):
+            try:
+                return _data(self.client.annotations.get(int(annotation_id)))
+            except ApiError as exc:
+                if exc.status_code == 404:
+                    return None
+                raise
+
+    def task(self, task_id: int) -> dict | None:
+        """One task as Label Studio holds it now, or None if it is gone."""
+        from label_studio_sdk.core.api_error import ApiError
+
+        with self._timed("read_task"):
+            try:
+                return _data(self.client.tasks.get(str(int(task_id))))
+            except ApiError as exc:
+                if exc.status_code == 404:
+                    return None
+                raise
+
     def tasks_with_annotations(self, kind: str, task_ids: list[int] | None = None) -> list[dict]:
         """Tasks of a project with their annotations (plain dicts), for reconciliation: all of
         them, or only ``task_ids`` (one small request instead of a scan of the project)."""

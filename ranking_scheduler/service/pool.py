@@ -355,10 +355,13 @@ class TaskPool:
                 self.pending_since = since
 
     def release(self, batches: list[tuple[str, list[str]]]) -> None:
-        """Give batches that never became tasks back to the engine."""
+        """Give batches that never became tasks back to the engine (a rebuild meanwhile may
+        have forgotten them already: those are not open any more)."""
         with self.lock:
+            still_open = [set(b) for b in self.engine.open_batches()]
             for _, batch in batches:
-                self.engine.release(batch)
+                if set(batch) in still_open:
+                    self.engine.release(batch)
 
     def _record_created(self, batches, task_ids: list[int], since: float | None) -> None:
         for task_id, (batch_id, batch) in zip(task_ids, batches, strict=True):

@@ -40,6 +40,9 @@ RECONCILE_DELETE_FLOOR = 3
 REFUSED_STATE_KEY = "reconcile_refused"
 """Store state key of the last refused reconciliation pass (shown in the service stats)."""
 
+ACCEPTED_STATE_KEY = "reconcile_accepted"
+"""Store state key of the annotation ids a lead accepted to drop from a refused pass."""
+
 
 class Reconciler:
     """Reads Label Studio (``ls``) against the log (``store``) and the open tasks (``pool``);
@@ -94,7 +97,8 @@ class Reconciler:
         out = []
         for kind, store_kind in ((RANK, "rank"), (BOUNDARY, "boundary")):
             ids = self.pool.open_ids(store_kind)
-            out.append((kind, ids, self.ls.tasks_with_annotations(kind, ids)))
+            seen_at = datetime.now(UTC)  # when the read began: nothing older restores a delete
+            out.append((kind, ids, self.ls.tasks_with_annotations(kind, ids), seen_at))
         return out
 
     def apply_open(self, reads) -> dict[str, int]:
@@ -104,9 +108,9 @@ class Reconciler:
         # idempotent, and a task only counts as gone if it is still open here.
         self.counts["light_reconciles"] = self.counts.get("light_reconciles", 0) + 1
         applied = 0
-        for kind, ids, found in reads:
+        for kind, ids, found, seen_at in reads:
             for task in found:
-                for event in intake.from_listing(self.ls.projects[kind], task):
+                for event in intake.from_listing(self.ls.projects[kind], task, seen_at=seen_at):
                     applied += self._apply(event) in ("created", "updated")
             gone = set(ids) - {t["id"] for t in found}
             for task_id in gone:
@@ -121,8 +125,16 @@ class Reconciler:
         judged gone from a listing that may be a little old by the time it is applied."""
         known_before = {s.annotation_id for s in self.store.effective_submissions(content=False)}
         open_before = {t.task_id for t in list(self.pool.open.values())}
+        # The listing carries the time its read began: an annotation deleted after that time
+        # and shown by it is not brought back (SubmissionStore._append).
+        seen_at = datetime.now(UTC)
         tasks = [(kind, self.ls.tasks_with_annotations(kind)) for kind in (RANK, BOUNDARY)]
-        return {"known_before": known_before, "open_before": open_before, "tasks": tasks}
+        return {
+            "known_before": known_before,
+            "open_before": open_before,
+            "tasks": tasks,
+            "seen_at": seen_at,
+        }
 
     def apply_full(self, read: dict[str, Any]) -> dict[str, int]:
         """Apply a :meth:`read_full` (see the module docstring)."""
@@ -141,7 +153,7 @@ class Reconciler:
                 seen_tasks.add(task_id)
                 if task_id not in known_tasks:
                     self.pool.adopt(kind, task)
-                for event in intake.from_listing(project_id, task):
+                for event in intake.from_listing(project_id, task, seen_at=read.get("seen_at")):
                     seen_annotations.add(event.annotation_id)
                     sub = known.get(event.annotation_id)
                     if intake.unchanged(sub, event, known_tasks.get(task_id)):
@@ -156,8 +168,13 @@ class Reconciler:
         if missing or unseen:
             self._confirm_gone(missing, unseen, seen_annotations, seen_tasks)
         gone = sorted(missing - seen_annotations)
-        if self._refuse(gone, len(known)):
+        accepted = self._accepted(gone)
+        if self._refuse([a for a in gone if a not in accepted], len(known), gone):
             return {"applied": applied, "deleted": 0, "refused": len(gone)}
+        if accepted:
+            log.warning("reconciliation: dropping %d annotation(s) a lead accepted", len(accepted))
+            self.store.set_state(ACCEPTED_STATE_KEY, None)
+            self.store.set_state(REFUSED_STATE_KEY, None)
         deleted = 0
         for annotation_id in gone:
             deleted += self.store.delete_annotation(annotation_id).status == "deleted"
@@ -173,9 +190,17 @@ class Reconciler:
         """How many annotations one pass may drop from a log of ``logged``."""
         return max(RECONCILE_DELETE_FLOOR, int(self.max_delete_share * logged))
 
-    def _refuse(self, gone: list[int], logged: int) -> bool:
-        """Whether dropping ``gone`` is too much to be real; if so, report it."""
-        if len(gone) <= self.allowed_deletes(logged):
+    def _accepted(self, gone: list[int]) -> set[int]:
+        """The annotations of ``gone`` that a lead accepted to drop (``slicerank scheduler
+        accept-reconcile``); an acceptance covers only ids it listed."""
+        accepted = self.store.get_state(ACCEPTED_STATE_KEY)
+        ids = accepted.get("ids") if isinstance(accepted, dict) else None
+        return set(gone) & {int(i) for i in ids or []}
+
+    def _refuse(self, unaccepted: list[int], logged: int, gone: list[int]) -> bool:
+        """Whether dropping ``unaccepted`` (of all ``gone``) is too much to be real; if so,
+        report it, with every id, so that a lead can look and accept it."""
+        if len(unaccepted) <= self.allowed_deletes(logged):
             return False
         report = {
             "at": datetime.now(UTC).isoformat(),
@@ -184,13 +209,15 @@ class Reconciler:
             "allowed": self.allowed_deletes(logged),
             "projects": dict(self.ls.projects),
             "examples": gone[:10],
+            "ids": gone,
         }
         self.counts["reconcile_refused"] = self.counts.get("reconcile_refused", 0) + 1
         self.store.set_state(REFUSED_STATE_KEY, report)
         log.error(
             "reconciliation refused: Label Studio projects %s do not show %d of the %d logged "
             "annotations (at most %d may go in one pass); nothing was dropped. Check the "
-            "project prefix and Label Studio; SCHEDULER_RECONCILE_MAX_DELETE_SHARE sets the limit",
+            "project prefix and Label Studio; if the work was removed on purpose, review and "
+            "accept the drop with: slicerank scheduler --accept-reconcile",
             report["projects"],
             len(gone),
             logged,

@@ -69,11 +69,26 @@ SLOW_EVENT_S = 0.5
 PRIO_CREATED, PRIO_WEBHOOK, PRIO_PERIODIC, PRIO_STOP = range(4)
 """Worker queue priorities: recorded creations first, then webhooks, then periodic passes."""
 
-ANSWER_ACTIONS = frozenset({"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED"})
+ANSWER_ACTIONS = frozenset(
+    {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "TASKS_DELETED"}
+)
 """Webhook actions that bring answers: their arrival shows deliveries work (stats.webhook_health)."""
 
 PROJECTS_KEY = "projects"
 """Store state key of the Label Studio project ids the log is pinned to."""
+
+UNKNOWN_DELETE_MEMORY_S = 3600.0
+"""How long a delete of an annotation the log does not know is remembered: an answer parked
+or listed before it must not count (far longer than any listing takes)."""
+
+
+def _without_ids(report: Any) -> Any:
+    """A refused pass's report without its full id list (the accept command shows that)."""
+    return {k: v for k, v in report.items() if k != "ids"} if isinstance(report, dict) else report
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 def _ids(projects: dict[str, int]) -> str:
@@ -109,7 +124,11 @@ class SchedulerService:
         self._parked: list[tuple] = []  # webhooks about tasks not recorded yet
         # Annotation id -> the version (intake.AnnotationEvent.version_key) last refused for its
         # content: only that version is refused again without a look; an edit is read anew.
+        # Loaded from the log at start (the rejections table keeps the version).
         self._rejected: dict[int, str] = {}
+        # Annotation id -> when a delete of it came while the log did not know it (a create
+        # parked or not yet listed): nothing read before that time may count it.
+        self._deleted_unknown: dict[int, datetime] = {}
         self._own_ms: deque[float] = deque(maxlen=PROCESSING_SAMPLES)
         # When the last answer webhook came, and the answers only a reconciliation found.
         self._webhook_times: dict[str, Any] = {
@@ -127,6 +146,9 @@ class SchedulerService:
             "rejected": 0,
             "skipped": 0,
             "ignored": 0,
+            "not_in_label_studio": 0,
+            "delete_not_confirmed": 0,
+            "tasks_deleted": 0,
             "rebuilds": 0,
             "reconciles": 0,
             "tasks_created": 0,
@@ -193,6 +215,7 @@ class SchedulerService:
                 f"the Classify project {self.ls.projects} has no images; run slicerank provision"
             )
         self.tasks.load({img.image_id: img for img in pool})
+        self._rejected = self.store.rejected_versions()
         self.rebuild()
         self.publisher.load()
         if not background:
@@ -296,8 +319,9 @@ class SchedulerService:
         self._put(("reconcile", full), PRIO_PERIODIC)
 
     def queue_depth(self) -> int:
-        """Events waiting for the worker."""
-        return self._queue.qsize()
+        """Events waiting for the worker, the answers parked until their task's import returns
+        included (``/health`` says the scheduler is not settled while one waits)."""
+        return self._queue.qsize() + len(self._parked)
 
     def _put(self, item: tuple | None, priority: int) -> None:
         self._queue.put((priority, next(self._seq), item))
@@ -330,9 +354,12 @@ class SchedulerService:
                     self._deferred = self._deferred + 1 if defer else 0
                     if self.tasks.pending_since is None:
                         self.tasks.pending_since = item[3]
-                    status = self.handle_webhook(item[1], item[2], top_up=not defer)
-                    if status == "parked":
+                    self.handle_webhook(item[1], item[2], top_up=not defer)
+                elif item[0] == "event":  # a read-back that waited for a task creation
+                    if self.apply_event(item[1]) == "parked":
                         self._parked.append(entry)
+                    else:
+                        self.top_up()
                 elif item[0] in ("created", "create_failed"):
                     self._creation_done(*item)
                 elif item[0] == "watch":
@@ -360,10 +387,12 @@ class SchedulerService:
     def _creation_done(self, what: str, batches, result, since: float | None) -> None:
         """On the worker: the pool records the created tasks (or releases the batches of a
         failed import); the webhooks that waited for them go back in the queue; top up again."""
-        self.tasks.creation_done(what, batches, result, since)
-        for entry in self._parked:  # back in their original place in the queue
-            self._queue.put(entry)
-        self._parked.clear()
+        try:
+            self.tasks.creation_done(what, batches, result, since)
+        finally:
+            for entry in self._parked:  # back in their original place in the queue
+                self._queue.put(entry)
+            self._parked.clear()
         if what == "created":
             self.top_up()
 
@@ -399,22 +428,36 @@ class SchedulerService:
 
     # ------------------------------------------------------------------ the one path
     def handle_webhook(self, action: str, payload: dict, *, top_up: bool = True) -> str:
-        """Apply one Label Studio webhook event, then (with ``top_up``) make the Label Studio
-        calls it needs; returns what happened (see :meth:`apply_event`). The service's own
-        time for it (everything but waiting for Label Studio) is recorded for ``own_ms_p95``."""
+        """Act on one Label Studio webhook, then (with ``top_up``) make the Label Studio calls
+        it needs; returns what happened (see :meth:`apply_event`).
+
+        A webhook is a notification: it names annotations (or tasks), and the scheduler reads
+        them back from Label Studio with its own token before anything changes. A webhook about
+        an annotation Label Studio does not have changes nothing (``not_in_label_studio``), and
+        a delete Label Studio does not confirm deletes nothing. The service's own time for it
+        (everything but waiting for Label Studio) is recorded for ``own_ms_p95``."""
         t0 = time.perf_counter()
         wait0 = self.ls.wait_s
         status = "ignored"
-        for event in intake.from_webhook(action, payload):
+        events = intake.from_webhook(action, payload)
+        deletes = [e for e in events if isinstance(e, intake.DeleteEvent)]
+        if deletes:
+            status = self.delete_annotations([(e.annotation_id, e.task_id) for e in deletes])
+        for event in events:
             if isinstance(event, intake.IgnoredEvent):
                 self._counts["ignored"] += 1
                 return "ignored"
-            if isinstance(event, intake.DeleteEvent):
-                status = self.delete_annotation(event.annotation_id, event.task_id)
-            else:
-                status = self.apply_event(event)
-        if status == "parked":
-            return status
+            if isinstance(event, intake.TasksDeletedEvent):
+                status = self.tasks_deleted(event.task_ids)
+            elif isinstance(event, intake.AnnotationNotice):
+                status = self.read_back(event.annotation_id)
+                if isinstance(status, intake.AnnotationEvent):
+                    read, status = status, self.apply_event(status)
+                    if status == "parked":
+                        self._counts["parked"] = self._counts.get("parked", 0) + 1
+                        item = ("event", read, time.perf_counter())
+                        self._parked.append((PRIO_WEBHOOK, next(self._seq), item))
+                        return status
         if top_up:
             self.top_up()
         own_ms = (time.perf_counter() - t0 - (self.ls.wait_s - wait0)) * 1000.0
@@ -422,8 +465,26 @@ class SchedulerService:
             self._own_ms.append(own_ms)
         return status
 
-    def _reject(self, reason: str, *, kind, event: intake.AnnotationEvent) -> str:
+    def read_back(self, annotation_id: int | None) -> intake.AnnotationEvent | str:
+        """The event of one annotation as Label Studio shows it now, or ``not_in_label_studio``
+        (a webhook about an annotation Label Studio does not have: nothing to apply)."""
+        if annotation_id is None:
+            self._counts["ignored"] += 1
+            return "ignored"
+        seen_at = _utcnow()
+        ann = self.ls.annotation(annotation_id)
+        event = None if ann is None else intake.from_annotation(ann, seen_at=seen_at)
+        if event is None or event.annotation_id != annotation_id:
+            self._counts["not_in_label_studio"] += 1
+            log.info("webhook about annotation %s, which Label Studio does not have", annotation_id)
+            return "not_in_label_studio"
+        return event
+
+    def _reject(
+        self, reason: str, *, kind, event: intake.AnnotationEvent, content: bool = False
+    ) -> str:
         ann_id = event.annotation_id
+        reason = intake.short(reason)
         new = self.store.record_rejection(
             reason,
             kind=kind,
@@ -431,6 +492,7 @@ class SchedulerService:
             task_id=event.task_id,
             rater=event.rater,
             payload=event.result,
+            version_key=event.version_key if content else None,
         )
         if new:  # the ledger records a refusal once per annotation, reason and content
             self._counts["rejected"] += 1
@@ -441,11 +503,12 @@ class SchedulerService:
         """Adopt a task of ours that the log does not know although no creation is in flight:
         an import still in flight when a previous process died can land in Label Studio after
         the restart's reconciliation, and its answer must not be rejected as foreign."""
-        task = event.task
-        if event.source != "webhook" or task.get("id") is None or self.tasks.creating:
+        if event.source != "webhook" or event.task_id is None or self.tasks.creating:
             return
-        if self.store.get_task(task["id"]) is None:
-            self.tasks.adopt(kind, task)  # only if its meta says the scheduler created it
+        if self.store.get_task(event.task_id) is None:
+            task = event.task or self.ls.task(event.task_id)  # Label Studio's, not the webhook's
+            if task:
+                self.tasks.adopt(kind, task)  # only if its meta says the scheduler created it
 
     def apply_event(self, event: intake.AnnotationEvent) -> str:
         """Apply one annotation event (from a webhook or reconciliation): ledger, engine, pool.
@@ -462,6 +525,12 @@ class SchedulerService:
             return self._reject(event.problem, kind=store_kind, event=event)
         if event.problem:
             return self._reject(event.problem, kind=store_kind, event=event)
+        deleted_at = self._deleted_unknown.get(event.annotation_id)
+        if deleted_at is not None and (event.seen_at is None or event.seen_at <= deleted_at):
+            # Read before a delete that came while the log did not know the annotation (its
+            # create was parked, or only a listing had it): it is gone.
+            self._counts["stale"] += 1
+            return "stale"
         rater, task_id = event.rater, event.task_id
         record = self.store.get_task(task_id)
         if record is None and self.tasks.creating > 0:
@@ -488,18 +557,18 @@ class SchedulerService:
                 label = intake.parse_boundary(event.result)
         except ValueError as exc:
             self._rejected[event.annotation_id] = event.version_key
-            status = self._reject(str(exc), kind=store_kind, event=event)
+            status = self._reject(str(exc), kind=store_kind, event=event, content=True)
             if record.task_id in self.tasks.open:
                 self.tasks.close(record, "retired", retire=False)
             return status
         self._rejected.pop(event.annotation_id, None)
-        # A listing is Label Studio showing the annotation now: it may bring back one that a
-        # reconciliation had judged gone (see SubmissionStore.append_ranking).
+        # What a read that began after a delete shows may bring back an annotation a
+        # reconciliation had judged gone; nothing read before it can (SubmissionStore._append).
         times = {
             "created_at": event.created_at,
             "updated_at": event.updated_at,
             "lead_time": event.lead_time,
-            "restore": event.source == "listing",
+            "seen_at": event.seen_at,
         }
         if kind == RANK:
             res = self.store.append_ranking(
@@ -535,8 +604,11 @@ class SchedulerService:
         return res.status
 
     def apply_annotation(self, project_id: Any, task_id: Any, ann: dict) -> str:
-        """Apply one annotation dict of ``task_id`` in ``project_id`` (through intake)."""
-        event = intake.annotation_event(project_id, task_id, ann, source="listing")
+        """Apply one annotation dict of ``task_id`` in ``project_id`` (through intake), as a
+        read that began now showed it."""
+        event = intake.annotation_event(
+            project_id, task_id, ann, source="listing", seen_at=_utcnow()
+        )
         return self.apply_event(event)
 
     def _submit_ranking(self, rater: str, ordered: list[str]) -> None:
@@ -553,20 +625,114 @@ class SchedulerService:
         return "skipped"
 
     def delete_annotation(self, annotation_id: Any, task_id: Any = None) -> str:
-        """An annotation was deleted in Label Studio: it stops counting (engine rebuilt)."""
+        """An annotation was said to be deleted in Label Studio (see :meth:`delete_annotations`)."""
         if annotation_id is None:
             return "ignored"
-        res = self.store.delete_annotation(annotation_id)
-        if res.status == "deleted":
-            self._counts["deleted"] += 1
+        return self.delete_annotations([(annotation_id, task_id)])
+
+    def delete_annotations(self, items: list[tuple[int, int | None]]) -> str:
+        """Annotations (id, task id or None) were said to be deleted in Label Studio.
+
+        Label Studio is asked first: only an annotation it no longer shows stops counting (a
+        forged delete of a real answer changes nothing). A delete of an annotation the log does
+        not know is remembered for UNKNOWN_DELETE_MEMORY_S, so a create parked meanwhile, or a
+        listing read before it, cannot count it. However many go, the engine is rebuilt once.
+        Returns ``deleted`` if any went, else ``unknown``/``duplicate``/``not_confirmed``."""
+        now = _utcnow()
+        known, statuses = {}, set()
+        for ann_id, _ in items:
+            sub = self.store.latest_version(ann_id)
+            if sub is not None:
+                known[int(ann_id)] = sub
+            elif self.store.knows_annotation(ann_id):
+                statuses.add("duplicate")  # deleted before
+            else:
+                statuses.add("unknown")
+                self._remember_unknown_delete(int(ann_id), now)
+        if not known:
+            return "unknown" if "unknown" in statuses else "duplicate"
+        on_tasks = {(s.kind, s.task_id) for s in known.values() if s.task_id is not None}
+        still_there = self._shown_by_label_studio(on_tasks)
+        for ann_id, sub in known.items():
+            if sub.task_id is None and self.ls.annotation(ann_id) is not None:
+                still_there.add(ann_id)
+        gone, status = [], "not_confirmed"
+        for ann_id, sub in known.items():
+            if ann_id in still_there:
+                self._counts["delete_not_confirmed"] += 1
+                log.warning("delete of annotation %s not confirmed: Label Studio has it", ann_id)
+                continue
+            if self.store.delete_annotation(ann_id).status == "deleted":
+                gone.append(sub)
+        if gone:
+            status = "deleted"
+            self._counts["deleted"] += len(gone)
             self.rebuild()
-            record = self.store.get_task(task_id) if task_id is not None else None
-            if record is not None and record.status == "answered":
-                # The task is back in Label Studio's queue with a stale batch: take it out of
-                # the stream (never delete it: its other answers and drafts stay).
+            for sub in gone:
+                record = self.store.get_task(sub.task_id) if sub.task_id is not None else None
+                if record is not None and record.status == "answered":
+                    # The task is back in Label Studio's queue with a stale batch: take it out
+                    # of the stream (never delete it: its other answers and drafts stay).
+                    self.store.set_task_status(record.task_id, "retired")
+                    self.ls.retire_task(record.task_id)
+        return status
+
+    def _remember_unknown_delete(self, annotation_id: int, now: datetime) -> None:
+        cutoff = now.timestamp() - UNKNOWN_DELETE_MEMORY_S
+        for old in [a for a, t in self._deleted_unknown.items() if t.timestamp() < cutoff]:
+            del self._deleted_unknown[old]
+        self._deleted_unknown[annotation_id] = now
+
+    def _shown_by_label_studio(self, tasks: set[tuple[str, int]]) -> set[int]:
+        """The annotation ids Label Studio shows now on these (store kind, task id) tasks."""
+        shown: set[int] = set()
+        for store_kind, ls_kind in (("rank", RANK), ("boundary", BOUNDARY)):
+            ids = sorted({t for k, t in tasks if k == store_kind})
+            for start in range(0, len(ids), 500):
+                for task in self.ls.tasks_with_annotations(ls_kind, ids[start : start + 500]):
+                    for ann in task.get("annotations") or []:
+                        ann = ann if isinstance(ann, dict) else ann.dict()
+                        shown.add(int(ann["id"]))
+        return shown
+
+    def tasks_deleted(self, task_ids: tuple[int, ...] | list[int]) -> str:
+        """Tasks were said to be deleted in Label Studio (``TASKS_DELETED``: their annotations
+        went with them, and Label Studio says nothing more). The scheduler's tasks among them
+        that Label Studio no longer shows are closed for good and every answer logged on them
+        stops counting, with one rebuild; the reconcile guard is not involved, since Label
+        Studio said so and confirmed it."""
+        ours = [r for r in (self.store.get_task(t) for t in set(task_ids)) if r is not None]
+        if not ours:
+            self._counts["ignored"] += 1
+            return "ignored"
+        shown = set()
+        for store_kind, ls_kind in (("rank", RANK), ("boundary", BOUNDARY)):
+            ids = sorted(r.task_id for r in ours if r.kind == store_kind)
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                shown |= {t["id"] for t in self.ls.tasks_with_annotations(ls_kind, chunk)}
+        gone = {r.task_id: r for r in ours if r.task_id not in shown}
+        if len(gone) < len(ours):
+            self._counts["delete_not_confirmed"] += len(ours) - len(gone)
+        if not gone:
+            return "not_confirmed"
+        dropped = 0
+        for sub in list(self.store.effective_submissions(content=False)):
+            if sub.task_id in gone:
+                dropped += self.store.delete_annotation(sub.annotation_id).status == "deleted"
+        for record in gone.values():
+            if record.status != "retired":
                 self.store.set_task_status(record.task_id, "retired")
-                self.ls.retire_task(record.task_id)
-        return res.status
+            if record.task_id in self.tasks.open:
+                self.tasks.close(self.tasks.open[record.task_id], "retired", retire=False)
+        self._counts["tasks_deleted"] += len(gone)
+        if dropped:
+            self._counts["deleted"] += dropped
+            self.rebuild()
+        log.info(
+            "%d task(s) deleted in Label Studio: %d answer(s) stop counting", len(gone), dropped
+        )
+        return "deleted" if dropped else "tasks_deleted"
 
     # ------------------------------------------------------------------ pool and publisher
     def top_up(self) -> None:
@@ -635,7 +801,7 @@ class SchedulerService:
             "wanted_open_rank_tasks": self.tasks.wanted_open_tasks(),
             "active_raters": self.tasks.active_raters(),
             "counts": dict(self._counts),
-            "reconcile_refused": self.store.get_state(REFUSED_STATE_KEY),
+            "reconcile_refused": _without_ids(self.store.get_state(REFUSED_STATE_KEY)),
             "published": self.published,
             "projects": self.ls.projects,
         }

@@ -87,6 +87,9 @@ TASK_STATUSES = ("open", "answered", "retired", "skipped")
 REJECTION_PAYLOAD_MAX_CHARS = 4000
 """Rejected payloads are kept for diagnosis but truncated: a hostile client cannot fill the DB."""
 
+REJECTION_REASON_MAX_CHARS = 500
+"""Rejection reasons are cut to this length too (they are stored, logged and served)."""
+
 _WRITE_RETRIES = 5
 """How often a write is retried after losing a race (IntegrityError / locked SQLite)."""
 
@@ -151,6 +154,9 @@ _rejections = Table(
     Column("reason", Text, nullable=False),
     Column("payload", Text, nullable=True),
     Column("received_at", _UTCDateTime, nullable=False),
+    # Which version of the annotation was refused for its content (intake's version_key):
+    # that version is refused again without a look, after a restart too.
+    Column("version_key", String(64), nullable=True),
 )
 
 _tasks = Table(
@@ -385,16 +391,17 @@ class SubmissionStore:
         created_at: datetime | str | None = None,
         updated_at: datetime | str | None = None,
         lead_time: float | None = None,
-        restore: bool = False,
+        seen_at: datetime | str | None = None,
     ) -> AppendResult:
         """Record a ranked batch (image ids, most basal first) for a Label Studio annotation.
 
         Idempotent: delivering the same annotation with the same content again is a no-op
         (``duplicate``); different content appends an ``update`` event that supersedes the
         earlier one, unless its ``updated_at`` is older than the recorded version (``stale``).
-        A *deleted* annotation comes back (a ``restore`` event, status ``restored``) when
-        ``restore`` is true (Label Studio shows it now: a listing) or its ``updated_at`` is newer
-        than the version that was deleted; otherwise a delivery of it is a late one (``stale``).
+        ``seen_at`` is when the Label Studio read that showed this content began. A *deleted*
+        annotation comes back (a ``restore`` event, status ``restored``) only when that read
+        began after the delete was recorded (Label Studio showed it again since: the delete was
+        inferred wrongly); anything read before the delete is a late arrival (``stale``).
         ``lead_time`` is the seconds the rater spent (Label Studio's measure).
         The store does not validate the ranking against the engine: the service does that
         first and records refusals with :meth:`record_rejection`.
@@ -413,7 +420,7 @@ class SubmissionStore:
             created_at,
             updated_at,
             lead_time=lead_time,
-            restore=restore,
+            seen_at=seen_at,
         )
 
     def append_boundary(
@@ -427,7 +434,7 @@ class SubmissionStore:
         created_at: datetime | str | None = None,
         updated_at: datetime | str | None = None,
         lead_time: float | None = None,
-        restore: bool = False,
+        seen_at: datetime | str | None = None,
     ) -> AppendResult:
         """Record one absolute (boundary) label ``label`` for ``image_id``; same idempotence as
         :meth:`append_ranking`."""
@@ -445,7 +452,7 @@ class SubmissionStore:
             created_at,
             updated_at,
             lead_time=lead_time,
-            restore=restore,
+            seen_at=seen_at,
         )
 
     def _append(
@@ -459,9 +466,10 @@ class SubmissionStore:
         updated_at,
         *,
         lead_time=None,
-        restore=False,
+        seen_at=None,
     ):
         ann = _as_id(annotation_id, "annotation_id")
+        seen = _parse_time(seen_at, "seen_at")
         task = _as_id(task_id, "task_id", optional=True)
         created = _parse_time(created_at, "created_at")
         updated = _parse_time(updated_at, "updated_at")
@@ -474,16 +482,9 @@ class SubmissionStore:
             if last is not None and last.op == "delete":
                 # A delete is not final: a reconciliation may have judged an annotation gone
                 # that Label Studio shows again (a project bound by mistake, a listing gap).
-                # Only Label Studio showing it now, or a version newer than the one deleted,
-                # brings it back; an older delivery arriving late stays out.
-                before = _latest_content_event(conn, ann)
-                newer = (
-                    updated is not None
-                    and before is not None
-                    and before.updated_at is not None
-                    and updated > before.updated_at
-                )
-                if not (restore or newer):
+                # Only a read of Label Studio that began after the delete was recorded brings
+                # it back; a listing or a read-back made before it is late and stays out.
+                if seen is None or seen <= last.recorded_at:
                     return AppendResult("stale", ann, None, last.version)
                 op = "restore"
             elif last is not None:
@@ -556,8 +557,10 @@ class SubmissionStore:
         rater: str | None = None,
         payload: Any = None,
         received_at: datetime | str | None = None,
+        version_key: str | None = None,
     ) -> bool:
         """Record a refused submission with its reason. Returns False if it was already recorded.
+        ``version_key`` marks a refusal of that version's content (see :meth:`rejected_versions`).
 
         A re-delivery of the same refused annotation (same id, reason and payload) is recorded
         once, so a webhook retried by Label Studio does not flood the dashboard. The payload
@@ -565,6 +568,8 @@ class SubmissionStore:
         """
         if not reason or not isinstance(reason, str):
             raise ValueError("reason must be a non-empty string saying why it was refused")
+        if len(reason) > REJECTION_REASON_MAX_CHARS:
+            reason = reason[: REJECTION_REASON_MAX_CHARS - 1] + "…"
         ann = _as_id(annotation_id, "annotation_id", optional=True)
         task = _as_id(task_id, "task_id", optional=True)
         text = None
@@ -587,6 +592,7 @@ class SubmissionStore:
             "reason": reason,
             "payload": text,
             "received_at": _parse_time(received_at, "received_at") or _now(),
+            "version_key": version_key,
         }
 
         def write(conn):
@@ -617,6 +623,15 @@ class SubmissionStore:
         """Number of events in the log (creates, updates and deletes)."""
         with self.engine.connect() as conn:
             return conn.execute(select(func.count()).select_from(_events)).scalar_one()
+
+    def knows_annotation(self, annotation_id: int | str) -> bool:
+        """Whether the log holds any event of this annotation (deleted ones included)."""
+        ann = _as_id(annotation_id, "annotation_id")
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(_events.c.seq).where(_events.c.annotation_id == ann).limit(1)
+            ).first()
+        return row is not None
 
     def latest_version(self, annotation_id: int | str) -> Submission | None:
         """The current version of one annotation, or None if unknown or deleted."""
@@ -719,6 +734,17 @@ class SubmissionStore:
             )
             for r in rows
         ]
+
+    def rejected_versions(self) -> dict[int, str]:
+        """Annotation id -> the version last refused for its content (a restart must not look
+        at all of them again, nor log them again)."""
+        query = (
+            select(_rejections.c.annotation_id, _rejections.c.version_key)
+            .where(_rejections.c.version_key.is_not(None))
+            .order_by(_rejections.c.seq)
+        )
+        with self.engine.connect() as conn:
+            return {r.annotation_id: r.version_key for r in conn.execute(query).all()}
 
     def rejection_count(self) -> int:
         """How many submissions were refused in all."""
@@ -896,16 +922,6 @@ def _make_engine(url: str, *, echo: bool) -> Engine:
         return engine
     # pool_pre_ping: a PostgreSQL restart must not break the service's next request.
     return create_engine(url, echo=echo, pool_pre_ping=True)
-
-
-def _latest_content_event(conn, annotation_id: int):
-    """The latest event of an annotation that carries content (not a delete), or None."""
-    return conn.execute(
-        select(_events)
-        .where(_events.c.annotation_id == annotation_id, _events.c.op != "delete")
-        .order_by(_events.c.version.desc())
-        .limit(1)
-    ).first()
 
 
 def _latest_event(conn, annotation_id: int):

@@ -20,6 +20,10 @@ MARKS = "ABCDEFGH"
 _SEPARATORS = re.compile(r"[\s,;.\-–—>→/|]+")
 
 
+MAX_TYPED_CHARS = 200
+"""Longest typed order read (the marks of a batch, with separators, fit many times over)."""
+
+
 def read_typed_order(text: str, task_order: Sequence[str]) -> list[str]:
     """The image ids in the order ``text`` names them (most basal first).
 
@@ -32,6 +36,11 @@ def read_typed_order(text: str, task_order: Sequence[str]) -> list[str]:
     if not 1 <= n <= len(MARKS):
         raise ValueError(f"a typed order needs a task of 1 to {len(MARKS)} slices, got {n}")
     marks = MARKS[:n]
+    if len(text) > MAX_TYPED_CHARS:  # before any work: a hostile text may be megabytes long
+        raise ValueError(
+            f"typed order is {len(text)} characters long; type the marks of the slices "
+            f"({marks}), at most {MAX_TYPED_CHARS} characters"
+        )
     letters = _SEPARATORS.sub("", text).upper()
     if not letters:
         raise ValueError(f"typed order {text!r} names no slice (type the marks {marks})")
@@ -41,7 +50,8 @@ def read_typed_order(text: str, task_order: Sequence[str]) -> list[str]:
             f"typed order {text!r} has {', '.join(map(repr, unknown))}, which no slice carries "
             f"(the marks are {marks})"
         )
-    repeated = sorted({c for c in letters if letters.count(c) > 1})
+    seen: set[str] = set()
+    repeated = sorted({c for c in letters if c in seen or seen.add(c)})
     if repeated:
         raise ValueError(f"typed order {text!r} names {', '.join(repeated)} more than once")
     if len(letters) < n - 1:

@@ -1,10 +1,12 @@
 """The scheduler's web app: its routes and who may call them, in one place.
 
-``POST /webhook`` (Label Studio; the webhook secret in a header, nowhere else),
+``POST /webhook`` (Label Studio; the webhook secret in a header, nowhere else; a notification
+only: the worker reads what it names back from Label Studio),
 ``GET /health`` (open), ``GET /dashboard``, ``/api/stats`` and ``/api/consensus`` (read-only:
 the dashboard token as a bearer token, or the session cookie ``POST /login`` gives for it; see
-:mod:`ranking_scheduler.service.auth`). A webhook is only checked and queued here: the worker applies it after the answer, so Label Studio's ~1 s
-webhook timeout is never at risk.
+:mod:`ranking_scheduler.service.auth`). A webhook is only checked and queued here: the worker
+applies it after the answer, so Label Studio's ~1 s webhook timeout is never at risk. Every
+request body is capped (:mod:`ranking_scheduler.service.limits`) before a route reads it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from ranking_scheduler.service.auth import (
     bearer,
     same_secret,
 )
+from ranking_scheduler.service.limits import WEBHOOK_MAX_BYTES, BodyLimit
 
 if TYPE_CHECKING:
     from ranking_scheduler.service.service import SchedulerService
@@ -42,7 +45,7 @@ def webhook_problem(payload: object) -> str | None:
         return "webhook body has no 'action'"
     if not isinstance(action, str) or len(action) > 64:
         return "webhook 'action' must be a short string"
-    for key, kind in (("annotation", dict), ("task", dict), ("annotations", list)):
+    for key, kind in (("annotation", dict), ("task", dict), ("annotations", list), ("tasks", list)):
         value = payload.get(key)
         if value is not None and not isinstance(value, kind):
             return f"webhook '{key}' must be a JSON {'object' if kind is dict else 'array'}"
@@ -85,7 +88,9 @@ def create_app(service: SchedulerService, *, health=None):
 
     @asynccontextmanager
     async def lifespan(_app):
-        # Reconcile only once the server accepts webhooks: nothing can fall in between.
+        # The first reconciliation, once the app serves webhooks: nothing falls in between.
+        # (`slicerank scheduler` serves the app behind startup.StartGate, which answers the
+        # lifespan itself; the CLI queues this pass when it opens the gate.)
         service.request_reconcile()
         yield
 
@@ -96,6 +101,8 @@ def create_app(service: SchedulerService, *, health=None):
         openapi_url=None,
         lifespan=lifespan,
     )
+    # Every body is capped before any route (or authentication) reads it (limits.py).
+    app.add_middleware(BodyLimit, limits={"/webhook": WEBHOOK_MAX_BYTES, "/login": MAX_LOGIN_BYTES})
 
     def reader(request: Request) -> bool:
         # The webhook secret is not a reader's credential: only the dashboard token is.

@@ -133,6 +133,8 @@ def test_provision_creates_everything_once(label_studio, backend_url):
     hooks = list(client.webhooks.list(project=first.projects["Rank"]))
     assert [h.url for h in hooks] == ["http://127.0.0.1:9/webhook"]
     assert hooks[0].headers == {SECRET_HEADER: "s3cret-value"}
+    # Deleting tasks sends only TASKS_DELETED: the scheduler must hear it.
+    assert "TASKS_DELETED" in hooks[0].actions
     assert [b.url for b in client.ml.list(project=pid)] == [backend_url]
 
     # The image really is served to a logged-in client through the Local Files storage.

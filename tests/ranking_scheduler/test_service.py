@@ -38,7 +38,8 @@ def test_parse_ranking_accepts_the_ranker_result_shape():
     ("order", "reason"),
     [
         (IDS[:7], "missing ['i7']"),
-        (IDS + ["zz"], "extra ['zz']"),
+        (IDS[:7] + ["zz"], "extra ['zz']"),
+        (IDS + ["zz"], "holds 9 items, more than the task's 8 images"),
         (IDS[:7] + ["i0"], "repeated ['i0']"),
     ],
 )
@@ -148,7 +149,7 @@ def test_webhooks_drive_the_stream(label_studio, tmp_path):
         assert service.engine.progress()["batches"] == 5
 
         # A task the scheduler did not create is refused too.
-        foreign = client.tasks.create(project=rank_pid, data={"images": task["data"]["images"]})
+        foreign = client.tasks.create(project=rank_pid, data=dict(task["data"]))
         raters[1].submit(foreign.id, rank_pid, ranker_result(order))
         assert service.wait_idle()
         assert "was not created by the scheduler" in store.rejections()[0].reason

@@ -96,9 +96,9 @@ class InProcessScheduler:
     """The service and its FastAPI app served by uvicorn in a thread of the test process."""
 
     def __init__(self, setup: Setup, **settings_changes) -> None:
-        import uvicorn
         from label_studio_sdk import LabelStudio
 
+        from ranking_scheduler.service.limits import listen, make_server
         from ranking_scheduler.service.ls_adapter import LabelStudioAdapter
         from ranking_scheduler.service.service import SchedulerService
         from ranking_scheduler.service.store import SubmissionStore
@@ -111,12 +111,13 @@ class InProcessScheduler:
         self.service = SchedulerService(
             settings, self.store, LabelStudioAdapter(client, setup.prefix)
         )
+        # As `slicerank scheduler` does: listen first, then start, then serve with its limits.
+        self.sock = listen("127.0.0.1", setup.port)
         self.service.start()
-        config = uvicorn.Config(
-            create_app(self.service), host="127.0.0.1", port=setup.port, log_level="warning"
+        self.server = make_server(create_app(self.service))
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
         )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         wait_http(f"{setup.url}/health")
         assert self.service.wait_idle(), "the first reconciliation did not finish"
@@ -124,6 +125,7 @@ class InProcessScheduler:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(10)
+        self.sock.close()
         self.service.stop()
         self.store.close()
 

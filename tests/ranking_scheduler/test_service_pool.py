@@ -16,7 +16,7 @@ import pytest
 from ls_config.provision import BOUNDARY, CLASSIFY, RANK
 from ls_config.webclient import ranker_result
 from ranking_scheduler.service.ls_adapter import PoolImage
-from ranking_scheduler.service.pool import spare_tasks, submission_rate, wanted_open
+from ranking_scheduler.service.pool import CREATED_BY, spare_tasks, submission_rate, wanted_open
 from ranking_scheduler.service.service import SchedulerService
 from ranking_scheduler.service.settings import SchedulerSettings
 from ranking_scheduler.service.store import SubmissionStore
@@ -189,6 +189,25 @@ class FakeLabelStudio:
                 if (t in task_ids if task_ids is not None else t not in self.hidden)
             ]
 
+    def annotation(self, annotation_id):
+        """An annotation by id, as the scheduler reads it back after a webhook, or None."""
+        with self.lock:
+            for task_id, d in self.tasks.items():
+                for ann in d["annotations"]:
+                    if ann["id"] == annotation_id:
+                        return {**ann, "task": task_id, "project": self.projects[RANK]}
+        return None
+
+    def task(self, task_id):
+        """A task by id as Label Studio returns it (ours carry the scheduler's meta)."""
+        with self.lock:
+            d = self.tasks.get(task_id)
+            if d is None:
+                return None
+            meta = {"created_by": CREATED_BY} if "batch_id" in d else {}
+            data = {"images": [{"id": i} for i in d["images"]], "batch_id": d.get("batch_id")}
+            return {"id": task_id, "meta": meta, "data": data, "annotations": d["annotations"]}
+
     boundary_failures = 0  # how many boundary creations fail before they work
 
     def create_boundary_task(self, image, boundary):
@@ -302,11 +321,39 @@ def test_a_webhook_for_a_task_still_being_recorded_waits_instead_of_being_reject
     svc.enqueue("ANNOTATION_CREATED", fake.annotate(ids[0], 202, 2, images))
     time.sleep(0.2)
     assert not store.rejections()  # parked, not refused
+    assert svc.queue_depth() == 1  # still to be applied: /health does not say settled
     release.set()
     assert svc.wait_idle(10)
     assert not store.rejections()
     assert [s.annotation_id for s in store.effective_submissions("rank")] == [201, 202]
     assert store.get_task(ids[0]).status == "answered"
+
+
+def test_a_delete_that_races_a_parked_create_is_not_undone(service):
+    # The create of an answer waits for its task's import; meanwhile it is deleted in Label
+    # Studio. The delete finds nothing in the log; the parked create must not count afterwards.
+    svc, fake, store = service
+    release = fake.hold()
+    _answer(svc, fake, fake.unanswered()[0], 211, rater=1)
+    assert _wait_for(lambda: fake.held, 5)
+    ((ids, batches),) = fake.held
+    images = [img.image_id for img in batches[0][1]]
+    with fake.lock:
+        fake.tasks[ids[0]] = {"id": ids[0], "images": images, "annotations": []}
+    svc.enqueue("ANNOTATION_CREATED", fake.annotate(ids[0], 212, 2, images))
+    assert _wait_for(lambda: svc._parked, 5)  # read back from Label Studio, then parked
+    with fake.lock:
+        fake.tasks[ids[0]]["annotations"].clear()  # deleted in Label Studio
+    svc.enqueue("ANNOTATIONS_DELETED", {"action": "ANNOTATIONS_DELETED",
+                                        "annotations": [{"id": 212}]})  # fmt: skip
+    time.sleep(0.2)
+    release.set()
+    assert svc.wait_idle(10)
+    assert [s.annotation_id for s in store.effective_submissions("rank")] == [211]
+    assert svc.engine.progress()["batches"] == 1
+    # A read that begins after the delete is believed: had Label Studio still shown 212 (the
+    # delete was forged), the next full pass would have counted it.
+    assert svc.reconcile()["applied"] == 0
 
 
 def test_a_failed_import_releases_its_batches_and_the_next_event_retries(service, monkeypatch):
@@ -330,6 +377,43 @@ def test_a_failed_import_releases_its_batches_and_the_next_event_retries(service
     assert svc.wait_idle(10)
     assert len(store.tasks(status="open", kind="rank")) == len(fake.unanswered()) == 4
     assert store.event_count() == 2
+
+
+def test_an_import_that_fails_after_a_rebuild_still_returns_the_parked_answers(
+    service, monkeypatch
+):
+    # Under load an import can time out after Label Studio created the tasks, and a rebuild
+    # (an edit, a delete) meanwhile has forgotten its batches: releasing them must not fail,
+    # and the answer parked for one of those tasks must still be looked at.
+    svc, fake, store = service
+    real = fake.create_rank_tasks
+    failed = []
+
+    def landed_but_timed_out(batches):
+        ids = real(batches)
+        if failed:
+            return ids
+        failed.append(ids)
+        raise RuntimeError("the import timed out after 60 s")
+
+    monkeypatch.setattr(fake, "create_rank_tasks", landed_but_timed_out)
+    release = fake.hold()
+    _answer(svc, fake, fake.unanswered()[0], 221, rater=1)
+    assert _wait_for(lambda: fake.held, 5)
+    ((ids, batches),) = fake.held
+    images = [img.image_id for img in batches[0][1]]
+    with fake.lock:
+        fake.tasks[ids[0]] = {"id": ids[0], "images": images, "annotations": [],
+                              "batch_id": batches[0][0]}  # fmt: skip
+    svc.enqueue("ANNOTATION_CREATED", fake.annotate(ids[0], 222, 2, images))
+    assert _wait_for(lambda: svc._parked, 5)
+    svc.rebuild()  # what an edit or a delete does meanwhile
+    release.set()
+    assert svc.wait_idle(10)
+    assert svc.service_stats()["counts"]["errors"] == 1  # the failed import, nothing else
+    assert not svc._parked
+    # Its task is Label Studio's and ours (meta): adopted, and the answer counts.
+    assert [s.annotation_id for s in store.effective_submissions("rank")] == [221, 222]
 
 
 def _wait_for(predicate, timeout: float) -> bool:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from ranking_scheduler.service.store import SubmissionStore
+from ranking_scheduler.service.store import REJECTION_REASON_MAX_CHARS, SubmissionStore
 
 pytestmark = pytest.mark.integration
 
@@ -116,20 +116,37 @@ def test_delete_drops_the_annotation(store):
     assert [e["op"] for e in store.events()] == ["create", "create", "delete"]
 
 
-def test_a_deleted_annotation_comes_back_when_label_studio_shows_it_again(store):
+def test_a_deleted_annotation_comes_back_only_when_a_read_after_the_delete_shows_it(store):
     store.append_ranking(11, BATCH_A, rater="r1", task_id=101, updated_at=T0)
     store.append_ranking(12, BATCH_B, rater="r2", task_id=102, updated_at=T0)
-    store.delete_annotation(11)  # e.g. a reconciliation against the wrong project
-    # Shown by a listing (Label Studio has it now): back, at its first place in the log.
-    back = store.append_ranking(11, BATCH_A, rater="r1", task_id=101, updated_at=T0, restore=True)
+    before = datetime.now(UTC)  # a listing began here ...
+    store.delete_annotation(11)  # ... then a delete (e.g. a reconciliation's, by mistake)
+    # What the earlier listing showed is late: it does not bring the annotation back.
+    late = store.append_ranking(11, BATCH_A, rater="r1", task_id=101, seen_at=before)
+    assert late.status == "stale" and store.latest_version(11) is None
+    # Neither does a delivery that says nothing of when it was read, however new its version.
+    newer = store.append_ranking(11, BATCH_B, rater="r1", updated_at=T0 + timedelta(minutes=1))
+    assert newer.status == "stale"
+    # Shown by a read that began after the delete (Label Studio has it now): back, at its
+    # first place in the log.
+    back = store.append_ranking(
+        11, BATCH_A, rater="r1", task_id=101, updated_at=T0, seen_at=datetime.now(UTC)
+    )
     assert back.status == "restored" and back.needs_rebuild and back.version == 3
     assert _orders(store) == [(11, tuple(BATCH_A)), (12, tuple(BATCH_B))]
     assert [e["op"] for e in store.events()] == ["create", "create", "delete", "restore"]
-    # A newer version than the deleted one (only an existing annotation is edited) is back too.
-    store.delete_annotation(12)
-    newer = store.append_ranking(12, BATCH_A, rater="r2", updated_at=T0 + timedelta(minutes=1))
-    assert newer.status == "restored"
-    assert store.latest_version(12).ordered == tuple(BATCH_A)
+
+
+def test_rejected_versions_and_short_reasons_outlive_the_process(store):
+    store.record_rejection("x" * 10_000, annotation_id=5, payload=[1], version_key="v1")
+    store.record_rejection("task not ours", annotation_id=6)  # not about its content
+    store.record_rejection("still wrong", annotation_id=5, payload=[2], version_key="v2")
+    again = SubmissionStore(store.url)
+    try:
+        assert again.rejected_versions() == {5: "v2"}
+        assert max(len(r.reason) for r in again.rejections()) == REJECTION_REASON_MAX_CHARS
+    finally:
+        again.close()
 
 
 def test_lead_time_is_kept_with_each_version(store):
