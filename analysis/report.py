@@ -373,9 +373,7 @@ def _clustered_table(summary: Mapping[str, Any]) -> Table | None:
     c = summary.get("clustered")
     if not c:
         return None
-    rows = [
-        [name, _fmt_ci(m["accuracy"], 3), "", ""] for name, m in c["models"].items()
-    ]
+    rows = [[name, _fmt_ci(m["accuracy"], 3), "", ""] for name, m in c["models"].items()]
     for d in c["comparisons"]:
         diff = d["accuracy_difference"]
         rows.append([
