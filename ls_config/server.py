@@ -145,6 +145,10 @@ class LabelStudioServer:
                 "DJANGO_DB": "sqlite",
                 "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "false" if self.open_signup else "true",
                 "COLLECT_ANALYTICS": "false",
+                # Label Studio sends server and browser errors to its vendor's Sentry by
+                # default: error reports can carry task data, so none leave this machine.
+                "SENTRY_DSN": "",
+                "FRONTEND_SENTRY_DSN": "",
                 "PYTHONUNBUFFERED": "1",
                 # Webhooks synchronously in the request, never queued to a stray Redis.
                 "DJANGO_SETTINGS_MODULE": "ls_config.ls_settings",

@@ -63,6 +63,13 @@ def test_secrets_go_through_the_environment_and_signup_is_closed_by_default(tmp_
     assert opened.environment()["LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK"] == "false"
 
 
+def test_no_error_report_leaves_the_machine(tmp_path, monkeypatch):
+    """Label Studio's default Sentry DSNs are cleared, even if the caller's shell sets them."""
+    monkeypatch.setenv("SENTRY_DSN", "https://key@example.invalid/1")
+    env = LabelStudioServer(tmp_path / "media", data_dir=tmp_path / "d").environment()
+    assert env["SENTRY_DSN"] == "" and env["FRONTEND_SENTRY_DSN"] == ""
+
+
 def test_label_studio_dies_with_the_process_that_started_it(tmp_path):
     """A demo or test run killed with SIGKILL leaves no Label Studio behind (the launcher's
     Popen, tried on ``sleep`` instead of Label Studio)."""
