@@ -17,46 +17,33 @@ import httpx
 _CSRF_INPUT = re.compile(r'name="csrfmiddlewaretoken" value="([^"]+)"')
 
 
-def ranker_result(order: list[str], *, from_name: str = "order", to_name: str = "slices"):
-    """The annotation ``result`` the Ranker tag saves for a list ordered top (basal) first."""
+def _result(kind: str, value: dict[str, Any], from_name: str, to_name: str) -> list[dict]:
+    """One manual region of an annotation ``result``: what the editor saves for a tag."""
     return [
         {
             "id": uuid.uuid4().hex[:10],
             "from_name": from_name,
             "to_name": to_name,
-            "type": "ranker",
+            "type": kind,
             "origin": "manual",
-            "value": {"ranker": {from_name: list(order)}},
+            "value": value,
         }
     ]
+
+
+def ranker_result(order: list[str], *, from_name: str = "order", to_name: str = "slices"):
+    """The annotation ``result`` the Ranker tag saves for a list ordered top (basal) first."""
+    return _result("ranker", {"ranker": {from_name: list(order)}}, from_name, to_name)
 
 
 def typed_result(text: str, *, from_name: str = "typed", to_name: str = "grid"):
     """The annotation ``result`` of the Rank page's typed-order field (``TextArea``)."""
-    return [
-        {
-            "id": uuid.uuid4().hex[:10],
-            "from_name": from_name,
-            "to_name": to_name,
-            "type": "textarea",
-            "origin": "manual",
-            "value": {"text": [text]},
-        }
-    ]
+    return _result("textarea", {"text": [text]}, from_name, to_name)
 
 
 def choices_result(label: str, *, from_name: str = "slice_class", to_name: str = "image"):
     """The annotation ``result`` of a single-choice ``Choices`` tag."""
-    return [
-        {
-            "id": uuid.uuid4().hex[:10],
-            "from_name": from_name,
-            "to_name": to_name,
-            "type": "choices",
-            "origin": "manual",
-            "value": {"choices": [label]},
-        }
-    ]
+    return _result("choices", {"choices": [label]}, from_name, to_name)
 
 
 class LabelStudioWebUser:

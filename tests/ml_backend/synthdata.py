@@ -73,3 +73,14 @@ def classify_task(task_id: int, row: dict, *, label: str | None = None, prefix: 
             }],
         })  # fmt: skip
     return task
+
+
+def prediction(p) -> dict:
+    """A /predict result choosing the most probable class of ``p``, with its probabilities."""
+    k = int(np.argmax(p))
+    return {
+        "result": [{"from_name": "slice_class", "to_name": "image", "type": "choices",
+                    "value": {"choices": [CLASSES[k]]}}],
+        "score": float(p[k]), "model_version": "v1",
+        "probabilities": dict(zip(CLASSES, map(float, p), strict=True)),
+    }  # fmt: skip

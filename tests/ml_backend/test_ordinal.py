@@ -19,6 +19,7 @@ from ml_backend.splits import grouped_stratified_split
 from ml_backend.stack import decode_scans, decode_stack, stack_marginals
 from ml_backend.train import FitResult, ProtocolResult, load_checkpoint, protocol_checkpoint
 from slicerank_base import CLASSES
+from tests.ml_backend.synthdata import prediction
 
 #: Tolerance of probability identities computed in float32.
 PROB_TOL = 1e-5
@@ -165,22 +166,12 @@ def test_stack_decoding_fixes_an_out_of_order_slice_and_keeps_a_monotone_one():
     np.testing.assert_allclose(marg["lost"], q[1])
 
 
-def _prediction(p):
-    k = int(np.argmax(p))
-    return {
-        "result": [{"from_name": "slice_class", "to_name": "image", "type": "choices",
-                    "value": {"choices": [CLASSES[k]]}}],
-        "score": float(p[k]), "model_version": "v1",
-        "probabilities": dict(zip(CLASSES, map(float, p), strict=True)),
-    }  # fmt: skip
-
-
 def test_scan_decoder_decodes_tasks_of_a_known_scan_together_and_leaves_the_rest():
     q = np.array([[0.9, 0.1, 0.0], [0.1, 0.3, 0.6], [0.1, 0.6, 0.3], [0.0, 0.2, 0.8]])
     tasks = [{"id": k, "data": {"image_id": f"i{k}", "scan_id": "s1", "slice_index": k}}
              for k in range(4)]  # fmt: skip
     tasks.append({"id": 9, "data": {"image_id": "x"}})
-    preds = [_prediction(p) for p in q] + [_prediction(q[1])]
+    preds = [prediction(p) for p in q] + [prediction(q[1])]
     out = ScanDecoder("v1").decode(tasks, preds, stacks={})
     choices = [r["result"][0]["value"]["choices"][0] for r in out]
     # Slice 2 is 0.487 lv / 0.494 too_apical given its scan: the choice follows the marginals

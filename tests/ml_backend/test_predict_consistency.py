@@ -10,21 +10,12 @@ import pytest
 from ml_backend.scan_predict import ScanDecoder
 from ml_backend.stack import decode_marginals, decode_stack, stack_marginals
 from slicerank_base import CLASSES
+from tests.ml_backend.synthdata import prediction
 
 #: A scan (base → apex) whose single most probable monotone sequence is all too_apical, while
 #: its first slice is too_basal with probability 0.78 under the same constraint: the shape of
 #: the issue's "lv at 0.13 beside too_basal 0.86".
 SPLIT = [[0.45, 0.06, 0.5], [0.4, 0.19, 0.41], [0.35, 0.17, 0.48], [0.58, 0.04, 0.38]]
-
-
-def prediction(p):
-    k = int(np.argmax(p))
-    return {
-        "result": [{"from_name": "slice_class", "to_name": "image", "type": "choices",
-                    "value": {"choices": [CLASSES[k]]}}],
-        "score": float(p[k]), "model_version": "v1",
-        "probabilities": dict(zip(CLASSES, map(float, p), strict=True)),
-    }  # fmt: skip
 
 
 def test_the_example_is_one_where_the_most_probable_sequence_contradicts_the_marginals():
