@@ -1,24 +1,28 @@
 """The label-efficiency study: simulated raters label a cohort under each strategy.
 
 Effort is labelling time at the study's exchange rate (``raters.SECONDS_PER_LABEL`` per single
-label, boundary labels included; ``raters.SECONDS_PER_BATCH`` per ranked batch). Every
+label, boundary labels included; ``raters.SECONDS_PER_BATCH`` per ranked batch). At every
 ``checkpoint_hours`` the current classes are scored against the true classes (images not
-labelled yet count as ``lv``, the majority class, for every strategy alike).
+labelled yet count as ``lv``, the majority class, for every strategy alike). The point is
+taken before the first task that would carry the time past the checkpoint, so a budget's
+point is what that budget buys, whatever the strategy's task costs (``_Checkpoints``).
 
 Strategies: ``one_at_a_time`` (each image once, by one rater in turn, in random order, as in
 the study), and the engine's ``paper``, ``random``, ``bayes`` (= ``ranking``), ``single`` and
 ``hybrid``. ``single`` and ``hybrid`` are served through ``next_task`` (a batch costs
 ``SECONDS_PER_BATCH``, a single label ``SECONDS_PER_LABEL``); ``single`` is the product's
 one-at-a-time strategy that knows the stacks. ``paper`` probes the cuts
-after its ranking is complete, as the study did; ``bayes`` and ``random`` start asking boundary
-questions once a fifth of the images have been seen (one every ``boundary_every`` batches) and use
-what is left of the budget at the end.
+after its ranking is complete, as the study did; the probit strategies ask a boundary question
+after each batch whenever the engine's pacing (``next_boundary_query``) offers one, as the
+scheduler service does, and use what is left of the budget at the end. (Until 2026-12-06 the
+simulator waited until a fifth of the images had been seen and then asked one question per 8
+batches, a schedule the service never had: the cuts stayed at the class-mix prior for the first
+tenth of the budget, and accuracy there dipped below what the stacks' geometry alone gives.)
 """
 
 from __future__ import annotations
 
 import csv
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,7 +209,6 @@ def simulate(
     batch_cap: int | None = None,
     hours_cap: float | None = None,
     checkpoint_hours: float = 0.25,
-    boundary_every: int = 8,
     engine_options: Mapping[str, Any] | None = None,
     progress: Any = None,
     stacks: bool = False,
@@ -240,7 +243,6 @@ def simulate(
             batch_cap,
             hours_cap,
             checkpoint_hours,
-            boundary_every,
             {**(engine_options or {}), **({"stacks": cohort.stacks} if stacks else {})},
             progress,
             info,
@@ -254,7 +256,6 @@ def simulate(
             batch_cap,
             hours_cap,
             checkpoint_hours,
-            boundary_every,
             {**(engine_options or {}), **({"stacks": cohort.stacks} if stacks else {})},
             progress,
             info,
@@ -276,6 +277,39 @@ def _point(
     }
 
 
+class _Checkpoints:
+    """The curve of a run: a point before the first task that would carry the clinician time past
+    the next multiple of ``step`` hours, and one at the end.
+
+    A point taken after such a task would score the state of a budget that was overspent, by
+    up to one task, and a study reading "the last point within the budget" would then read the
+    point before it, up to a whole step early (batches and labels cost different times, so
+    strategies drifted apart by different amounts).
+    """
+
+    def __init__(self, step: float, hours: Any, snapshot: Any) -> None:
+        self._step = step
+        self._next = step
+        self._hours = hours
+        self._snapshot = snapshot
+        self.curve: list[dict[str, Any]] = [snapshot()]
+
+    def before(self, seconds: float) -> None:
+        """Call before a task of ``seconds``: take the checkpoints it would step past."""
+        spent = self._hours()
+        crossed = False
+        while spent + seconds / 3600 > self._next + 1e-12:
+            self._next += self._step
+            crossed = True
+        if crossed and self.curve[-1]["hours"] < round(spent, 4):
+            self.curve.append(self._snapshot())
+
+    def end(self) -> list[dict[str, Any]]:
+        """The curve with the final state appended."""
+        self.curve.append(self._snapshot())
+        return self.curve
+
+
 def _one_at_a_time(
     cohort: Cohort,
     panel: RaterPanel,
@@ -285,19 +319,21 @@ def _one_at_a_time(
     progress: Any,
 ) -> list[dict[str, Any]]:
     order = [cohort.ids[k] for k in np.random.default_rng([seed, 11]).permutation(len(cohort.ids))]
-    every = max(1, round(checkpoint_hours * 3600 / SECONDS_PER_LABEL))
     limit = len(order)
     if hours_cap is not None:
         limit = min(limit, int(hours_cap * 3600 / SECONDS_PER_LABEL))
     labels: dict[str, str] = {}
-    curve = [_point(0, 0, 0, 0, score(cohort, labels, None))]
+    points = _Checkpoints(
+        checkpoint_hours,
+        lambda: len(labels) * SECONDS_PER_LABEL / 3600,
+        lambda: _point(0, len(labels), len(labels), 0, score(cohort, labels, None)),
+    )
     for j, image_id in enumerate(order[:limit], start=1):
+        points.before(SECONDS_PER_LABEL)
         labels[image_id] = panel.raters[(j - 1) % len(panel.raters)].classify(image_id)
         if progress is not None:
             progress.update(1)
-        if j % every == 0 or j == limit:
-            curve.append(_point(0, j, j, 0, score(cohort, labels, None)))
-    return curve
+    return points.end()
 
 
 def _stack_labels(
@@ -310,20 +346,24 @@ def _stack_labels(
 ) -> list[dict[str, Any]]:
     """One label at a time, each where a scan's classes are least certain (``stack_labels``)."""
     labeller = single_labeller(cohort.ids, cohort.stacks or {}, seed=seed)
-    every = max(1, round(checkpoint_hours * 3600 / SECONDS_PER_LABEL))
     limit = int((hours_cap if hours_cap is not None else 5.0) * 3600 / SECONDS_PER_LABEL)
-    curve = [_point(0, 0, 0, 0, score(cohort, labeller.classes(), None))]
+    done = 0
+    points = _Checkpoints(
+        checkpoint_hours,
+        lambda: done * SECONDS_PER_LABEL / 3600,
+        lambda: _point(0, done, done, 0, score(cohort, labeller.classes(), None)),
+    )
     for j in range(1, limit + 1):
         rater = panel.raters[(j - 1) % len(panel.raters)]
+        points.before(SECONDS_PER_LABEL)
         image_id = labeller.next_query(rater.name)
         if image_id is None:
             break
         labeller.submit(image_id, rater.name, rater.classify(image_id))
+        done = j
         if progress is not None:
             progress.update(1)
-        if j % every == 0 or j == limit:
-            curve.append(_point(0, j, j, 0, score(cohort, labeller.classes(), None)))
-    return curve
+    return points.end()
 
 
 def _stopped(engine: RankingEngine, info: dict[str, Any], reason: str | None) -> None:
@@ -344,7 +384,6 @@ def _task_run(
     batch_cap: int | None,
     hours_cap: float | None,
     checkpoint_hours: float,
-    boundary_every: int,
     options: dict[str, Any],
     progress: Any,
     info: dict[str, Any],
@@ -353,9 +392,7 @@ def _task_run(
     or a single label); boundary questions as ``_engine_run`` asks them, while batches come."""
     engine = RankingEngine(cohort.ids, strategy=strategy, seed=seed, **options)
     raters = panel.raters
-    warmup = math.ceil(0.2 * len(cohort.ids) / engine.batch_size)
     batches = labels = views = tasks = 0
-    next_point = checkpoint_hours
 
     def hours() -> float:
         return (batches * SECONDS_PER_BATCH + labels * SECONDS_PER_LABEL) / 3600
@@ -363,17 +400,19 @@ def _task_run(
     def snapshot() -> dict[str, Any]:
         return _point(batches, views, 0, labels, score(cohort, engine.classes(), engine.ranking()))
 
+    points = _Checkpoints(checkpoint_hours, hours, snapshot)
+
     def ask(final: bool = False) -> bool:
         nonlocal labels
         q = engine.next_boundary_query(final=final)
         if q is None:
             return False
+        points.before(SECONDS_PER_LABEL)
         rater = raters[labels % len(raters)]
         engine.submit_boundary(q, rater.classify(q), rater.name)
         labels += 1
         return True
 
-    curve = [snapshot()]
     while True:
         if batch_cap is not None and batches >= batch_cap:
             break
@@ -388,26 +427,23 @@ def _task_run(
             if hours_cap is not None and hours() + SECONDS_PER_BATCH / 3600 > hours_cap:
                 engine.release(list(task.image_ids))
                 break
+            points.before(SECONDS_PER_BATCH)
             engine.submit(rater.name, rater.rank(list(task.image_ids)))
             batches += 1
             views += len(task.image_ids)
-            if batches >= warmup and batches % boundary_every == 0:
-                ask()
+            ask()  # when the engine's pacing offers a question, as the service asks
         else:
             image = task.image_ids[0]
+            points.before(SECONDS_PER_LABEL)
             engine.submit_boundary(image, rater.classify(image), rater.name)
             labels += 1
         if progress is not None:
             progress.update(1)
-        if hours() >= next_point:
-            curve.append(snapshot())
-            next_point += checkpoint_hours
     reason = engine.progress()["stop_reason"]
     while (hours_cap is None or hours() + SECONDS_PER_LABEL / 3600 <= hours_cap) and ask(True):
         pass
-    curve.append(snapshot())
     _stopped(engine, info, reason)
-    return curve
+    return points.end()
 
 
 def _engine_run(
@@ -418,34 +454,33 @@ def _engine_run(
     batch_cap: int | None,
     hours_cap: float | None,
     checkpoint_hours: float,
-    boundary_every: int,
     options: dict[str, Any],
     progress: Any,
     info: dict[str, Any],
 ) -> list[dict[str, Any]]:
     engine = RankingEngine(cohort.ids, strategy=strategy, seed=seed, **options)
     raters = panel.raters
-    every = max(1, round(checkpoint_hours * 3600 / SECONDS_PER_BATCH))
-    warmup = math.ceil(0.2 * len(cohort.ids) / engine.batch_size)
     batches = labels = 0
 
     def snapshot() -> dict[str, Any]:
         views = int(sum(engine.view_counts().values()))
         return _point(batches, views, 0, labels, score(cohort, engine.classes(), engine.ranking()))
 
+    def hours() -> float:
+        return (batches * SECONDS_PER_BATCH + labels * SECONDS_PER_LABEL) / 3600
+
+    points = _Checkpoints(checkpoint_hours, hours, snapshot)
+
     def ask(final: bool = False) -> bool:
         nonlocal labels
         q = engine.next_boundary_query(final=final)
         if q is None:
             return False
+        points.before(SECONDS_PER_LABEL)
         engine.submit_boundary(q, raters[labels % len(raters)].classify(q))
         labels += 1
         return True
 
-    def hours() -> float:
-        return (batches * SECONDS_PER_BATCH + labels * SECONDS_PER_LABEL) / 3600
-
-    curve = [snapshot()]
     while True:
         if batch_cap is not None and batches >= batch_cap:
             break
@@ -455,18 +490,16 @@ def _engine_run(
         batch = engine.next_batch(rater.name)
         if not batch:
             break
+        points.before(SECONDS_PER_BATCH)
         engine.submit(rater.name, rater.rank(batch))
         batches += 1
         if progress is not None:
             progress.update(1)
-        if strategy != "paper" and batches >= warmup and batches % boundary_every == 0:
-            ask()
-        if batches % every == 0:
-            curve.append(snapshot())
+        if strategy != "paper":
+            ask()  # when the engine's pacing offers a question, as the service asks
     # The rest of the boundary budget (all of it for paper: the study probed at the end).
     reason = engine.progress()["stop_reason"]
     while (hours_cap is None or hours() + SECONDS_PER_LABEL / 3600 <= hours_cap) and ask(True):
         pass
-    curve.append(snapshot())
     _stopped(engine, info, reason)
-    return curve
+    return points.end()
