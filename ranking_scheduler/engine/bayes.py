@@ -215,6 +215,10 @@ def probit_step(
     return alpha, min(max(gamma, 0.0), 1.0 / max(v, 1e-300))
 
 
+FRESHEST_RATER = "(freshest)"
+"""Whom ``BayesModel.answers_of`` counts as the rater with the fewest answers about each image."""
+
+
 class BayesModel:
     """Per-image Gaussian posterior, per-rater noise and persistent (rater, image) offsets,
     per-rater cut offsets, and the online ranking and label updates."""
@@ -242,6 +246,7 @@ class BayesModel:
         self.default_beta = default_beta
         self.dynamics = dynamics
         self.share = persistent_share
+        self._weights: dict[int, float] = {}
         self.label_noise = label_noise
         self.beta: dict[str, float] = {}
         self._pairs: dict[str, deque[tuple[float, float]]] = {}
@@ -265,16 +270,27 @@ class BayesModel:
 
         return (pi(k) - pi(k - 1.0)) / pi(np.ones_like(k))
 
+    def _repeat_weight_of(self, k: int) -> float:
+        """``repeat_weight(k)`` for one count, memoised: a log replay asks for it once per
+        repeat view, and the array version costs more than the update it scales."""
+        w = self._weights.get(k)
+        if w is None:
+            w = self._weights[k] = float(self.repeat_weight(k))
+        return w
+
     def answers_of(self, rater: str, idx: np.ndarray) -> np.ndarray:
         """How many answers ``rater`` has given about each image of ``idx``. A rater who never
         answered (the service's pooled rater: Label Studio hands a task to whoever comes)
-        counts as the one who answered each image most: the task may well reach them."""
+        counts as the one who answered each image most: the task may well reach them.
+        ``FRESHEST_RATER`` counts as the one who answered each image least: whether a task is
+        worth serving at all (the stopping rule) depends on the best rater to serve it to."""
         seen = self._answers.get(rater)
         if seen is not None:
             return seen[idx]
         if not self._answers:
             return np.zeros(len(idx), dtype=np.int64)
-        return np.max([a[idx] for a in self._answers.values()], axis=0)
+        pick = np.min if rater == FRESHEST_RATER else np.max
+        return pick([a[idx] for a in self._answers.values()], axis=0)
 
     def repeat_gain(self, rater: str, idx: np.ndarray, reading_var: float) -> np.ndarray:
         """Effective variance of ``rater``'s next reading of each image of ``idx``, given that a
@@ -295,7 +311,7 @@ class BayesModel:
             counts[i] += 1
             if self.share <= 0 or counts[i] == 1:
                 continue
-            w = float(self.repeat_weight(int(counts[i])))
+            w = self._repeat_weight_of(int(counts[i]))
             d_pi = 1.0 / new_var[k] - 1.0 / var[k]
             d_tau = new_mu[k] / new_var[k] - mu[k] / var[k]
             pi = 1.0 / var[k] + w * d_pi

@@ -235,11 +235,11 @@ class TaskChooser:
         return chosen
 
     # ----------------------------------------------------------------- values of a view
-    def best_batch_value(self, cuts: Cuts) -> float:
+    def best_batch_value(self, cuts: Cuts, rater: str = "") -> float:
         """What the most valuable batch is worth, roughly: the best one-view values of
-        ``batch_size - n_anchors`` images (from distinct scans with stacks), for whichever rater
-        comes (a rater who has read an image most often, ``BayesModel.answers_of``); no random
-        tie-breaks (the stopping rule uses it)."""
+        ``batch_size - n_anchors`` images (from distinct scans with stacks), for ``rater`` (by
+        default whichever rater comes: one who has read an image most often,
+        ``BayesModel.answers_of``); no random tie-breaks (the stopping rule uses it)."""
         post = self._post
         mis = self._misclassified(cuts)
         limit = STACK_CANDIDATES if post.layout is not None else CANDIDATES
@@ -247,7 +247,7 @@ class TaskChooser:
         cand = np.arange(post.n)
         if post.n > limit:
             cand = np.sort(np.argpartition(-key, limit - 1)[:limit])
-        reading = self._reading_var("", cand, "rank", cuts)
+        reading = self._reading_var(rater, cand, "rank", cuts)
         if post.layout is not None:
             value = self.stack_view_value(cand, cuts, reading)
         else:
