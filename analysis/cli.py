@@ -65,6 +65,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--reference", metavar="NAME", help="reference prediction set (default: the first --pred)"
     )
+    p.add_argument(
+        "--scans",
+        metavar="CSV",
+        help="image_id,scan_id per image (a slicerank manifest.csv will do): adds accuracy "
+        "and paired differences with a bootstrap that resamples whole scans, since slices of "
+        "one scan are not independent",
+    )
     p.set_defaults(func=run_analyze)
 
 
@@ -76,6 +83,7 @@ def run_analyze(args: argparse.Namespace) -> int:
         parse_prediction_spec,
         read_curves,
         read_predictions,
+        read_scans,
         read_truth,
     )
     from analysis.report import build_report
@@ -104,6 +112,7 @@ def run_analyze(args: argparse.Namespace) -> int:
             check_prediction_ids(truth, pred, name)
             predictions[name] = pred
         curves = read_curves(args.curves) if args.curves else None
+        clusters = read_scans(args.scans, truth) if args.scans else None
         result = build_report(
             truth,
             predictions,
@@ -114,6 +123,7 @@ def run_analyze(args: argparse.Namespace) -> int:
             confidence=settings.confidence,
             proportion_method=settings.ci_method,
             reference=args.reference,
+            clusters=clusters,
         )
     except (AnalysisInputError, ValueError) as exc:
         print(f"slicerank analyze: error: {exc}", file=sys.stderr)
@@ -125,4 +135,13 @@ def run_analyze(args: argparse.Namespace) -> int:
     for name, model in result.summary["models"].items():
         acc = model["overall"]["accuracy"]
         print(f"  {name}: accuracy {acc['value']:.3f} ({acc['low']:.3f}-{acc['high']:.3f})")
+    clustered = result.summary.get("clustered")
+    if clustered:
+        print(f"  CIs over {clustered['n_clusters']} scans: {clustered['method']}")
+        for c in clustered["comparisons"]:
+            d = c["accuracy_difference"]
+            print(
+                f"  {c['model']} - {c['reference']}: {d['value']:+.3f} "
+                f"({d['low']:+.3f} to {d['high']:+.3f}), P = {d['pvalue']:.3g}"
+            )
     return 0

@@ -95,6 +95,37 @@ def read_truth(path: str | os.PathLike[str]) -> dict[str, str]:
     return truth
 
 
+def read_scans(path: str | os.PathLike[str], truth: Mapping[str, str]) -> dict[str, str]:
+    """Read ``image_id,scan_id`` rows (a slicerank ``manifest.csv`` will do; other columns are
+    ignored) into ``{image_id: scan_id}`` for every image of ``truth``; extra rows are
+    ignored, a truth image without a scan is an error."""
+    path = Path(path)
+    header, reader, handle = _open_rows(path)
+    with handle:
+        missing = [c for c in ("image_id", "scan_id") if c not in header]
+        if missing:
+            raise AnalysisInputError(
+                f"{path}: missing column(s) {', '.join(missing)}; a scans file needs "
+                f"image_id,scan_id (found: {', '.join(header)})"
+            )
+        scans: dict[str, str] = {}
+        seen: dict[str, int] = {}
+        for row in reader:
+            line = reader.line_num
+            image_id = _image_id(row.get("image_id"), path, line, seen)
+            scan_id = (row.get("scan_id") or "").strip()
+            if not scan_id:
+                raise AnalysisInputError(f"{path}, line {line}: empty scan_id for {image_id}")
+            scans[image_id] = scan_id
+    lacking = [i for i in truth if i not in scans]
+    if lacking:
+        raise AnalysisInputError(
+            f"{path}: no scan_id for {len(lacking)} of the truth's {len(truth)} images, e.g. "
+            f"{', '.join(lacking[:3])}; pass the manifest of the scans the truth comes from"
+        )
+    return {i: scans[i] for i in truth}
+
+
 def _probabilities(row: Mapping[str, str | None], path: Path, line: int) -> tuple[float, ...]:
     values = []
     for column in PROBABILITY_COLUMNS:

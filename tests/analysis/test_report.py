@@ -334,3 +334,32 @@ def test_stack_decoded_predictions_get_their_own_side_by_side_table(tmp_path):
     # No decoded partner, no table.
     plain = build_report(truth, {"good": preds["good"]}, tmp_path / "plain", n_boot=N_BOOT)
     assert "stack-decoded" not in plain.markdown.read_text()
+
+
+def test_cli_analyze_with_scans_adds_a_scan_clustered_bootstrap(tmp_path, capsys):
+    """``--scans`` (a manifest's image_id,scan_id): CIs and the paired difference resample whole
+    scans; a scan-less truth image is refused with the file and what to pass."""
+    truth, weak, good, _ = _cohort(seed=4)
+    t = _write_csv(tmp_path / "truth.csv", ["image_id", "label"], sorted(truth.items()))
+    header = ["image_id", "p_too_basal", "p_lv", "p_too_apical"]
+    a = _write_csv(tmp_path / "a.csv", header, [(i, *p) for i, p in weak.items()])
+    b = _write_csv(tmp_path / "b.csv", header, [(i, *p) for i, p in good.items()])
+    ids = sorted(truth)
+    rows = [(i, f"scan{k // 12:02d}", k % 12, "x.png") for k, i in enumerate(ids)]
+    scans = _write_csv(
+        tmp_path / "manifest.csv", ["image_id", "scan_id", "slice_index", "path"], rows
+    )
+    args = ["analyze", "--truth", str(t), "--pred", f"a={a}", "--pred", f"b={b}"]
+    args += ["--n-boot", str(N_BOOT), "--json", str(tmp_path / "s.json")]
+    assert main([*args, "--out", str(tmp_path / "o"), "--scans", str(scans)]) == 0
+    summary = json.loads((tmp_path / "s.json").read_text())
+    clustered = summary["clustered"]
+    assert clustered["n_clusters"] == N_IMAGES // 12 and "scans" in clustered["method"]
+    diff = clustered["comparisons"][0]["accuracy_difference"]
+    assert diff["low"] <= diff["value"] <= diff["high"]
+    assert "CIs over 10 scans" in capsys.readouterr().out
+    short = _write_csv(tmp_path / "short.csv", ["image_id", "scan_id"], rows[:-1])
+    args_short = [*args, "--out", str(tmp_path / "o2"), "--scans", str(short)]
+    assert main(args_short) == 2
+    err = capsys.readouterr().err
+    assert "short.csv" in err and "no scan_id for 1 of" in err and ids[-1] in err
