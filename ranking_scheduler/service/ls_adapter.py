@@ -13,6 +13,7 @@ import json
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,26 @@ class PoolImage:
 
 def _data(obj: Any) -> dict:
     return obj if isinstance(obj, dict) else obj.dict()
+
+
+PROVENANCE_KEYS = ("source", "ranked_by", "labelled_by", "labels")
+"""What a consensus prediction says of where its class came from (consensus.json's columns)."""
+
+
+def provenance_text(where: Mapping[str, Any]) -> str:
+    """One line for a clinician: who saw the slice, or that its class was inferred."""
+    source = where.get("source")
+    if source == "seen":
+        ranked, labelled = int(where.get("ranked_by", 0)), int(where.get("labelled_by", 0))
+        return (
+            f"consensus: seen, ranked by {ranked} rater{'s' if ranked != 1 else ''} and "
+            f"labelled by {labelled}"
+        )
+    if source == "inferred":
+        return (
+            "consensus: nobody has seen this slice; inferred from its scan between seen neighbours"
+        )
+    return "consensus: nobody has seen this slice or its scan; the class-mix prior"
 
 
 def _prediction_class(prediction: dict) -> str | None:
@@ -256,29 +277,44 @@ class LabelStudioAdapter:
                 out.append(_data(task))
         return out
 
-    def publish_predictions(self, classes: dict[str, tuple[str, float]], pool: list[PoolImage]):
+    def publish_predictions(
+        self,
+        classes: dict[str, tuple[str, float]],
+        pool: list[PoolImage],
+        provenance: Mapping[str, Mapping[str, Any]] | None = None,
+    ):
         """Write each image's consensus class (and its probability) as a new prediction on its
         Classify task, model version ``ranking-consensus``; returns how many were written. Not
-        idempotent by itself: the scheduler calls it through :meth:`sync_predictions`."""
+        idempotent by itself: the scheduler calls it through :meth:`sync_predictions`.
+
+        ``provenance`` (image id -> ``source``, ``ranked_by``, ``labelled_by``, ``labels``, as in
+        consensus.json) goes into the result's ``meta``: ``text`` in words for whoever opens the
+        task, ``provenance`` as numbers for an export. It is the provenance when the class was
+        written; a later view that leaves the class as it was does not rewrite it."""
         requests = []
         for img in pool:
             if img.image_id not in classes:
                 continue
             label, score = classes[img.image_id]
+            result = {
+                "from_name": "slice_class",
+                "to_name": "image",
+                "type": "choices",
+                "value": {"choices": [label]},
+                "score": float(score),
+            }
+            where = (provenance or {}).get(img.image_id)
+            if where is not None:
+                result["meta"] = {
+                    "text": [provenance_text(where)],
+                    "provenance": {k: where[k] for k in PROVENANCE_KEYS if k in where},
+                }
             requests.append(
                 {
                     "task": img.classify_task_id,
                     "model_version": MODEL_VERSION,
                     "score": float(score),
-                    "result": [
-                        {
-                            "from_name": "slice_class",
-                            "to_name": "image",
-                            "type": "choices",
-                            "value": {"choices": [label]},
-                            "score": float(score),
-                        }
-                    ],
+                    "result": [result],
                 }
             )
         with self._timed("publish_predictions"):
@@ -294,8 +330,10 @@ class LabelStudioAdapter:
         pool: list[PoolImage],
         *,
         known: dict[str, str] | None = None,
+        provenance: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> dict[str, int]:
-        """Bring the ``ranking-consensus`` predictions on the Classify tasks to ``classes``:
+        """Bring the ``ranking-consensus`` predictions on the Classify tasks to ``classes``
+        (each created one carries its image's ``provenance``, :meth:`publish_predictions`):
         exactly one per task, holding its class. A prediction already right is kept, a wrong or
         surplus one deleted, a missing one created. Idempotent (run it twice, or after a crash
         half-way, and nothing is duplicated); returns how many were kept, deleted, created.
@@ -349,7 +387,7 @@ class LabelStudioAdapter:
         with self._timed("delete_predictions"):
             for prediction_id in drop:
                 self.client.predictions.delete(prediction_id)
-        created = self.publish_predictions(want, pool) if want else 0
+        created = self.publish_predictions(want, pool, provenance) if want else 0
         return {"kept": keep, "deleted": len(drop), "created": created}
 
     def consensus_predictions(self) -> int:

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ranking_scheduler.service.ls_adapter import MODEL_VERSION
+from ranking_scheduler.service.ls_adapter import MODEL_VERSION, PROVENANCE_KEYS
 from ranking_scheduler.service.settings import SchedulerSettings
 from ranking_scheduler.service.store import SubmissionStore
 from slicerank_base import CLASSES
@@ -153,7 +153,12 @@ class Publisher:
         # that did not finish (a crash, an error) is followed by one that reads every task.
         self.store.set_state(PUBLISHING_KEY, {"version": version})
         known, self._known = self._known, None
-        changes = self.ls.sync_predictions(classes, list(self._images().values()), known=known)
+        provenance = {
+            im["image_id"]: {k: im[k] for k in PROVENANCE_KEYS} for im in consensus["images"]
+        }
+        changes = self.ls.sync_predictions(
+            classes, list(self._images().values()), known=known, provenance=provenance
+        )
         record = {
             "at": datetime.now(UTC).isoformat(),
             "version": version,

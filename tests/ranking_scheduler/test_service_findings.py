@@ -197,6 +197,18 @@ def _consensus_predictions(client, project_id) -> dict[str, list[str]]:
     return out
 
 
+def _consensus_metas(client, project_id) -> dict[str, dict]:
+    """image id -> the ``meta`` of its ``ranking-consensus`` prediction's result."""
+    out: dict[str, dict] = {}
+    for task in client.tasks.list(project=project_id, fields="all", page_size=500):
+        d = task if isinstance(task, dict) else task.dict()
+        for p in d.get("predictions") or []:
+            p = p if isinstance(p, dict) else p.dict()
+            if p.get("model_version") == MODEL_VERSION:
+                out[d["data"]["image_id"]] = p["result"][0]["meta"]
+    return out
+
+
 def test_the_consensus_is_republished_when_the_classes_change(label_studio, tmp_path):
     setup = provision_setup(
         label_studio,
@@ -234,6 +246,14 @@ def test_the_consensus_is_republished_when_the_classes_change(label_studio, tmp_
         first = {im["image_id"]: im["class"] for im in service.consensus()["images"]}
         ls = _consensus_predictions(client, setup.projects["Classify"])
         assert ls == {image_id: [c] for image_id, c in first.items()}
+        # Each prediction says where its class came from, as consensus.json does.
+        where = {im["image_id"]: im for im in service.consensus()["images"]}
+        metas = _consensus_metas(client, setup.projects["Classify"])
+        assert set(metas) == set(first)
+        for image_id, meta in metas.items():
+            assert meta["provenance"]["source"] == where[image_id]["source"]
+            assert meta["provenance"]["ranked_by"] == where[image_id]["ranked_by"]
+            assert meta["text"][0].startswith("consensus: ")
 
         # The save after the import fails once (a crash between the two): the import must not
         # be repeated as duplicates when the publisher tries again.
