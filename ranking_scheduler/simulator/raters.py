@@ -171,6 +171,14 @@ class SimulatedRater:
         hard = np.array([self._difficulty.get(i, 1.0) for i in ids])
         return self.level * hard * (p.persistent_sd * z + p.view_sd * e)
 
+    def persistent_error(self, ids: Sequence[str]) -> np.ndarray:
+        """The part of this rater's absolute-judgement error on each image that no number of
+        views averages away (divide by ``abs_difficulty`` for a comparison)."""
+        p = self._params
+        z = np.array([self._z(i) for i in ids])
+        hard = np.array([self._difficulty.get(i, 1.0) for i in ids])
+        return self.level * hard * p.persistent_sd * z
+
     def _check(self, ids: Sequence[str]) -> None:
         unknown = [i for i in ids if i not in self._positions]
         if unknown:
