@@ -19,7 +19,7 @@ def test_the_ceiling_is_below_one_and_rises_when_comparisons_are_easier():
 def test_strategy_study_reports_every_budget_and_the_ceiling():
     st = strategy_study(150, [5], 1.0, min_views=(1,))
     (row,) = st["rows"]
-    for name in ("ranking", "single", "hybrid"):
+    for name in ("ranking", "single", "hybrid", "stack_labeller"):
         assert len(row[name]) == len(BUDGETS)
         assert all(0.0 <= a <= 1.0 for a in row[name])
         # Not past what the panel's readings allow (but for a little the geometry adds).
@@ -27,3 +27,4 @@ def test_strategy_study_reports_every_budget_and_the_ceiling():
     assert row["hybrid_m1"]["provenance"]["inferred"] == 0  # m = 1: every slice seen
     table = strategy_table(st)
     assert "panel's readings allow" in table and "min_views=1" in table
+    assert "knowing the stacks" in table and "the strongest of all" in table
