@@ -63,6 +63,58 @@ def speed(
     }
 
 
+def task_speed(
+    n_images: int,
+    strategy: str,
+    *,
+    warm_tasks: int = 300,
+    timed: int = 200,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Median / p95 milliseconds of ``next_task`` + its answer (``submit`` for a batch,
+    ``submit_boundary`` for a single question) after ``warm_tasks``, with stacks: the path the
+    scheduler service takes for ``single`` and ``hybrid``. As ``speed``, the rater's own cost
+    excluded; the share of single questions among the timed tasks is reported too."""
+    cohort = stack_cohort(n_images, seed)
+    pos = cohort.positions
+    cuts = cohort.cuts
+    rng = np.random.default_rng(seed)
+    engine = RankingEngine(cohort.ids, strategy=strategy, seed=seed, stacks=cohort.stacks)
+    times, labels = [], 0
+    for t in range(warm_tasks + timed):
+        rater = f"r{t % 3 + 1}"
+        t0 = time.perf_counter()
+        task = engine.next_task(rater)
+        t1 = time.perf_counter()
+        if task is None:
+            break
+        if task.kind == "rank":
+            noisy = {i: pos[i] + 0.02 * rng.standard_normal() for i in task.image_ids}
+            answer = sorted(task.image_ids, key=noisy.__getitem__)
+            t2 = time.perf_counter()
+            engine.submit(rater, answer)
+        else:
+            (image,) = task.image_ids
+            x = pos[image] + 0.02 * rng.standard_normal()
+            cls = "too_basal" if x < cuts[0] else ("too_apical" if x >= cuts[1] else "lv")
+            t2 = time.perf_counter()
+            engine.submit_boundary(image, cls, rater)
+        t3 = time.perf_counter()
+        if t >= warm_tasks:
+            times.append((t1 - t0) + (t3 - t2))
+            labels += task.kind == "label"
+    ms = np.array(times) * 1000
+    return {
+        "images": n_images,
+        "strategy": strategy,
+        "stacks": True,
+        "calls": int(ms.size),
+        "single_questions": labels,
+        "median_ms": float(np.median(ms)) if ms.size else None,
+        "p95_ms": float(np.percentile(ms, 95)) if ms.size else None,
+    }
+
+
 def replay_speed(
     n_images: int = 3323,
     n_batches: int = 2000,

@@ -49,6 +49,21 @@ _GH_W = _GH_W / _GH_W.sum()
 Cuts = Mapping[str, Any]
 
 
+def _expected_after(
+    mu: np.ndarray, move: np.ndarray, new_sd: np.ndarray, c1: float, c2: float
+) -> np.ndarray:
+    """Expected misclassification probability after one reading: the mean moves by
+    ``N(0, move^2)`` (8-point Gauss-Hermite quadrature) and the sd becomes ``new_sd``. All
+    nodes in one vectorised call (the call overhead was most of a task's cost), summed node by
+    node in the order the loop it replaces used, so the values are bit for bit the same."""
+    nodes = mu[None] + move[None] * _GH_X.reshape((-1,) + (1,) * mu.ndim)
+    p = misclassification(nodes, np.broadcast_to(new_sd, nodes.shape), c1, c2)
+    after = np.zeros_like(mu)
+    for k, w in enumerate(_GH_W):
+        after += w * p[k]
+    return after
+
+
 class TaskTimer:
     """Seconds a rater spends on a task of each kind: the median of their own measured times
     once they have ``MIN_TIMED``, else the median over all raters once there are that many,
@@ -301,15 +316,8 @@ class TaskChooser:
         move = np.sqrt(np.maximum(var - new_var, 0.0))
         c1, c2 = cuts["basal_lv"]["score"], cuts["lv_apical"]["score"]
 
-        def mis(m: np.ndarray, s: np.ndarray) -> np.ndarray:
-            return misclassification(m, s, c1, c2)
-
-        now = mis(mu, np.sqrt(var))
-        new_sd = np.sqrt(new_var)
-        after = np.zeros_like(mu)
-        for x, w in zip(_GH_X, _GH_W, strict=True):
-            after += w * mis(mu + move * x, new_sd)
-        return now - after
+        now = misclassification(mu, np.sqrt(var), c1, c2)
+        return now - _expected_after(mu, move, np.sqrt(new_var), c1, c2)
 
     def stack_view_value(
         self, cand: np.ndarray, cuts: Cuts, reading_var: np.ndarray | float | None = None
@@ -337,14 +345,8 @@ class TaskChooser:
         move = np.sqrt(move_var)
         c1, c2 = cuts["basal_lv"]["score"], cuts["lv_apical"]["score"]
 
-        def mis(m: np.ndarray, s: np.ndarray) -> np.ndarray:
-            return misclassification(m, s, c1, c2)
-
-        now = mis(mu_j, np.sqrt(var_j))
-        after = np.zeros_like(mu_j)
-        for x, w in zip(_GH_X, _GH_W, strict=True):
-            after += w * mis(mu_j + move * x, new_sd)
-        return (now - after).sum(axis=1)
+        now = misclassification(mu_j, np.sqrt(var_j), c1, c2)
+        return (now - _expected_after(mu_j, move, new_sd, c1, c2)).sum(axis=1)
 
     # ----------------------------------------------------------------- batch parts
     def group_pick(
