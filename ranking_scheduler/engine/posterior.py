@@ -92,7 +92,13 @@ class Posterior:
                 view_slack=int(options.get("view_slack", 1)),
             )
         else:
-            keys = ("default_beta", "dynamics", "persistent_share", "label_noise")
+            keys = (
+                "default_beta",
+                "dynamics",
+                "persistent_share",
+                "label_noise",
+                "label_evidence",
+            )
             kw = {k: float(options[k]) for k in keys if k in options}
             self.model = StackModel(layout, **kw) if layout is not None else BayesModel(n, **kw)
 

@@ -93,9 +93,13 @@ class RankingEngine:
         ``target_misclassified`` (0.01; 0.003 with stacks), ``n_anchors`` (2),
         ``coverage_bonus`` (0.1), ``min_views`` (0: every image needs this many human views,
         ranked or labelled, before the engine stops; 1 = every slice seen once),
-        ``persistent_share`` (0.85: share of a rater's error that persists per slice, 0 = every
-        view fresh), ``label_noise`` (1.25), ``default_beta``, ``dynamics``;
-        ``random``: ``default_beta``, ``dynamics``, ``persistent_share``, ``label_noise``.
+        ``persistent_share`` (0: share of a rater's error that persists per slice, 0 = every
+        view fresh; ``bayes.PERSISTENT_SHARE``), ``label_evidence`` (1 for ``single`` and
+        ``hybrid``: a single label moves its slice; 0 for ``bayes``/``ranking``: boundary answers
+        place the cuts only; ``strategies.BayesStrategy.MODEL_DEFAULTS``), ``label_noise``
+        (0.5), ``default_beta``, ``dynamics``;
+        ``random``: ``default_beta``, ``dynamics``, ``persistent_share``, ``label_noise``,
+        ``label_evidence``.
     """
 
     def __init__(
@@ -169,7 +173,8 @@ class RankingEngine:
         self._label_open: dict[int, str] = {}
         policy = POLICIES[strategy]
         layout = stack_layout(ids, stacks) if stacks is not None else None
-        self._posterior = Posterior(n, glicko=policy.GLICKO, layout=layout, options=options)
+        model_options = {**policy.MODEL_DEFAULTS, **options}
+        self._posterior = Posterior(n, glicko=policy.GLICKO, layout=layout, options=model_options)
         self._finder = CutFinder(self._posterior, mix=mix, budget=budget, error_rate=err, pace=pace)
         self._chooser = TaskChooser(
             self._posterior,

@@ -43,24 +43,20 @@ def _run_tasks(engine: RankingEngine, panel: RaterPanel, limit: int) -> dict[str
     return kinds
 
 
-def test_a_repeat_view_by_the_same_rater_teaches_little():
+def test_a_repeat_view_by_the_same_rater_teaches_little_with_persistence_modelled():
     ids = [f"s{k}" for k in range(8)]
-    shrink = {}
-    for second in ("r1", "r2"):
-        engine = RankingEngine(ids, strategy="ranking", seed=0)
+
+    def shrink_of(second, **options):
+        engine = RankingEngine(ids, strategy="ranking", seed=0, **options)
         engine.submit("r1", ids, require_open=False)
         before = engine.scores()["s0"][1]
         engine.submit(second, ids, require_open=False)
-        shrink[second] = before - engine.scores()["s0"][1]
-    assert shrink["r2"] > 4 * shrink["r1"] > 0
-    # Without persistence a repeat counts like a new rater's view.
-    flat = {}
-    for second in ("r1", "r2"):
-        engine = RankingEngine(ids, strategy="ranking", seed=0, persistent_share=0.0)
-        engine.submit("r1", ids, require_open=False)
-        before = engine.scores()["s0"][1]
-        engine.submit(second, ids, require_open=False)
-        flat[second] = before - engine.scores()["s0"][1]
+        return before - engine.scores()["s0"][1]
+
+    persistent = {r: shrink_of(r, persistent_share=0.85) for r in ("r1", "r2")}
+    assert persistent["r2"] > 4 * persistent["r1"] > 0
+    # The default counts every view as fresh (bayes.PERSISTENT_SHARE): a repeat is a new view.
+    flat = {r: shrink_of(r) for r in ("r1", "r2")}
     assert flat["r1"] == pytest.approx(flat["r2"])
 
 
@@ -113,8 +109,9 @@ def test_hybrid_follows_each_raters_measured_time():
             for _ in range(5):  # the rater's own median replaces the prior after 5
                 engine.record_time(rater.name, slow, 600.0)
         served[slow] = _run_tasks(engine, panel, 30)
-    # Batches take them 10 minutes: questions only (until the engine stops); and the reverse.
-    assert served["rank"]["rank"] == 0 and served["rank"]["label"] >= 5
+    # Batches take them 10 minutes: questions (a batch that first shows 8 new scans can still
+    # be worth its 10 minutes: 2 of 30 here); and the reverse: batches only.
+    assert served["rank"]["label"] >= 10 * served["rank"]["rank"] and served["rank"]["label"] >= 5
     assert served["label"]["label"] == 0 and served["label"]["rank"] >= 5
     assert engine.task_seconds()["label"]["r1"] == 600.0
 
@@ -174,7 +171,9 @@ def test_batches_mix_scans_only_when_there_are_fewer_than_eight():
 def test_a_consistent_misread_is_listed_for_review():
     cohort = study_cohort(64, seed=9)
     pos = cohort.positions
-    engine = RankingEngine(cohort.ids, strategy="ranking", seed=0)
+    # With persistent errors modelled: by default every view counts as fresh, and then a rater's
+    # consistent misread pulls the slice until the other raters look wrong about it.
+    engine = RankingEngine(cohort.ids, strategy="ranking", seed=0, persistent_share=0.85)
     victim = sorted(cohort.ids, key=pos.get)[10]
     rng = np.random.default_rng(0)
     for rep in range(12):
