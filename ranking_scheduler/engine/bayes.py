@@ -40,7 +40,9 @@ rater ``r`` reports ``too_basal`` when ``s_i + u_ri + e'`` lies above the basal 
 rater's own offset ``o_r1`` (their personal notion of where the base ends), ``too_apical`` below
 the apical cut plus ``o_r2``, ``lv`` between. Each bound is one probit factor with a lapse,
 absorbed by assumed-density filtering into ``s_i`` (and so, with stacks, its whole scan),
-``u_ri`` and the rater's cut offset (``add_label``).
+``u_ri`` and the rater's cut offset (``add_label``). With ``label_evidence`` off (the
+``ranking`` strategy's default, ``strategies.BayesStrategy.MODEL_DEFAULTS``) a label is only
+counted: the cut finder places the cuts from it, the positions come from rankings alone.
 """
 
 from __future__ import annotations
