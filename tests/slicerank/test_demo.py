@@ -478,3 +478,17 @@ def test_demo_end_to_end(tmp_path):
         for pid in left:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_the_demo_scheduler_keeps_no_recent_view_window_unless_asked(tmp_path, monkeypatch):
+    """Simulated raters answer in milliseconds: a wall-clock 'recently ranked' window would span
+    the whole demo. A value in the environment still wins."""
+    cfg = demo_config.DemoConfig(out=tmp_path)
+    layout = demo_config.prepare_out_dir(cfg)
+    creds = demo_config.load_credentials(layout.credentials)
+    monkeypatch.delenv("SCHEDULER_RECENT_VIEW_S", raising=False)
+    env = demo_services.service_env(cfg, layout, creds, "http://ls", "redis://r")
+    assert env["SCHEDULER_RECENT_VIEW_S"] == "0"
+    monkeypatch.setenv("SCHEDULER_RECENT_VIEW_S", "120")
+    env = demo_services.service_env(cfg, layout, creds, "http://ls", "redis://r")
+    assert env["SCHEDULER_RECENT_VIEW_S"] == "120"
