@@ -26,6 +26,9 @@ from typing import Any
 import numpy as np
 from scipy.special import ndtr
 
+# Re-exported: the strategies name the rater a stopping rule values tasks for, and reach the
+# rating models only through this module.
+from ranking_scheduler.engine.bayes import FRESHEST_RATER as FRESHEST_RATER
 from ranking_scheduler.engine.bayes import BayesModel
 from ranking_scheduler.engine.glicko import PaperModel
 from ranking_scheduler.engine.stacks import StackLayout, StackModel, monotone_classes

@@ -37,10 +37,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ranking_scheduler.engine.bayes import FRESHEST_RATER
 from ranking_scheduler.engine.chooser import PRIOR_SECONDS, TaskChooser
 from ranking_scheduler.engine.cuts import CutFinder, cut_scores
-from ranking_scheduler.engine.posterior import Posterior
+from ranking_scheduler.engine.posterior import FRESHEST_RATER, Posterior
 
 TARGET_MISCLASSIFIED = 0.01
 """``bayes`` stops when expected misclassified images < this fraction of the images."""
