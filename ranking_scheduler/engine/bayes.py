@@ -40,9 +40,8 @@ rater ``r`` reports ``too_basal`` when ``s_i + u_ri + e'`` lies above the basal 
 rater's own offset ``o_r1`` (their personal notion of where the base ends), ``too_apical`` below
 the apical cut plus ``o_r2``, ``lv`` between. Each bound is one probit factor with a lapse,
 absorbed by assumed-density filtering into ``s_i`` (and so, with stacks, its whole scan),
-``u_ri`` and the rater's cut offset (``add_label``). With ``label_evidence`` off (the
-``ranking`` strategy's default, ``strategies.BayesStrategy.MODEL_DEFAULTS``) a label is only
-counted: the cut finder places the cuts from it, the positions come from rankings alone.
+``u_ri`` and the rater's cut offset (``add_label``). With ``label_evidence`` off a label is
+only counted: the cut finder places the cuts from it, the positions come from rankings alone.
 """
 
 from __future__ import annotations
@@ -80,10 +79,9 @@ the model with 0.85 was built for them; measured, it did worse than counting eve
 fresh: at 3,323 slices, 2 h of clinician time, equal noise, tuning seeds 1 and 2, `ranking`
 0.906 / 0.916 at 0.85 against 0.916 / - at 0 (0.925 at 0.5), `hybrid` 0.939 / 0.938 (0.85,
 repeats undiscounted) against 0.941 / 0.947 at 0. On held-out seed 1000 `ranking` at 0.85 settled
-at 0.923 after 5 h where the engine before the model reached 0.949. The chooser's preference for
-raters who have not read a slice spends views a repeat would have used better, and the
-discounted repeats stop refining the slices near the cuts. The model stays as an option
-(``persistent_share``), as does the misread review that it sharpens."""
+at 0.923 after 5 h where the engine before the model reached 0.949. With the stop rule on,
+though, `ranking` did better with the model (it stopped later), so `ranking` runs with 0.85
+(``strategies.BayesStrategy.MODEL_DEFAULTS``) and `single`/`hybrid` with this default."""
 LABEL_NOISE = 0.5
 """Sd of a single label's noise about where a slice lies against a cut, as a multiple of the
 rater's ranking noise (``beta`` counts the noise of both images of a pair and of the whole

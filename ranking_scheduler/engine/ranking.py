@@ -93,11 +93,11 @@ class RankingEngine:
         ``target_misclassified`` (0.01; 0.003 with stacks), ``n_anchors`` (2),
         ``coverage_bonus`` (0.1), ``min_views`` (0: every image needs this many human views,
         ranked or labelled, before the engine stops; 1 = every slice seen once),
-        ``persistent_share`` (0: share of a rater's error that persists per slice, 0 = every
-        view fresh; ``bayes.PERSISTENT_SHARE``), ``label_evidence`` (1 for ``single`` and
-        ``hybrid``: a single label moves its slice; 0 for ``bayes``/``ranking``: boundary answers
-        place the cuts only; ``strategies.BayesStrategy.MODEL_DEFAULTS``), ``label_noise``
-        (0.5), ``default_beta``, ``dynamics``;
+        ``persistent_share`` (share of a rater's error that persists per slice, 0 = every
+        view fresh: 0.85 for ``bayes``/``ranking``/``random``, 0 for ``single``/``hybrid``;
+        ``strategies.*.MODEL_DEFAULTS``), ``label_evidence`` (1: a single label moves its
+        slice; 0: it only places the cuts), ``label_noise`` (0.5), ``default_beta``,
+        ``dynamics``;
         ``random``: ``default_beta``, ``dynamics``, ``persistent_share``, ``label_noise``,
         ``label_evidence``.
     """
