@@ -73,23 +73,30 @@ def _image_id(raw: str | None, path: Path, line: int, seen: dict[str, int]) -> s
     return image_id
 
 
-def read_truth(path: str | os.PathLike[str]) -> dict[str, str]:
-    """Read ``image_id,label`` rows into ``{image_id: class}``."""
-    path = Path(path)
+def _keyed_rows(path: Path, columns: tuple[str, ...], what: str):
+    """Rows of a CSV that must have ``columns`` (``image_id`` first, unique and non-empty):
+    ``(line, image_id, row)`` each; ``what`` names the file in the error."""
     header, reader, handle = _open_rows(path)
     with handle:
-        missing = [c for c in ("image_id", "label") if c not in header]
+        missing = [c for c in columns if c not in header]
         if missing:
             raise AnalysisInputError(
-                f"{path}: missing column(s) {', '.join(missing)}; a truth file needs image_id,label "
-                f"(found: {', '.join(header)})"
+                f"{path}: missing column(s) {', '.join(missing)}; a {what} needs "
+                f"{','.join(columns)} (found: {', '.join(header)})"
             )
-        truth: dict[str, str] = {}
         seen: dict[str, int] = {}
         for row in reader:
             line = reader.line_num
-            image_id = _image_id(row.get("image_id"), path, line, seen)
-            truth[image_id] = _label(row.get("label"), path, line)
+            yield line, _image_id(row.get("image_id"), path, line, seen), row
+
+
+def read_truth(path: str | os.PathLike[str]) -> dict[str, str]:
+    """Read ``image_id,label`` rows into ``{image_id: class}``."""
+    path = Path(path)
+    truth = {
+        image_id: _label(row.get("label"), path, line)
+        for line, image_id, row in _keyed_rows(path, ("image_id", "label"), "truth file")
+    }
     if not truth:
         raise AnalysisInputError(f"{path}: no rows after the header")
     return truth
@@ -100,23 +107,12 @@ def read_scans(path: str | os.PathLike[str], truth: Mapping[str, str]) -> dict[s
     ignored) into ``{image_id: scan_id}`` for every image of ``truth``; extra rows are
     ignored, a truth image without a scan is an error."""
     path = Path(path)
-    header, reader, handle = _open_rows(path)
-    with handle:
-        missing = [c for c in ("image_id", "scan_id") if c not in header]
-        if missing:
-            raise AnalysisInputError(
-                f"{path}: missing column(s) {', '.join(missing)}; a scans file needs "
-                f"image_id,scan_id (found: {', '.join(header)})"
-            )
-        scans: dict[str, str] = {}
-        seen: dict[str, int] = {}
-        for row in reader:
-            line = reader.line_num
-            image_id = _image_id(row.get("image_id"), path, line, seen)
-            scan_id = (row.get("scan_id") or "").strip()
-            if not scan_id:
-                raise AnalysisInputError(f"{path}, line {line}: empty scan_id for {image_id}")
-            scans[image_id] = scan_id
+    scans: dict[str, str] = {}
+    for line, image_id, row in _keyed_rows(path, ("image_id", "scan_id"), "scans file"):
+        scan_id = (row.get("scan_id") or "").strip()
+        if not scan_id:
+            raise AnalysisInputError(f"{path}, line {line}: empty scan_id for {image_id}")
+        scans[image_id] = scan_id
     lacking = [i for i in truth if i not in scans]
     if lacking:
         raise AnalysisInputError(

@@ -418,6 +418,14 @@ def pilot_study(premise: float, seed: int = 0) -> list[dict[str, Any]]:
     return out
 
 
+def _margin_row(label: str, margin: np.ndarray) -> str:
+    """A table row of a (seeds x budgets) margin: its mean and worst seed per budget."""
+    cells = " | ".join(
+        f"{m:+.3f} / {w:+.3f}" for m, w in zip(margin.mean(0), margin.min(0), strict=True)
+    )
+    return f"| {label}: mean / worst | {cells} |"
+
+
 def strategy_table(study: dict[str, Any]) -> str:
     """Markdown: mean and worst seed per strategy and budget, and ``hybrid``'s margin."""
     rows = study["rows"]
@@ -442,23 +450,10 @@ def strategy_table(study: dict[str, Any]) -> str:
         lines.append(f"| {label} | {cells} |")
     h = np.array([r["hybrid"] for r in rows])
     best = np.maximum(np.array([r["ranking"] for r in rows]), np.array([r["single"] for r in rows]))
-    margin = h - best
-    lines.append(
-        "| hybrid - max(ranking, single): mean / worst | "
-        + " | ".join(
-            f"{m:+.3f} / {w:+.3f}" for m, w in zip(margin.mean(0), margin.min(0), strict=True)
-        )
-        + " |"
-    )
+    lines.append(_margin_row("hybrid - max(ranking, single)", h - best))
     if "stack_labeller" in rows[0]:
-        margin = h - np.maximum(best, np.array([r["stack_labeller"] for r in rows]))
-        lines.append(
-            "| hybrid - the strongest of all: mean / worst | "
-            + " | ".join(
-                f"{m:+.3f} / {w:+.3f}" for m, w in zip(margin.mean(0), margin.min(0), strict=True)
-            )
-            + " |"
-        )
+        strongest = np.maximum(best, np.array([r["stack_labeller"] for r in rows]))
+        lines.append(_margin_row("hybrid - the strongest of all", h - strongest))
     if "ceiling" in rows[0]:
         ceil = [r["ceiling"] for r in rows]
         lines.append(
