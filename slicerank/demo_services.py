@@ -107,12 +107,6 @@ def service_env(
             # Each slice's scan and position along its stack are known: the engine ranks with
             # them (8 scans per task, classes in order along each stack).
             "SCHEDULER_MANIFEST": str(layout.media / "manifest.csv"),
-            # The demo's raters are simulated and answer in milliseconds: a wall-clock window
-            # that keeps a just-ranked slice out of new tasks (so a clinician is not shown it
-            # again straight away) would span the whole run and keep the scheduler off the
-            # slices it most needs to see again (seed 500 at 1.5: consensus 0.931 with the
-            # default 300 s, 0.943 without). A value in the environment still wins.
-            "SCHEDULER_RECENT_VIEW_S": os.environ.get("SCHEDULER_RECENT_VIEW_S", "0"),
             # backend and worker
             "REDIS_URL": redis_url,
             "SLICERANK_QUEUE": f"slicerank-demo-{creds['api_key'][:8]}",
@@ -127,6 +121,14 @@ def service_env(
             "SLICERANK_TRAIN_PRESET": cfg.train_preset,
         }
     )
+    if cfg.simulate:
+        # The demo's raters are simulated and answer in milliseconds: a wall-clock window that
+        # keeps a just-ranked slice out of new tasks (so a clinician is not shown it again
+        # straight away) would span the whole run and keep the scheduler off the slices it most
+        # needs to see again (seed 500 at 1.5: consensus 0.931 with the default 300 s, 0.943
+        # without). With --no-simulate real people label: the scheduler's own default. A value
+        # in the environment wins either way.
+        env.setdefault("SCHEDULER_RECENT_VIEW_S", "0")
     return env
 
 

@@ -492,3 +492,8 @@ def test_the_demo_scheduler_keeps_no_recent_view_window_unless_asked(tmp_path, m
     monkeypatch.setenv("SCHEDULER_RECENT_VIEW_S", "120")
     env = demo_services.service_env(cfg, layout, creds, "http://ls", "redis://r")
     assert env["SCHEDULER_RECENT_VIEW_S"] == "120"
+    # Real people label (--no-simulate): the scheduler's own default.
+    monkeypatch.delenv("SCHEDULER_RECENT_VIEW_S")
+    people = demo_config.DemoConfig(out=tmp_path, simulate=False)
+    env = demo_services.service_env(people, layout, creds, "http://ls", "redis://r")
+    assert "SCHEDULER_RECENT_VIEW_S" not in env
