@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 
 import pytest
 
@@ -108,3 +109,21 @@ def test_bench_engine_target_and_its_options():
     args = build_parser().parse_args(["bench", "engine", "--seeds", "12", "--holdout-seeds", "0"])
     assert (args.seeds, args.holdout_seeds, args.premises) == (12, 0, "1.0,1.5")
     assert callable(args.func)
+
+
+@pytest.mark.parametrize("strategy", ["ranking", "hybrid", "one_at_a_time"])
+def test_a_budgets_point_is_what_that_budget_buys(strategy):
+    """Each checkpoint's point is taken before the first task that would pass it: its hours lie
+    within the checkpoint, and no further than one task below it (batches and labels alike)."""
+    from ranking_scheduler.simulator.raters import SECONDS_PER_BATCH
+    from ranking_scheduler.simulator.simulate import stack_cohort
+
+    cohort = stack_cohort(150, seed=4)
+    step = 0.02
+    run = simulate(cohort, strategy, seed=4, stacks=True, hours_cap=0.2, checkpoint_hours=step)
+    inner = run["curve"][1:-1]
+    assert inner
+    for point in inner:
+        k = math.ceil(point["hours"] / step - 1e-9)  # the checkpoint this point stands for
+        assert point["hours"] <= k * step + 1e-9
+        assert k * step - point["hours"] < SECONDS_PER_BATCH / 3600 + 1e-9
